@@ -1,0 +1,160 @@
+"""VARPipeline: build or load a VAR + VQ-VAE, teacher-force, generate under any depth schedule, decode.
+
+The generation loop follows VAR_REFERENCE §3 (CFG with the linear ramp t = cfg·si/(S−1), top-k then top-p, the
+next-scale input built from the cumulative f_hat); the schedule picks the blocks per scale and the KV cache holds
+exactly what they process. Same seed, labels, settings, device and dtype -> identical images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from . import checkpoint
+from .kv_cache import KVCache
+from .sampling import sample_tokens
+from .schedule import DepthSchedule
+from .spec import VARSpec, get as get_spec
+from .var import VAR
+from .vqvae import VQVAE
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass
+class GenerateOutput:
+    images: torch.Tensor | None          # (B, 3, H, W) in [0, 1], None when decode=False
+    indices: list[torch.Tensor]          # one (B, pn²) int64 per scale
+    f_hat: torch.Tensor                  # (B, Cvae, pn_last, pn_last) float32
+    logits: list[torch.Tensor] = field(default_factory=list)   # conditional logits per scale (return_logits)
+    kv_peak_bytes: int = 0
+
+
+class VARPipeline:
+    def __init__(self, spec: VARSpec, var: VAR, vae: VQVAE, device: torch.device, dtype: torch.dtype,
+                 weights: str = "random"):
+        self.spec, self.var, self.vae = spec, var, vae
+        self.device, self.dtype, self.weights = device, dtype, weights
+
+    # ---- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: VARSpec | str, device: str | torch.device = "cpu", seed: int = 0,
+                  dtype: torch.dtype = torch.float32) -> "VARPipeline":
+        """Random init (finite everywhere, the VQ-VAE included), reproducible from ``seed``."""
+        spec = get_spec(spec) if isinstance(spec, str) else spec
+        device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            var, vae = VAR(spec), VQVAE(spec.vae, spec.patch_nums)
+        return cls(spec, var.to(device=device, dtype=dtype).eval(), vae.to(device).eval(), device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, name: str | VARSpec, var_ckpt: str | Path | None = None,
+                        vae_ckpt: str | Path | None = None, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "VARPipeline":
+        """Official .pth or our safetensors; without paths: shipped weights (var-toy) or the HF cache/hub."""
+        spec = get_spec(name) if isinstance(name, str) else name
+        if var_ckpt is None or vae_ckpt is None:
+            shipped = WEIGHTS_DIR / spec.name
+            if (shipped / "var.safetensors").exists() and (shipped / "vae.safetensors").exists():
+                var_ckpt = var_ckpt or shipped / "var.safetensors"
+                vae_ckpt = vae_ckpt or shipped / "vae.safetensors"
+            else:
+                found_var, found_vae = checkpoint.resolve_official(spec)
+                var_ckpt, vae_ckpt = var_ckpt or found_var, vae_ckpt or found_vae
+        with torch.device("meta"):
+            var, vae = VAR(spec), VQVAE(spec.vae, spec.patch_nums)
+        var = var.to_empty(device="cpu")
+        vae = vae.to_empty(device="cpu")
+        pipe = cls(spec, var, vae, torch.device("cpu"), torch.float32, weights=str(var_ckpt))
+        pipe.load_official(var_ckpt, vae_ckpt)
+        return pipe.to(device, dtype)
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "VARPipeline":
+        self.device = torch.device(device)
+        self.dtype = dtype or self.dtype
+        self.var.to(device=self.device, dtype=self.dtype).eval()
+        self.vae.to(self.device).eval()
+        return self
+
+    def load_official(self, var_sd: Mapping[str, torch.Tensor] | str | Path,
+                      vae_sd: Mapping[str, torch.Tensor] | str | Path) -> "VARPipeline":
+        """Strict load of official (or our) state dicts; raises CheckpointError naming the bad keys."""
+        if isinstance(var_sd, (str, Path)):
+            self.weights = str(var_sd)
+            var_sd = checkpoint.load_state_file(var_sd)
+        else:
+            self.weights = "state_dict"
+        if isinstance(vae_sd, (str, Path)):
+            vae_sd = checkpoint.load_state_file(vae_sd)
+        checkpoint.load_strict(self.var, var_sd, f"VAR ({self.spec.name})")
+        checkpoint.load_strict(self.vae, vae_sd, "VQ-VAE")
+        self.var.eval()
+        self.vae.eval()
+        return self
+
+    # ---- inference --------------------------------------------------------------------------------------
+    def _labels(self, labels_B: torch.Tensor | Sequence[int] | int, batch: int | None = None) -> torch.Tensor:
+        if isinstance(labels_B, int):
+            labels_B = [labels_B] * (batch or 1)
+        labels = torch.as_tensor(labels_B, dtype=torch.long, device=self.device).view(-1)
+        return torch.where(labels < 0, self.spec.num_classes, labels)
+
+    @torch.no_grad()
+    def teacher_forcing(self, labels_B, idx_per_scale: list[torch.Tensor],
+                        schedule: DepthSchedule | None = None) -> torch.Tensor:
+        """Conditional logits (B, L, V) float32 for ground-truth indices (no class dropout, no CFG)."""
+        x_BLCv = self.vae.quantize.idx_to_var_input([i.to(self.device) for i in idx_per_scale])
+        was = self.var.training
+        self.var.eval()
+        try:
+            return self.var(self._labels(labels_B), x_BLCv, schedule)
+        finally:
+            self.var.train(was)
+
+    @torch.no_grad()
+    def generate(self, labels_B, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
+                 schedule: DepthSchedule | None = None, keep_skipped: bool = False,
+                 k_dtype: torch.dtype | None = None, decode: bool = True, return_logits: bool = False,
+                 on_scale_end: Callable[[int, KVCache], None] | None = None) -> GenerateOutput:
+        spec, var, quant = self.spec, self.var, self.vae.quantize
+        schedule = (schedule or DepthSchedule.full(spec)).validate(spec)
+        labels = self._labels(labels_B)
+        B, S = labels.shape[0], spec.num_scales
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        cond_BD = var.class_emb(torch.cat((labels, torch.full_like(labels, spec.num_classes))))
+        cond = var.cond_for_blocks(cond_BD)
+        lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
+        x_BlC = cond_BD.unsqueeze(1) + var.pos_start + lvl_pos_1LC[:, :1]
+        pn_last = spec.patch_nums[-1]
+        f_hat = torch.zeros(B, spec.vae.z_channels, pn_last, pn_last, device=self.device)
+        cache = KVCache(spec, schedule, B, self.dtype, self.device, keep_skipped=keep_skipped, k_dtype=k_dtype)
+        indices, logits_out, kv_peak = [], [], 0
+        for si, pn in enumerate(spec.patch_nums):
+            cache.begin_scale(si)
+            kv_peak = max(kv_peak, cache.nbytes())
+            h_BlC = var.step(x_BlC, cond, schedule.layers[si], cache)
+            logits_2BlV = var.get_logits(h_BlC, cond_BD)
+            t = cfg * si / (S - 1) if S > 1 else cfg
+            logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+            if return_logits:
+                logits_out.append(logits_2BlV[:B].clone())
+            idx_Bl = sample_tokens(logits_BlV, top_k, top_p, gen)
+            indices.append(idx_Bl)
+            h_BChw = quant.embed_idx(idx_Bl, pn)
+            f_hat, next_BlCv = quant.next_input(si, f_hat, h_BChw)
+            if on_scale_end is not None:
+                on_scale_end(si, cache)
+            if next_BlCv is not None:
+                b0, b1 = spec.begin_ends[si + 1]
+                x_BlC = var.word_embed(next_BlCv.to(self.dtype)) + lvl_pos_1LC[:, b0:b1]
+                x_BlC = x_BlC.repeat(2, 1, 1)
+        cache.release()
+        images = self.vae.fhat_to_img(f_hat) if decode else None
+        return GenerateOutput(images, indices, f_hat, logits_out, kv_peak)
+
+    @torch.no_grad()
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return self.vae.fhat_to_img(f_hat)

@@ -1,0 +1,259 @@
+"""The VAR transformer (VAR_REFERENCE §1-§2), schedule-aware.
+
+State-dict keys and shapes equal the official FoundationVision/VAR ones. Two entry points:
+- ``forward`` (teacher forcing): every block runs only on the tokens of the scales where the schedule makes it
+  active, with block-causal attention among those tokens (prefix attention per scale, no mask tensor);
+- ``step``: one scale of cached generation against a :class:`~model.kv_cache.KVCache`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .schedule import DepthSchedule
+from .spec import VARSpec
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth, timm semantics: per-sample keep mask scaled by 1/keep."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class SelfAttention(nn.Module):
+    """Cosine (L2-normalised) attention with a clamped per-head scale; q/v biases, a zero k-bias buffer."""
+
+    def __init__(self, spec: VARSpec):
+        super().__init__()
+        C, H = spec.width, spec.heads
+        self.heads, self.head_dim, self.l2 = H, spec.head_dim, spec.attn_l2_norm
+        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(C))
+        self.v_bias = nn.Parameter(torch.zeros(C))
+        self.register_buffer("zero_k_bias", torch.zeros(C))
+        if self.l2:
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), math.log(4.0)))
+            self.scale = 1.0
+        else:
+            self.scale = 0.25 / math.sqrt(self.head_dim)
+        self.proj = nn.Linear(C, C)
+
+    def qkv(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, H, L, c); with L2 norm, q carries the head scale and k is unit-norm (what is cached)."""
+        B, L, C = x_BLC.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, self.head_dim)
+        q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.l2:
+            mul_1H11 = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp()
+            q_BHLc = F.normalize(q_BHLc, dim=-1).mul(mul_1H11)
+            k_BHLc = F.normalize(k_BHLc, dim=-1)
+        return q_BHLc, k_BHLc, v_BHLc
+
+    def forward(self, x_BLC: torch.Tensor, attend: Attend) -> torch.Tensor:
+        q, k, v = self.qkv(x_BLC)
+        o_BHLc = attend(q, k, v, self.scale)
+        B, H, L, c = o_BHLc.shape
+        return self.proj(o_BHLc.transpose(1, 2).reshape(B, L, H * c))
+
+
+class FFN(nn.Module):
+    def __init__(self, spec: VARSpec):
+        super().__init__()
+        self.fc1 = nn.Linear(spec.width, spec.mlp_hidden)
+        self.fc2 = nn.Linear(spec.mlp_hidden, spec.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class AdaLNSelfAttn(nn.Module):
+    """x += γ1·attn(LN(x)(1+s1)+b1); x += γ2·ffn(LN(x)(1+s2)+b2); modulation order γ1 γ2 s1 s2 b1 b2."""
+
+    def __init__(self, spec: VARSpec, drop_path_rate: float):
+        super().__init__()
+        C = spec.width
+        self.C, self.shared = C, spec.shared_aln
+        self.drop_path_rate = drop_path_rate
+        self.ln_wo_grad = nn.LayerNorm(C, eps=spec.norm_eps, elementwise_affine=False)
+        self.attn = SelfAttention(spec)
+        self.ffn = FFN(spec)
+        if self.shared:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C**0.5)
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+
+    def modulation(self, cond_BD_or_gss: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.shared:
+            return (cond_BD_or_gss + self.ada_gss).unbind(2)
+        return self.ada_lin(cond_BD_or_gss).view(-1, 1, 6, self.C).unbind(2)
+
+    def forward(self, x_BLC: torch.Tensor, cond_BD_or_gss: torch.Tensor, attend: Attend,
+                mod: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        g1, g2, s1, s2, b1, b2 = mod if mod is not None else self.modulation(cond_BD_or_gss)
+        h = self.attn(self.ln_wo_grad(x_BLC).mul(1 + s1).add_(b1), attend)
+        x_BLC = x_BLC + drop_path(h.mul_(g1), self.drop_path_rate, self.training)
+        h = self.ffn(self.ln_wo_grad(x_BLC).mul(1 + s2).add_(b2))
+        return x_BLC + drop_path(h.mul_(g2), self.drop_path_rate, self.training)
+
+
+class SharedAdaLin(nn.Linear):
+    """The d36 shared AdaLN projection: output viewed as (B, 1, 6, C)."""
+
+    def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        C = self.weight.shape[0] // 6
+        return super().forward(cond_BD).view(-1, 1, 6, C)
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, spec: VARSpec):
+        super().__init__()
+        self.C = spec.width
+        self.ln_wo_grad = nn.LayerNorm(spec.width, eps=spec.norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(spec.width, 2 * spec.width))
+
+    def forward(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Computed in float32 like the official head, whatever the weight dtype."""
+        scale, shift = self.ada_lin(cond_BD).float().view(-1, 1, 2, self.C).unbind(2)
+        return self.ln_wo_grad(h_BLC.float()).mul(1 + scale).add_(shift)
+
+
+def prefix_attention(ends: list[int]) -> Attend:
+    """Block-causal attention without a mask: queries of scale s see the prefix of keys up to the end of s."""
+
+    def attend(q, k, v, scale):
+        if len(ends) == 1:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        outs, start = [], 0
+        for end in ends:
+            outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end],
+                                                       scale=scale))
+            start = end
+        return torch.cat(outs, dim=2)
+
+    return attend
+
+
+class VAR(nn.Module):
+    """The VAR transformer of one spec. Holds no VQ-VAE (the official state dict has none either)."""
+
+    def __init__(self, spec: VARSpec):
+        super().__init__()
+        self.spec = spec
+        C, L, S, std = spec.width, spec.L, spec.num_scales, spec.init_std
+        self.word_embed = nn.Linear(spec.vae.z_channels, C)
+        self.class_emb = nn.Embedding(spec.num_classes + 1, C)
+        self.pos_start = nn.Parameter(torch.empty(1, spec.first_l, C))
+        self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
+        self.lvl_embed = nn.Embedding(S, C)
+        lvl = torch.tensor(spec.level_of_token, dtype=torch.long)
+        self.register_buffer("lvl_1L", lvl.view(1, L))
+        mask = torch.where(lvl.view(L, 1) >= lvl.view(1, L), 0.0, -torch.inf)
+        self.register_buffer("attn_bias_for_masking", mask.view(1, 1, L, L))
+        if spec.shared_aln:
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(C, 6 * C))
+        n = max(spec.depth - 1, 1)
+        dpr = [spec.drop_path_rate * i / n for i in range(spec.depth)]
+        self.blocks = nn.ModuleList(AdaLNSelfAttn(spec, dpr[i]) for i in range(spec.depth))
+        self.head_nm = AdaLNBeforeHead(spec)
+        self.head = nn.Linear(C, spec.vae.vocab_size)
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    # ---- init (VAR_REFERENCE §1.7) ----------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        s, std = self.spec, self.spec.init_std
+        for p in (self.pos_start, self.pos_1LC):
+            nn.init.trunc_normal_(p, std=std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=std)
+        self.head.weight.mul_(s.init_head)
+        self.head.bias.zero_()
+        self.head_nm.ada_lin[-1].weight.mul_(s.init_adaln)
+        self.head_nm.ada_lin[-1].bias.zero_()
+        C, rescale = s.width, math.sqrt(2 * s.depth)
+        for blk in self.blocks:
+            blk.attn.proj.weight.div_(rescale)
+            blk.ffn.fc2.weight.div_(rescale)
+            if blk.shared:
+                blk.ada_gss[:, :, 2:].mul_(s.init_adaln)
+                blk.ada_gss[:, :, :2].mul_(s.init_adaln_gamma)
+            else:
+                lin = blk.ada_lin[-1]
+                lin.weight[2 * C:].mul_(s.init_adaln)
+                lin.weight[:2 * C].mul_(s.init_adaln_gamma)
+                lin.bias.zero_()
+
+    # ---- shared pieces ----------------------------------------------------------------------------------
+    def cond_for_blocks(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        return self.shared_ada_lin(cond_BD) if self.spec.shared_aln else cond_BD
+
+    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        h = self.head_nm(h_BLC, cond_BD)
+        return self.head(h.to(self.head.weight.dtype)).float()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    # ---- teacher forcing --------------------------------------------------------------------------------
+    def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor,
+                schedule: DepthSchedule | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V) float32 for the inputs of ``VectorQuantizer.idx_to_var_input``."""
+        s = self.spec
+        if self.training and s.cond_drop_rate > 0:
+            drop = torch.rand(label_B.shape[0], device=label_B.device) < s.cond_drop_rate
+            label_B = torch.where(drop, s.num_classes, label_B)
+        cond_BD = self.class_emb(label_B)
+        sos_B1C = cond_BD.unsqueeze(1) + self.pos_start
+        x_BLC = torch.cat((sos_B1C, self.word_embed(x_BLCv.to(self.dtype))), dim=1)
+        x_BLC = x_BLC + self.lvl_embed(self.lvl_1L) + self.pos_1LC
+        cond = self.cond_for_blocks(cond_BD)
+        if schedule is None:
+            full_ends = [e for _, e in s.begin_ends]
+            attend = prefix_attention(full_ends)
+            for blk in self.blocks:
+                x_BLC = blk(x_BLC, cond, attend)
+        else:
+            schedule.validate(s)
+            for b, blk in enumerate(self.blocks):
+                x_BLC = self._run_block_on_active(blk, b, x_BLC, cond, schedule)
+        return self.get_logits(x_BLC, cond_BD)
+
+    def _run_block_on_active(self, blk: AdaLNSelfAttn, b: int, x_BLC: torch.Tensor, cond: torch.Tensor,
+                             schedule: DepthSchedule) -> torch.Tensor:
+        scales = schedule.active_scales(b)
+        if not scales:
+            return x_BLC
+        be = self.spec.begin_ends
+        ends, total = [], 0
+        for si in scales:
+            total += be[si][1] - be[si][0]
+            ends.append(total)
+        if total == self.spec.L:
+            return blk(x_BLC, cond, prefix_attention(ends))
+        idx = torch.cat([torch.arange(*be[si], device=x_BLC.device) for si in scales])
+        out = blk(x_BLC.index_select(1, idx), cond, prefix_attention(ends))
+        return x_BLC.index_copy(1, idx, out)
+
+    # ---- cached generation: one scale -------------------------------------------------------------------
+    def step(self, x_BlC: torch.Tensor, cond: torch.Tensor, layers: tuple[int, ...], cache) -> torch.Tensor:
+        """Run the blocks ``layers`` on one scale's tokens, attending to (and appending to) the KV cache."""
+        for b in layers:
+            x_BlC = self.blocks[b](x_BlC, cond, cache.attend_fn(b))
+        return x_BlC

@@ -1,0 +1,129 @@
+"""A fake ``pynvml`` module for CPU tests: counters instead of a GPU, switchable failure modes.
+
+``make(...)`` returns a fresh module object to put in ``sys.modules['pynvml']`` (monkeypatch.setitem).
+- mode "ok": one device; every nvmlDeviceGetMemoryInfo call returns a strictly larger ``used`` (a counter), so a
+  timeline's ordering is visible in its values.
+- mode "no_driver": nvmlInit raises NVMLError (as on a machine without the NVIDIA driver).
+- missing: names among {"v3", "v2", "v1"} whose process-info function is absent from the module;
+  not_supported: names whose function exists but raises NVMLError_FunctionNotFound (old driver, new binding).
+- hide_pids: process list holds only foreign PIDs (container PID namespace).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import types
+from dataclasses import dataclass
+
+MIB = 1 << 20
+
+
+class NVMLError(Exception):
+    def __init__(self, value: int = 999, msg: str = "Unknown Error"):
+        super().__init__(msg)
+        self.value = value
+
+
+class NVMLError_FunctionNotFound(NVMLError):  # noqa: N801 - mirrors pynvml's names
+    def __init__(self) -> None:
+        super().__init__(13, "Function Not Found")
+
+
+class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
+    def __init__(self) -> None:
+        super().__init__(9, "Driver Not Loaded")
+
+
+@dataclass
+class _MemInfo:
+    total: int
+    free: int
+    used: int
+
+
+@dataclass
+class _Proc:
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815 - pynvml's field name
+
+
+def make(mode: str = "ok", missing: tuple[str, ...] = (), not_supported: tuple[str, ...] = (),
+         hide_pids: bool = False, pid: int | None = None, base_used: int = 1000 * MIB,
+         step: int = MIB, total: int = 80_000 * MIB) -> types.ModuleType:
+    """Build a fake pynvml module; ``mod.calls`` counts calls per function name."""
+    mod = types.ModuleType("pynvml")
+    mod.NVMLError = NVMLError
+    mod.NVMLError_FunctionNotFound = NVMLError_FunctionNotFound
+    mod.NVMLError_DriverNotLoaded = NVMLError_DriverNotLoaded
+    mod.calls = {}
+    state = {"used": base_used, "init": 0}
+    lock = threading.Lock()
+    own_pid = os.getpid() if pid is None else pid
+
+    def count(name: str) -> None:
+        with lock:
+            mod.calls[name] = mod.calls.get(name, 0) + 1
+
+    def nvmlInit() -> None:  # noqa: N802
+        count("nvmlInit")
+        if mode == "no_driver":
+            raise NVMLError_DriverNotLoaded()
+        state["init"] += 1
+
+    def nvmlShutdown() -> None:  # noqa: N802
+        count("nvmlShutdown")
+        state["init"] = max(0, state["init"] - 1)
+
+    def _check() -> None:
+        if state["init"] <= 0:
+            raise NVMLError(1, "Uninitialized")
+
+    def nvmlDeviceGetCount() -> int:  # noqa: N802
+        _check()
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(i: int) -> str:  # noqa: N802
+        _check()
+        if i != 0:
+            raise NVMLError(2, "Invalid Argument")
+        return "handle0"
+
+    def nvmlDeviceGetName(h: str) -> str:  # noqa: N802
+        return "Fake GPU 80GB"
+
+    def nvmlSystemGetDriverVersion() -> str:  # noqa: N802
+        return "999.99"
+
+    def nvmlDeviceGetMemoryInfo(h: str) -> _MemInfo:  # noqa: N802
+        _check()
+        count("nvmlDeviceGetMemoryInfo")
+        with lock:
+            state["used"] += step
+            used = state["used"]
+        return _MemInfo(total=total, free=total - used, used=used)
+
+    def _proc_fn(tag: str):
+        def fn(h: str) -> list[_Proc]:
+            _check()
+            count(tag)
+            if tag in not_supported:
+                raise NVMLError_FunctionNotFound()
+            procs = [_Proc(pid=own_pid + 100_000, usedGpuMemory=7 * MIB)]
+            if not hide_pids:
+                # the process figure is tied to the device counter, so the two stay comparable
+                procs.append(_Proc(pid=own_pid, usedGpuMemory=state["used"] - base_used))
+            return procs
+        return fn
+
+    for tag, name in (("v3", "nvmlDeviceGetComputeRunningProcesses_v3"),
+                      ("v2", "nvmlDeviceGetComputeRunningProcesses_v2"),
+                      ("v1", "nvmlDeviceGetComputeRunningProcesses")):
+        if tag not in missing:
+            setattr(mod, name, _proc_fn(tag))
+
+    for fn in (nvmlInit, nvmlShutdown, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex, nvmlDeviceGetName,
+               nvmlSystemGetDriverVersion, nvmlDeviceGetMemoryInfo):
+        setattr(mod, fn.__name__, fn)
+    mod.nvmlDeviceGetHandleByUUID = lambda u: (_ for _ in ()).throw(NVMLError(2, "Invalid Argument"))
+    mod.nvmlDeviceGetHandleByPciBusId = lambda b: (_ for _ in ()).throw(NVMLError(2, "Invalid Argument"))
+    return mod

@@ -1,0 +1,210 @@
+"""Quality metrics for depth schedules (DESIGN "Quality metrics"): data-free fidelity to the full network
+(per-scale KL, token agreement, PSNR/SSIM of coupled samples) and the Fréchet distance behind FID / toy FD.
+
+All the math here is ours and tested on closed-form cases; torch-fidelity is only used, optionally, to run
+the Inception network that turns images into 2048-d features.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from varbench.errors import EnvironmentUnavailable, UsageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+# ---- next-scale distributions -------------------------------------------------------------------------------
+def kl_per_scale(logits_ref_BLV: torch.Tensor, logits_BLV: torch.Tensor,
+                 begin_ends: Sequence[tuple[int, int]]) -> list[float]:
+    """KL(ref || other) of the softmax distributions, averaged over the tokens of each scale and the batch.
+
+    Computed in float64 (log_softmax) so that equal logits give exactly 0 and 4096-way softmaxes stay stable.
+    """
+    if logits_ref_BLV.shape != logits_BLV.shape or logits_ref_BLV.dim() != 3:
+        raise ValueError(f"logits must both be (B, L, V); got {tuple(logits_ref_BLV.shape)} "
+                         f"and {tuple(logits_BLV.shape)}")
+    out = []
+    for b, e in begin_ends:
+        lp_ref = F.log_softmax(logits_ref_BLV[:, b:e].double(), dim=-1)
+        lp = F.log_softmax(logits_BLV[:, b:e].double(), dim=-1)
+        kl_Bl = (lp_ref.exp() * (lp_ref - lp)).sum(-1)
+        # KL >= 0 exactly; float64 round-off can give -1e-17 on near-equal distributions
+        out.append(max(0.0, float(kl_Bl.mean())))
+    return out
+
+
+def token_agreement_per_scale(idx_a: Sequence[torch.Tensor], idx_b: Sequence[torch.Tensor]) -> list[float]:
+    """Fraction of equal token indices per scale (1.0 = the two samplers chose the same tokens)."""
+    if len(idx_a) != len(idx_b):
+        raise ValueError(f"different number of scales: {len(idx_a)} vs {len(idx_b)}")
+    out = []
+    for si, (a, b) in enumerate(zip(idx_a, idx_b)):
+        if a.shape != b.shape:
+            raise ValueError(f"scale {si}: index shapes differ {tuple(a.shape)} vs {tuple(b.shape)}")
+        out.append(float((a.to(b.device) == b).double().mean()))
+    return out
+
+
+# ---- images -------------------------------------------------------------------------------------------------
+def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
+    """10·log10(R²/MSE); +inf for identical images."""
+    if mse <= 0.0:
+        return math.inf
+    return 10.0 * math.log10(data_range ** 2 / mse)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
+    """PSNR of the MSE pooled over every pixel of the batch (one identical pair cannot make the mean infinite)."""
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    mse = float(((a.double() - b.double().to(a.device)) ** 2).mean())
+    return psnr_from_mse(mse, data_range)
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim_per_image(a_BCHW: torch.Tensor, b_BCHW: torch.Tensor, data_range: float = 1.0, window: int = 11,
+                   sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """SSIM (Wang et al. 2004) per image: Gaussian window, per channel, 'valid' positions, mean over map and
+    channels. Images smaller than the window use the largest odd window that fits. Returns (B,) float64."""
+    if a_BCHW.shape != b_BCHW.shape or a_BCHW.dim() != 4:
+        raise ValueError(f"ssim needs two (B,C,H,W) tensors of one shape; got {tuple(a_BCHW.shape)} "
+                         f"and {tuple(b_BCHW.shape)}")
+    _, C, H, W = a_BCHW.shape
+    size = min(window, H, W)
+    size -= (size + 1) % 2                       # keep it odd
+    g = _gaussian_window(size, sigma).to(a_BCHW.device)
+    w_C1kk = (g[:, None] * g[None, :]).expand(C, 1, size, size).contiguous()
+    x, y = a_BCHW.double(), b_BCHW.double().to(a_BCHW.device)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, w_C1kk, groups=C)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x ** 2
+    var_y = blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s_map.flatten(1).mean(1)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
+    """Mean SSIM over the batch (window 11, sigma 1.5, K1 0.01, K2 0.03); 1.0 for identical images."""
+    if a.dim() == 3:
+        a, b = a[None], b[None]
+    return float(ssim_per_image(a, b, data_range).mean())
+
+
+# ---- Fréchet distance ---------------------------------------------------------------------------------------
+def gaussian_stats(features_ND: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of feature rows (float64)."""
+    f = features_ND.detach().cpu().double().numpy() if isinstance(features_ND, torch.Tensor) \
+        else np.asarray(features_ND, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need (N>=2, D) features, got shape {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
+    |mu1-mu2|² + tr(s1) + tr(s2) - 2·tr((s1^½ s2 s1^½)^½).
+
+    The trace of the matrix square root is the sum of square roots of the eigenvalues of the symmetric PSD
+    matrix s1^½ s2 s1^½ (eigh, clipped at 0): no complex sqrtm, no 'imaginary component' failures.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"shape mismatch: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}")
+    r1 = _psd_sqrt(s1)
+    m = r1 @ s2 @ r1
+    tr_covmean = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
+    diff = mu1 - mu2
+    return float(max(0.0, diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean))
+
+
+# ---- FID through torch-fidelity (optional extra) ------------------------------------------------------------
+def _to_uint8(images_01: torch.Tensor) -> torch.Tensor:
+    return (images_01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def _load_image_dir(path: Path) -> torch.Tensor:
+    """All images under ``path`` (an ImageFolder: class sub-folders or flat) as uint8 (N,3,H,W)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError(f"reading images from {path} needs Pillow: pip install pillow") from None
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+    arrs = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    shapes = {a.shape for a in arrs}
+    if len(shapes) != 1:
+        raise UsageError(f"images under {path} have different sizes {sorted(shapes)[:3]}; resize them first")
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+def _inception_features(images_u8: torch.Tensor, device: str = "cpu", batch: int = 64,
+                        weights_path: str | None = None) -> np.ndarray:
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError:
+        raise UsageError("--metric fid needs the optional extra torch-fidelity: pip install torch-fidelity") from None
+    weights_path = weights_path or os.environ.get("VARBENCH_INCEPTION_WEIGHTS")
+    try:
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                          feature_extractor_weights_path=weights_path).to(device)
+    except Exception as e:  # noqa: BLE001 - offline download, bad file: one readable line
+        raise EnvironmentUnavailable(f"could not load the Inception weights for FID ({type(e).__name__}: {e}); "
+                           "put them in the torch hub cache or set VARBENCH_INCEPTION_WEIGHTS=PATH") from None
+    feats = []
+    with torch.no_grad():
+        for i in range(0, images_u8.shape[0], batch):
+            feats.append(net(images_u8[i:i + batch].to(device))[0].double().cpu())
+    return torch.cat(feats).numpy()
+
+
+def _images_u8(x: str | os.PathLike | torch.Tensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.cpu() if x.dtype == torch.uint8 else _to_uint8(x)
+    p = Path(x)
+    if not p.is_dir():
+        raise UsageError(f"{p} is not a directory of images")
+    return _load_image_dir(p)
+
+
+def fid_torch_fidelity(images: str | os.PathLike | torch.Tensor, ref: str | os.PathLike | torch.Tensor,
+                       device: str = "cpu", weights_path: str | None = None) -> float:
+    """FID of ``images`` (a folder or an (N,3,H,W) tensor in [0,1]) against ``ref``: an .npz with ``mu`` and
+    ``sigma``, an image folder, or another image tensor. Inception features come from torch-fidelity; the
+    Fréchet distance is ours (``frechet_distance``)."""
+    if not isinstance(ref, torch.Tensor) and str(ref).endswith(".npz"):
+        try:
+            with np.load(ref) as z:
+                mu_r, sig_r = z["mu"], z["sigma"]
+        except (OSError, KeyError, ValueError) as e:
+            raise UsageError(f"{ref}: not an .npz with 'mu' and 'sigma' ({e})") from None
+    else:
+        mu_r, sig_r = gaussian_stats(_inception_features(_images_u8(ref), device, weights_path=weights_path))
+    mu, sig = gaussian_stats(_inception_features(_images_u8(images), device, weights_path=weights_path))
+    return frechet_distance(mu, sig, mu_r, sig_r)

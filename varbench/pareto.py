@@ -1,0 +1,87 @@
+"""Pareto fronts over benchmark points: which configurations are worth deploying at all.
+
+A point is dominated when another point is at least as good on every objective and strictly better on one;
+the report draws the non-dominated set as a step line so the trade-off curve reads at a glance.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _value(point: Mapping[str, Any], key: str) -> float | None:
+    v = point.get(key)
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _objectives(point: Mapping[str, Any], minimize: Sequence[str], maximize: Sequence[str]) -> tuple[float, ...] | None:
+    """All objectives as 'smaller is better' numbers; None when any is missing."""
+    out: list[float] = []
+    for k in minimize:
+        v = _value(point, k)
+        if v is None:
+            return None
+        out.append(v)
+    for k in maximize:
+        v = _value(point, k)
+        if v is None:
+            return None
+        out.append(-v)
+    return tuple(out)
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto_indices(points: Sequence[Mapping[str, Any]], minimize: Sequence[str] = (),
+                   maximize: Sequence[str] = ()) -> list[int]:
+    """Indices of the non-dominated points, in input order. Points missing an objective are left out.
+
+    Exact duplicates do not dominate each other, so ties all stay on the front.
+    """
+    if not minimize and not maximize:
+        raise ValueError("pareto_front needs at least one objective")
+    objs = [_objectives(p, minimize, maximize) for p in points]
+    keep: list[int] = []
+    for i, oi in enumerate(objs):
+        if oi is None:
+            continue
+        if not any(oj is not None and j != i and _dominates(oj, oi) for j, oj in enumerate(objs)):
+            keep.append(i)
+    return keep
+
+
+def pareto_front(points: Sequence[Mapping[str, Any]], minimize: Sequence[str] = (),
+                 maximize: Sequence[str] = ()) -> list[Mapping[str, Any]]:
+    """The non-dominated points themselves (same objects), in input order (stable)."""
+    return [points[i] for i in pareto_indices(points, minimize, maximize)]
+
+
+def step_line(front: Sequence[Mapping[str, Any]], x: str, y: str, *,
+              x_minimize: bool = True, y_minimize: bool = False) -> tuple[list[float], list[float]]:
+    """Coordinates of the staircase through a 2-D front, ordered from the best-x end.
+
+    Between two front points the line holds the previous point's y until the next x ("hv" step), which is
+    exactly the boundary of the region the front dominates.
+    """
+    pts = [(_value(p, x), _value(p, y)) for p in front]
+    pts = [(a, b) for a, b in pts if a is not None and b is not None]
+    # best x first; among equal x the best y first
+    pts.sort(key=lambda t: (t[0] if x_minimize else -t[0], t[1] if y_minimize else -t[1]))
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, (a, b) in enumerate(pts):
+        if i:
+            xs.append(a)
+            ys.append(ys[-1])
+        xs.append(a)
+        ys.append(b)
+    return xs, ys

@@ -1,0 +1,186 @@
+"""One results schema: JSON-lines rows appended and fsynced as each measurement finishes, plus an atomic
+manifest describing the environment they were measured in (DESIGN "Measurement rules": results).
+
+Rows are plain dicts with units in field names; every row carries ``model``, ``weights`` and ``kind``.
+A crash can leave at most a truncated last line, which ``read_rows`` skips, so a rerun resumes cleanly.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+ROWS_FILE = "sweep.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+def _git_commit() -> str | None:
+    """HEAD of the repo holding this package (None outside a repo or before the first commit)."""
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    out = res.stdout.strip()
+    return out if res.returncode == 0 and out else None
+
+
+def _nvml_driver() -> tuple[str | None, list[str]]:
+    """Driver version and GPU names through NVML; (None, []) without it."""
+    try:
+        import pynvml  # nvidia-ml-py
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no module, no driver, no library: all mean "unknown"
+        return None, []
+    try:
+        drv = pynvml.nvmlSystemGetDriverVersion()
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            n = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            names.append(n.decode() if isinstance(n, bytes) else str(n))
+        return (drv.decode() if isinstance(drv, bytes) else str(drv)), names
+    except Exception:  # noqa: BLE001
+        return None, []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def environment() -> dict[str, Any]:
+    """What a result depends on besides the code: host, versions, GPU, driver, commit, command, time."""
+    env: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "command_line": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else None,
+        "start_time": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "torch": None, "cuda": None, "cudnn": None, "gpu_name": None, "gpu_count": 0,
+    }
+    try:
+        import torch
+        env["torch"] = torch.__version__
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        if torch.cuda.is_available():
+            env["gpu_count"] = torch.cuda.device_count()
+            env["gpu_name"] = torch.cuda.get_device_name(0)
+    except Exception as e:  # noqa: BLE001 - environment capture must never fail a run
+        log.debug("torch environment capture failed: %s", e)
+    driver, names = _nvml_driver()
+    env["driver"] = driver
+    if env["gpu_name"] is None and names:
+        env["gpu_name"] = names[0]
+    return env
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory + os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_manifest(out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None,
+                   name: str = MANIFEST_FILE) -> Path:
+    """Write ``out_dir/manifest.json`` = environment() updated with ``extra`` (atomically). Returns the path."""
+    data = environment()
+    data.update(dict(extra or {}))
+    path = Path(out_dir) / name
+    _atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return path
+
+
+def read_manifest(out_dir: str | os.PathLike, name: str = MANIFEST_FILE) -> dict[str, Any] | None:
+    """The manifest in ``out_dir``, or None if absent/unreadable."""
+    try:
+        return json.loads((Path(out_dir) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _json_default(o: Any) -> Any:
+    """Make numpy scalars, paths and torch dtypes serialisable without importing them here."""
+    if hasattr(o, "item") and callable(o.item):
+        try:
+            return o.item()
+        except Exception:  # noqa: BLE001
+            pass
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return str(o)
+
+
+def append_row(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
+    """Append one JSON line and make it durable (flush + fsync) before returning."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(dict(row), default=_json_default, allow_nan=True)
+    with open(p, "a+b") as f:
+        # if a previous writer died mid-line, start on a fresh line so this row stays parseable
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(line.encode("utf-8") + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path_or_dir: str | os.PathLike, name: str = ROWS_FILE) -> list[dict[str, Any]]:
+    """All rows of a JSONL file (or ``dir/sweep.jsonl``); unparseable lines (a truncated tail) are skipped."""
+    p = Path(path_or_dir)
+    if p.is_dir():
+        p = p / name
+    if not p.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    with open(p, "r", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                log.warning("%s:%d: skipping unparseable line (truncated write?)", p, lineno)
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+    return rows
+
+
+def row_key(row: Mapping[str, Any], fields: Iterable[str]) -> tuple:
+    """Hashable identity of a row over ``fields`` (lists become tuples), used to skip finished points."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, list):
+            return tuple(norm(x) for x in v)
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return v
+    return tuple(norm(row.get(f)) for f in fields)
