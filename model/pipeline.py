@@ -12,7 +12,6 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from . import checkpoint
 from .kv_cache import KVCache
 from .sampling import sample_tokens
 from .schedule import DepthSchedule
@@ -62,6 +61,7 @@ class VARPipeline:
                 var_ckpt = var_ckpt or shipped / "var.safetensors"
                 vae_ckpt = vae_ckpt or shipped / "vae.safetensors"
             else:
+                from . import checkpoint
                 found_var, found_vae = checkpoint.resolve_official(spec)
                 var_ckpt, vae_ckpt = var_ckpt or found_var, vae_ckpt or found_vae
         with torch.device("meta"):
@@ -82,6 +82,7 @@ class VARPipeline:
     def load_official(self, var_sd: Mapping[str, torch.Tensor] | str | Path,
                       vae_sd: Mapping[str, torch.Tensor] | str | Path) -> "VARPipeline":
         """Strict load of official (or our) state dicts; raises CheckpointError naming the bad keys."""
+        from . import checkpoint
         if isinstance(var_sd, (str, Path)):
             self.weights = str(var_sd)
             var_sd = checkpoint.load_state_file(var_sd)

@@ -58,7 +58,7 @@ def test_token_agreement_fractions():
 
 def test_psnr_identical_and_constant_offset():
     g = torch.Generator().manual_seed(2)
-    x = torch.rand(2, 3, 16, 16, generator=g) * 0.8
+    x = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64) * 0.8
     assert metrics.psnr(x, x) == math.inf
     # offset 0.1 everywhere: MSE = 0.01 -> 10·log10(1/0.01) = 20 dB; data range 2 adds 20·log10(2)
     assert metrics.psnr(x, x + 0.1) == pytest.approx(20.0, abs=1e-9)
@@ -75,7 +75,7 @@ def test_ssim_identical_and_constant_images():
     assert metrics.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
     # flat images: variances and covariance vanish, only the luminance term remains
     c1v, c2v = 0.2, 0.6
-    a, b = torch.full((1, 3, 16, 16), c1v), torch.full((1, 3, 16, 16), c2v)
+    a, b = (torch.full((1, 3, 16, 16), v, dtype=torch.float64) for v in (c1v, c2v))
     C1 = 0.01 ** 2
     expect = (2 * c1v * c2v + C1) / (c1v ** 2 + c2v ** 2 + C1)
     assert metrics.ssim(a, b) == pytest.approx(expect, rel=1e-9)

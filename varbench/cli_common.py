@@ -43,8 +43,9 @@ VaeOpt = Annotated[Optional[Path], typer.Option("--vae", help="VQ-VAE weights (.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable results on stdout.")]
 
 
-def parse_int_list(text: str | Sequence[int], name: str) -> list[int]:
-    """'2,4,8' -> [2, 4, 8]; empty items, non-integers and values <= 0 are a UsageError naming ``name``."""
+def parse_int_list(text: str | Sequence[int], name: str, positive: bool = True) -> list[int]:
+    """'2,4,8' -> [2, 4, 8]; empty items, non-integers and (if ``positive``) values <= 0 are a UsageError
+    naming ``name``."""
     if not isinstance(text, str):
         items = [str(v) for v in text]
     else:
@@ -57,7 +58,7 @@ def parse_int_list(text: str | Sequence[int], name: str) -> list[int]:
             v = int(t)
         except ValueError:
             raise UsageError(f"{name}: {t!r} is not an integer (got {text!r})") from None
-        if v <= 0:
+        if positive and v <= 0:
             raise UsageError(f"{name}: values must be positive, got {v}")
         out.append(v)
     return out
@@ -80,7 +81,7 @@ def resolve_depths(spec: "VARSpec", depths: str | Sequence[int] | None,
     if depths is None:
         vals = [d for d in default if 2 <= d < D] + [D]
     else:
-        vals = parse_int_list(depths, "--depths")
+        vals = parse_int_list(depths, "--depths", positive=False)   # range checked below, with the range
     bad = [d for d in vals if not 2 <= d <= D]
     if bad:
         raise UsageError(f"--depths: {bad[0]} is outside 2..{D} ({spec.name} has {D} blocks; {D} = full network)")

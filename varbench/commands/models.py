@@ -4,10 +4,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from varbench.cli_common import (DepthsOpt, JsonOpt, SelectOpt, SwitchOpt, check_select, check_switch,
                                  err_console, print_json, resolve_depths, resolve_spec)
+from varbench.errors import UsageError
 
 
 def _fmt_bytes(n: float) -> str:
@@ -25,30 +27,31 @@ def _fmt_count(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+    return t
+
+
 def _registry_table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="varbench model registry (per image: bf16 KV cache, CFG on)")
-    for col in ("name", "depth", "width", "heads", "scales", "tokens", "image", "params", "KV / image",
-                "FLOP / image", "official"):
-        t.add_column(col, justify="left" if col == "name" else "right")
+    t = _table("model registry (* official weights on HF; per image: bf16 KV, CFG)",
+               ("model", "depth", "C", "H", "S", "L", "px", "params", "KV", "FLOP"))
     for r in rows:
-        t.add_row(r["name"], str(r["depth"]), str(r["width"]), str(r["heads"]), str(r["scales"]), str(r["tokens"]),
-                  f"{r['image_size']}px", _fmt_count(r["params"]), _fmt_bytes(r["kv_bytes_per_image"]),
-                  _fmt_count(r["flops_per_image"]), "yes" if r["official"] else "no")
+        t.add_row(r["name"] + ("*" if r["official"] else ""), str(r["depth"]), str(r["width"]), str(r["heads"]),
+                  str(r["scales"]), str(r["tokens"]), str(r["image_size"]), _fmt_count(r["params"]),
+                  _fmt_bytes(r["kv_bytes_per_image"]), _fmt_count(r["flops_per_image"]))
     return t
 
 
 def _subnet_table(rows: list[dict[str, Any]]) -> Table:
     r0 = rows[0]
-    t = Table(title=f"{r0['model']}: VARiant subnets, switch {r0['switch']}, {r0['select']} "
-                    "(per image, bf16 KV, CFG; analytic)")
-    for col in ("depth", "layers", "params", "KV peak (freed)", "KV cut", "KV (kept)", "KV cut (kept)",
-                "FLOP / image", "FLOP speedup"):
-        t.add_column(col, justify="right")
+    t = _table(f"{r0['model']} VARiant(d, switch {r0['switch']}, {r0['select']}); analytic, per image, bf16 KV, CFG",
+               ("depth", "params", "KV freed", "cut", "KV kept", "cut", "FLOP", "speedup"))
     for r in rows:
-        layers = ",".join(map(str, r["layers"]))
-        t.add_row(str(r["depth"]), layers if len(layers) <= 40 else layers[:37] + "...", _fmt_count(r["params"]),
-                  _fmt_bytes(r["kv_bytes"]), f"{100 * r['kv_reduction']:.1f}%", _fmt_bytes(r["kv_bytes_kept"]),
-                  f"{100 * r['kv_reduction_kept']:.1f}%", _fmt_count(r["flops"]), f"{r['flops_speedup']:.2f}x")
+        t.add_row(str(r["depth"]), _fmt_count(r["params"]), _fmt_bytes(r["kv_bytes"]), f"{100 * r['kv_reduction']:.1f}%",
+                  _fmt_bytes(r["kv_bytes_kept"]), f"{100 * r['kv_reduction_kept']:.1f}%", _fmt_count(r["flops"]),
+                  f"{r['flops_speedup']:.2f}x")
     return t
 
 
@@ -66,7 +69,7 @@ def models(
 
     if model is None:
         if depths is not None:
-            raise_usage("--depths needs --model")
+            raise UsageError("--depths needs --model NAME")
         rows = [analytic.registry_row(s) for s in spec_mod.SPECS.values()]
         if json_out:
             print_json(rows)
@@ -82,12 +85,6 @@ def models(
         print_json(rows)
     else:
         err_console.print(_subnet_table(rows))
-
-
-def raise_usage(message: str) -> None:
-    from varbench.errors import UsageError
-
-    raise UsageError(message)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,132 @@
+"""Multi-process training under ``torchrun``: process group, DDP/FSDP wrapping, rank-0 helpers.
+
+One process per device; WORLD_SIZE/RANK/LOCAL_RANK come from torchrun. NCCL on GPU, gloo on CPU. The global batch is
+split across ranks (``data.rank_batches``) and gradients are averaged, so W processes compute the same update as one
+process with the same global batch.
+
+Unused parameters: with switch N >= 1 every block runs in the bridge zone, so every parameter gets a gradient in
+every step, subnet steps included; only a schedule that leaves a block idle at every scale (switch 0) does not.
+``needs_find_unused`` checks the candidate schedules and turns ``find_unused_parameters`` on only then, because it
+costs an extra graph traversal per step. Multi-pass steps (sandwich, distillation) run the earlier passes under
+``no_sync`` and the full pass last, so the synchronised backward sees every parameter.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..schedule import DepthSchedule
+from ..spec import VARSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto|cpu|cuda|cuda:N -> a device; under torchrun each rank takes cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA was asked for but no CUDA GPU is available")
+        return torch.device(name if ":" in name else f"cuda:{local_rank}")
+    return torch.device(name)
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Start the process group when torchrun launched several processes; a no-op for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        log.info("process group %s: rank %d of %d on %s", backend, rank, world, dev)
+    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev)
+
+
+def cleanup(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def needs_find_unused(spec: VARSpec, schedules: Iterable[DepthSchedule | None]) -> bool:
+    """True when some candidate schedule leaves a block idle at every scale (its parameters get no gradient)."""
+    for sched in schedules:
+        if sched is not None and len(sched.used_blocks()) < spec.depth:
+            return True
+    return False
+
+
+def wrap_model(model: nn.Module, env: DistEnv, *, find_unused: bool, fsdp: bool = False,
+               block_cls: type[nn.Module] | None = None) -> nn.Module:
+    """DDP (default) or FSDP sharded per transformer block (``--fsdp``, for d30-size models)."""
+    if not env.distributed and not fsdp:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        if not dist.is_initialized():
+            raise RuntimeError("--fsdp needs torchrun (a process group)")
+        policy = ModuleWrapPolicy({block_cls}) if block_cls is not None else None
+        return FSDP(model, auto_wrap_policy=policy, use_orig_params=True,
+                    device_id=env.device if env.device.type == "cuda" else None)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DDP(model, device_ids=ids, find_unused_parameters=find_unused, broadcast_buffers=False)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module, skip: bool) -> Iterator[None]:
+    """Accumulate gradients locally (DDP/FSDP ``no_sync``) for all but the last pass of a step."""
+    if skip and hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    else:
+        yield
+
+
+def all_reduce_mean(values: list[float], env: DistEnv) -> list[float]:
+    """Average a few scalars over ranks (for logging); identity for one process."""
+    if not env.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return (t / env.world).tolist()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()

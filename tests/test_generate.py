@@ -1,0 +1,130 @@
+"""Exactness of the supernet: teacher forcing == cached generation under any schedule; subnet == standalone."""
+import itertools
+
+import pytest
+import torch
+
+from model import spec
+from model.pipeline import VARPipeline
+from model.schedule import DepthSchedule, subnet_layers
+from model.var import VAR
+
+# 5 scales, 4 blocks, width 64: small enough for seconds, enough scales for every switch
+SPEC = spec.var_spec(4, name="t5", width=64, heads=2, patch_nums=(1, 2, 3, 4, 5), vae=spec.TINY_VAE,
+                     num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return VARPipeline.from_spec(SPEC, seed=0)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def check_tf_equals_cached(pipe, schedule, top_k=0, top_p=0.0, seed=1):
+    labels = torch.tensor([3, 7])
+    out = pipe.generate(labels, cfg=2.0, top_k=top_k, top_p=top_p, seed=seed, schedule=schedule,
+                        return_logits=True, decode=False)
+    tf = pipe.teacher_forcing(labels, out.indices, schedule)
+    cached = torch.cat(out.logits, dim=1)
+    assert tf.shape == cached.shape == (2, SPEC.L, SPEC.vae.vocab_size)
+    assert rel_err(cached, tf) <= 1e-5
+    # the unconditional half too: label = num_classes
+    uncond = pipe.teacher_forcing(torch.full((2,), SPEC.num_classes), out.indices, schedule)
+    assert uncond.shape == tf.shape
+
+
+def schedules():
+    yield "full", DepthSchedule.full(SPEC)
+    for switch, depth, select in itertools.product(range(1, SPEC.num_scales), (2, 3), ("isometric", "nested")):
+        yield f"variant-{depth}-{switch}-{select}", DepthSchedule.variant(SPEC, depth, switch, select)
+    # skip block 1 at scale 1 only: it attends later to scales it processed (0, 2, 3, 4)
+    layers = [tuple(range(4))] * 5
+    layers[1] = (0, 2, 3)
+    yield "skip-early", DepthSchedule(layers)
+    yield "per-scale", DepthSchedule.per_scale(SPEC, [4, 3, 2, 3, 4])
+
+
+@pytest.mark.parametrize("name,schedule", list(schedules()), ids=lambda x: x if isinstance(x, str) else "")
+def test_teacher_forcing_equals_cached_generation(pipe, name, schedule):
+    check_tf_equals_cached(pipe, schedule)
+
+
+def test_with_top_k_top_p_sampling(pipe):
+    check_tf_equals_cached(pipe, DepthSchedule.variant(SPEC, 2, 2), top_k=20, top_p=0.9)
+
+
+def test_subnet_equals_standalone_model(pipe):
+    layers = subnet_layers(4, 2, "isometric")
+    schedule = DepthSchedule([layers] * SPEC.num_scales)
+    sub_spec = SPEC.with_depth(2)
+    sd = pipe.var.state_dict()
+    sub_sd = {}
+    for k, v in sd.items():
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            if int(i) in layers:
+                sub_sd[f"blocks.{layers.index(int(i))}.{rest}"] = v
+        else:
+            sub_sd[k] = v
+    sub = VAR(sub_spec)
+    sub.load_state_dict(sub_sd, strict=True)
+    sub.eval()
+    labels = torch.tensor([1, 4])
+    out = pipe.generate(labels, top_k=0, top_p=0, seed=3, schedule=schedule, decode=False)
+    x = pipe.vae.quantize.idx_to_var_input(out.indices)
+    with torch.no_grad():
+        ref = sub(labels, x)
+    assert rel_err(pipe.teacher_forcing(labels, out.indices, schedule), ref) <= 1e-5
+
+
+def test_seeds_and_greedy(pipe):
+    labels = [0, 5, 9]
+    a = pipe.generate(labels, seed=11, top_k=30, top_p=0.95)
+    b = pipe.generate(labels, seed=11, top_k=30, top_p=0.95)
+    c = pipe.generate(labels, seed=12, top_k=30, top_p=0.95)
+    assert torch.equal(a.images, b.images)
+    assert not all(torch.equal(x, y) for x, y in zip(a.indices, c.indices))
+    g1 = pipe.generate(labels, seed=1, top_k=1)
+    g2 = pipe.generate(labels, seed=2, top_k=1)
+    assert all(torch.equal(x, y) for x, y in zip(g1.indices, g2.indices))
+    assert a.images.shape == (3, 3, SPEC.image_size, SPEC.image_size)
+    assert 0.0 <= a.images.min() and a.images.max() <= 1.0
+    assert torch.allclose(a.images, pipe.vae.idx_to_img(a.indices), atol=1e-6)
+    assert [i.shape for i in a.indices] == [(3, pn * pn) for pn in SPEC.patch_nums]
+
+
+def test_switching_schedules_costs_nothing(pipe):
+    ptrs = {k: p.data_ptr() for k, p in pipe.var.named_parameters()}
+    n_modules = len(list(pipe.var.modules()))
+    for d in (2, 3, 4):
+        pipe.generate([1], seed=0, schedule=DepthSchedule.variant(SPEC, d, 2), decode=False)
+    assert ptrs == {k: p.data_ptr() for k, p in pipe.var.named_parameters()}
+    assert n_modules == len(list(pipe.var.modules()))
+
+
+def test_coupled_sampling_identical_distributions_agree(pipe):
+    full = DepthSchedule.full(SPEC)
+    explicit = DepthSchedule([tuple(range(4))] * SPEC.num_scales)
+    a = pipe.generate([2, 3], seed=5, schedule=full, top_k=40, top_p=0.9)
+    b = pipe.generate([2, 3], seed=5, schedule=explicit, top_k=40, top_p=0.9)
+    assert torch.equal(a.images, b.images)
+
+
+def test_class_dropout_only_in_training():
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    idx = p.generate([1, 2, 3, 4] * 8, seed=0, decode=False).indices
+    x = p.vae.quantize.idx_to_var_input(idx)
+    labels = torch.tensor([1, 2, 3, 4] * 8)
+    p.var.eval()
+    with torch.no_grad():
+        assert torch.equal(p.var(labels, x), p.var(labels, x))
+    p.var.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trained = p.var(labels, x)
+    p.var.eval()
+    with torch.no_grad():
+        assert not torch.allclose(trained, p.var(labels, x))

@@ -1,0 +1,63 @@
+"""Analytic KV bytes (varbench.analytic) equal the real cache's bytes at every scale boundary."""
+import pytest
+import torch
+
+from model import spec
+from model.kv_cache import KVCache
+from model.pipeline import VARPipeline
+from model.schedule import DepthSchedule
+from varbench import analytic
+
+SPEC = spec.var_spec(6, name="t6", width=64, heads=2, patch_nums=(1, 2, 3, 4, 5), vae=spec.TINY_VAE,
+                     num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return VARPipeline.from_spec(SPEC, seed=0)
+
+
+CASES = [DepthSchedule.full(SPEC), DepthSchedule.variant(SPEC, 2, 2), DepthSchedule.variant(SPEC, 3, 3, "nested"),
+         DepthSchedule([(0, 1, 2, 3, 4, 5), (0, 2, 3, 4, 5), (0, 3, 5), (0, 1, 3, 5), (0, 5)])]
+
+
+@pytest.mark.parametrize("schedule", CASES, ids=lambda s: s.describe())
+@pytest.mark.parametrize("keep_skipped", [False, True])
+@pytest.mark.parametrize("k_dtype", [None, torch.float64])
+def test_analytic_equals_cache_bytes(pipe, schedule, keep_skipped, k_dtype):
+    seen = []
+    pipe.generate([1, 2, 3], seed=0, schedule=schedule, keep_skipped=keep_skipped, k_dtype=k_dtype, decode=False,
+                  on_scale_end=lambda si, cache: seen.append(cache.nbytes()))
+    want = analytic.kv_bytes_per_scale(SPEC, schedule, batch=3, dtype=torch.float32, keep_skipped=keep_skipped,
+                                       k_dtype=k_dtype)
+    assert seen == want
+
+
+def test_freeing_really_frees():
+    """After the switch the skipped blocks' buffers are gone: fewer bytes held than with keep_skipped."""
+    sched = DepthSchedule.variant(SPEC, 2, 2)
+    freed = KVCache(SPEC, sched, 2, torch.float32, "cpu")
+    kept = KVCache(SPEC, sched, 2, torch.float32, "cpu", keep_skipped=True)
+    for c in (freed, kept):
+        c.begin_scale(0)
+    before = freed.nbytes()
+    freed.begin_scale(2)
+    kept.begin_scale(2)
+    assert all(freed.k[b] is None for b in (1, 2, 3, 4))
+    assert freed.nbytes() < kept.nbytes()
+    assert freed.nbytes() != before
+
+
+def test_full_schedule_is_one_static_allocation():
+    c = KVCache(SPEC, DepthSchedule.full(SPEC), 2, torch.float32, "cpu")
+    c.begin_scale(0)
+    ptrs = [t.data_ptr() for t in c.k]
+    for si in range(1, SPEC.num_scales):
+        c.begin_scale(si)
+    assert ptrs == [t.data_ptr() for t in c.k]
+    assert c.nbytes() == 6 * SPEC.L * 4 * 2 * 64 * 4   # blocks × tokens × rows (2B, B=2) × (K,V) × C × fp32
+
+
+def test_d30_full_kv_per_image_bf16():
+    s = spec.SPECS["var-d30"]
+    assert analytic.kv_peak_bytes(s, DepthSchedule.full(s), batch=1, dtype=torch.bfloat16) == 313_344_000
