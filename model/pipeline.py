@@ -36,6 +36,7 @@ class VARPipeline:
                  weights: str = "random"):
         self.spec, self.var, self.vae = spec, var, vae
         self.device, self.dtype, self.weights = device, dtype, weights
+        self._graphed: dict[tuple, object] = {}
 
     # ---- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -119,25 +120,40 @@ class VARPipeline:
     def generate(self, labels_B, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
                  schedule: DepthSchedule | None = None, keep_skipped: bool = False,
                  k_dtype: torch.dtype | None = None, decode: bool = True, return_logits: bool = False,
-                 on_scale_end: Callable[[int, KVCache], None] | None = None) -> GenerateOutput:
+                 on_scale_end: Callable[[int, KVCache], None] | None = None,
+                 cuda_graphs: bool = False) -> GenerateOutput:
+        """Class-conditional samples under ``schedule`` (default full depth).
+
+        ``cuda_graphs`` replays per-scale CUDA graphs (small batches; captured once per schedule and batch; the
+        cache then keeps every block's buffers, i.e. the keep_skipped accounting).
+        """
         spec, var, quant = self.spec, self.var, self.vae.quantize
         schedule = (schedule or DepthSchedule.full(spec)).validate(spec)
         labels = self._labels(labels_B)
         B, S = labels.shape[0], spec.num_scales
         gen = torch.Generator(device=self.device).manual_seed(seed)
         cond_BD = var.class_emb(torch.cat((labels, torch.full_like(labels, spec.num_classes))))
-        cond = var.cond_for_blocks(cond_BD)
         lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
         x_BlC = cond_BD.unsqueeze(1) + var.pos_start + lvl_pos_1LC[:, :1]
         pn_last = spec.patch_nums[-1]
         f_hat = torch.zeros(B, spec.vae.z_channels, pn_last, pn_last, device=self.device)
-        cache = KVCache(spec, schedule, B, self.dtype, self.device, keep_skipped=keep_skipped, k_dtype=k_dtype)
+        graphed = None
+        if cuda_graphs and self.device.type == "cuda":
+            graphed = self._graph_runner(schedule, B, k_dtype)
+            graphed.start(cond_BD)
+            cache = graphed.cache
+        else:
+            cache = KVCache(spec, schedule, B, self.dtype, self.device, keep_skipped=keep_skipped, k_dtype=k_dtype)
+            mods = var.modulations(var.cond_for_blocks(cond_BD), schedule.used_blocks())
         indices, logits_out, kv_peak = [], [], 0
         for si, pn in enumerate(spec.patch_nums):
-            cache.begin_scale(si)
+            if graphed is not None:
+                logits_2BlV = graphed.run(si, x_BlC)
+            else:
+                cache.begin_scale(si)
+                h_BlC = var.step(x_BlC, mods, schedule.layers[si], cache)
+                logits_2BlV = var.get_logits(h_BlC, cond_BD)
             kv_peak = max(kv_peak, cache.nbytes())
-            h_BlC = var.step(x_BlC, cond, schedule.layers[si], cache)
-            logits_2BlV = var.get_logits(h_BlC, cond_BD)
             t = cfg * si / (S - 1) if S > 1 else cfg
             logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
             if return_logits:
@@ -152,9 +168,18 @@ class VARPipeline:
                 b0, b1 = spec.begin_ends[si + 1]
                 x_BlC = var.word_embed(next_BlCv.to(self.dtype)) + lvl_pos_1LC[:, b0:b1]
                 x_BlC = x_BlC.repeat(2, 1, 1)
-        cache.release()
+        if graphed is None:
+            cache.release()
         images = self.vae.fhat_to_img(f_hat) if decode else None
         return GenerateOutput(images, indices, f_hat, logits_out, kv_peak)
+
+    def _graph_runner(self, schedule: DepthSchedule, batch: int, k_dtype: torch.dtype | None):
+        from .cuda_graphs import GraphedScales
+        key = (schedule, batch, k_dtype, self.dtype)
+        if key not in self._graphed:
+            self._graphed.clear()                   # one captured configuration at a time bounds the memory
+            self._graphed[key] = GraphedScales(self.var, schedule, batch, self.dtype, self.device, k_dtype)
+        return self._graphed[key]
 
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:

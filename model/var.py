@@ -252,8 +252,13 @@ class VAR(nn.Module):
         return x_BLC.index_copy(1, idx, out)
 
     # ---- cached generation: one scale -------------------------------------------------------------------
-    def step(self, x_BlC: torch.Tensor, cond: torch.Tensor, layers: tuple[int, ...], cache) -> torch.Tensor:
+    def modulations(self, cond: torch.Tensor, blocks: tuple[int, ...]) -> dict[int, tuple[torch.Tensor, ...]]:
+        """AdaLN vectors of the given blocks; they depend only on the class, so generation computes them once."""
+        return {b: self.blocks[b].modulation(cond) for b in blocks}
+
+    def step(self, x_BlC: torch.Tensor, mods: dict[int, tuple[torch.Tensor, ...]], layers: tuple[int, ...],
+             cache) -> torch.Tensor:
         """Run the blocks ``layers`` on one scale's tokens, attending to (and appending to) the KV cache."""
         for b in layers:
-            x_BlC = self.blocks[b](x_BlC, cond, cache.attend_fn(b))
+            x_BlC = self.blocks[b](x_BlC, None, cache.attend_fn(b), mods[b])
         return x_BlC

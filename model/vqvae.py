@@ -73,7 +73,7 @@ class MultiScaleQuantizer(nn.Module):
         self.quant_resi = PhiPartiallyShared(nn.ModuleList(phis))
         self.phi_index_S = phi_index_map(self.S, k)
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(self.S, self.V))
-        self.register_buffer("record_hit", torch.zeros((), dtype=torch.long), persistent=False)
+        self.record_hit = 0  # training steps seen by the usage EMA (plain int: meta/to_empty safe, not saved)
         self.embedding = nn.Embedding(self.V, self.Cvae)  # default N(0,1), as the official (never re-initialised)
 
     # ---- helpers -------------------------------------------------------------------------------------------
@@ -101,7 +101,8 @@ class MultiScaleQuantizer(nn.Module):
         return d_NV.argmin(dim=1)
 
     def _check_latent(self, f_BChw: torch.Tensor) -> None:
-        if f_BChw.shape[1] != self.Cvae or f_BChw.shape[-1] != self.patch_nums[-1] or f_BChw.shape[-2] != f_BChw.shape[-1]:
+        _, C, H, W = f_BChw.shape
+        if C != self.Cvae or H != self.patch_nums[-1] or W != H:
             raise ValueError(f"latent of shape {tuple(f_BChw.shape)} does not match Cvae={self.Cvae} and the last "
                              f"patch size {self.patch_nums[-1]}")
 
@@ -129,8 +130,8 @@ class MultiScaleQuantizer(nn.Module):
         return f_hat
 
     def idx_to_var_input(self, idx_list: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Teacher-forcing inputs (B, L−1, Cvae) float32: after each scale but the last, area-pool the running f_hat to
-        the next patch size (official idxBl_to_var_input)."""
+        """Teacher-forcing inputs (B, L−1, Cvae) float32: after each scale but the last, area-pool the running f_hat
+        to the next patch size (official idxBl_to_var_input)."""
         self._check_idx(idx_list)
         pn_last = self.patch_nums[-1]
         B = idx_list[0].shape[0]
@@ -140,12 +141,14 @@ class MultiScaleQuantizer(nn.Module):
             h_BChw = self.embed_idx(idx_list[si], self.patch_nums[si]).float()
             f_hat = f_hat + self.phi(si)(F.interpolate(h_BChw, size=(pn_last, pn_last), mode="bicubic"))
             pn_next = self.patch_nums[si + 1]
-            nexts.append(F.interpolate(f_hat, size=(pn_next, pn_next), mode="area").view(B, self.Cvae, -1).transpose(1, 2))
+            nxt_BCl = F.interpolate(f_hat, size=(pn_next, pn_next), mode="area").view(B, self.Cvae, -1)
+            nexts.append(nxt_BCl.transpose(1, 2))
         if not nexts:
             return f_hat.new_zeros(B, 0, self.Cvae)
         return torch.cat(nexts, dim=1)
 
-    def next_input(self, si: int, f_hat: torch.Tensor, h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def next_input(self, si: int, f_hat: torch.Tensor, h_BChw: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One generation step (official get_next_autoregressive_input): f_hat += Phi(bicubic(h)); return the next
         scale's input map, area-pooled and flattened to (B, pn_next², Cvae), or None after the last scale.
         Runs in f_hat's dtype (keep f_hat float32)."""
@@ -210,7 +213,7 @@ class MultiScaleQuantizer(nn.Module):
     @torch.no_grad()
     def _update_ema(self, si: int, hit_V: torch.Tensor) -> None:
         """Official schedule: copy on the first step, decay 0.9 for 100 steps, then 0.99."""
-        n = int(self.record_hit)
+        n = self.record_hit
         ema_V = self.ema_vocab_hit_SV[si]
         if n == 0:
             ema_V.copy_(hit_V)
@@ -224,7 +227,8 @@ class MultiScaleQuantizer(nn.Module):
         """Re-initialise entries whose EMA usage (summed over scales, hits per step) is below ``threshold`` from random
         rows of ``z_samples`` ((N, Cvae) or (B, Cvae, h, w) encoder outputs); their EMA restarts at the per-scale
         mean so they get a grace period. Returns the number of restarted entries."""
-        z_NC = z_samples.permute(0, 2, 3, 1).reshape(-1, self.Cvae) if z_samples.dim() == 4 else z_samples.reshape(-1, self.Cvae)
+        z_NC = z_samples.permute(0, 2, 3, 1) if z_samples.dim() == 4 else z_samples
+        z_NC = z_NC.reshape(-1, self.Cvae)
         dead_D = (self.ema_vocab_hit_SV.sum(0) < threshold).nonzero().squeeze(1)
         n = dead_D.numel()
         if n == 0 or z_NC.shape[0] == 0:
@@ -261,7 +265,8 @@ class VQVAE(nn.Module):
     def img_to_idx(self, img_B3HW: torch.Tensor) -> list[torch.Tensor]:
         """Image in [−1,1] -> S LongTensors (B, pn²): the VAR training targets (official img_to_idxBl)."""
         if img_B3HW.dim() != 4 or img_B3HW.shape[-1] != self.image_size or img_B3HW.shape[-2] != self.image_size:
-            raise ValueError(f"expected images (B, 3, {self.image_size}, {self.image_size}), got {tuple(img_B3HW.shape)}")
+            size = self.image_size
+            raise ValueError(f"expected images (B, 3, {size}, {size}), got {tuple(img_B3HW.shape)}")
         return self.quantize.f_to_idx(self.encode(img_B3HW))
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
@@ -287,9 +292,10 @@ class VQVAE(nn.Module):
         return self.quantize.restart_dead_codes(z_samples, threshold, generator)
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """As nn.Module, but keep our usage EMA when the checkpoint has another number of scales (official)."""
+        """As nn.Module, but a checkpoint usage EMA with another number of scales is replaced by zeros (the official
+        keeps its own freshly built zeros), so the released file loads into any scale configuration."""
         key = "quantize.ema_vocab_hit_SV"
         if key in state_dict and state_dict[key].shape[0] != self.quantize.ema_vocab_hit_SV.shape[0]:
             state_dict = dict(state_dict)
-            state_dict[key] = self.quantize.ema_vocab_hit_SV.detach().clone()
+            state_dict[key] = torch.zeros_like(self.quantize.ema_vocab_hit_SV, device=state_dict[key].device)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -22,7 +22,7 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
-    """h = conv1(SiLU(norm1(x))); h = conv2(SiLU(norm2(h))); out = shortcut(x) + h (1x1 ``nin_shortcut`` if in != out)."""
+    """h = conv1(SiLU(norm1(x))); h = conv2(SiLU(norm2(h))); out = shortcut(x) + h (1x1 nin_shortcut if in != out)."""
 
     def __init__(self, c_in: int, c_out: int, groups: int) -> None:
         super().__init__()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from model.spec import SPECS
-from model.train.toy_data import (CLASS_NAMES, ToyDataset, hashed_uniforms, render_batch, render_indices)
+from model.train.toy_data import (CLASS_NAMES, ToyDataset, hashed_uniforms, render_batch, render_indices,
+                                   render_uniforms)
 
 SIZE = SPECS["var-toy"].image_size
 
@@ -57,14 +58,14 @@ def test_class_balance():
     assert int(ds5.labels.max()) == 4
 
 
-def test_classes_differ_in_structure():
-    """Class means differ more between shapes than the per-image noise would suggest: the label is rendered."""
-    labels = torch.arange(10).repeat(20)
-    x = render_batch(labels, 0)
-    # fraction of 'shape' pixels = far from the local background, averaged per class: a ring covers less than a disk
-    fg = ((x - x.mean(dim=(2, 3), keepdim=True)).abs().mean(1) > 0.3).float().mean(dim=(1, 2))
-    per_class = torch.stack([fg[labels == c].mean() for c in range(10)])
-    assert per_class.max() - per_class.min() > 0.03
+def test_label_alone_changes_the_image():
+    """Same random numbers, different labels -> different pictures (the class is rendered, not a tag)."""
+    u = np.tile(hashed_uniforms(11, np.array([0])), (10, 1))
+    x = render_uniforms(torch.arange(10), u, SIZE)
+    d = (x[:, None] - x[None]).abs().mean(dim=(2, 3, 4))
+    assert d[~torch.eye(10, dtype=torch.bool)].min() > 0.005
+    changed = ((x[0] - x[1]).abs().amax(0) > 1e-6).float().mean()   # solid -> striped: only the shape's pixels
+    assert 0.02 < changed < 0.6
 
 
 def test_hashed_uniforms_are_uniform_and_independent():

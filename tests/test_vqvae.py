@@ -41,7 +41,8 @@ def test_official_keys_count_and_params(official_meta: VQVAE) -> None:
     sd = official_meta.state_dict()
     assert len(sd) == 324
     assert sum(p.numel() for p in official_meta.parameters()) == 108_948_355
-    parts = {n: sum(p.numel() for p in getattr(official_meta, n).parameters()) for n in ("encoder", "decoder", "quantize")}
+    parts = {n: sum(p.numel() for p in getattr(official_meta, n).parameters())
+             for n in ("encoder", "decoder", "quantize")}
     assert parts == {"encoder": 44_107_872, "decoder": 64_653_923, "quantize": 168_064}
     hard = {
         "encoder.conv_in.weight": (160, 3, 3, 3),
@@ -83,9 +84,22 @@ def test_official_keys_match_appendix_b(official_meta: VQVAE) -> None:
 def test_load_keeps_ema_for_other_scale_count() -> None:
     a = VQVAE(TINY_VAE, TINY_PN)
     b = VQVAE(TINY_VAE, (1, 2, 4))
-    b.load_state_dict(a.state_dict(), strict=True)  # ema (4, V) vs (3, V): official keeps its own
-    assert b.quantize.ema_vocab_hit_SV.shape == (3, TINY_VAE.vocab_size)
+    a.quantize.ema_vocab_hit_SV.fill_(1.0)
+    b.load_state_dict(a.state_dict(), strict=True)  # ema (4, V) vs (3, V): replaced, the rest loads strictly
+    assert torch.equal(b.quantize.ema_vocab_hit_SV, torch.zeros(3, TINY_VAE.vocab_size))
     assert torch.equal(b.quantize.embedding.weight, a.quantize.embedding.weight)
+
+
+def test_meta_to_empty_then_load_reproduces_model() -> None:
+    """The from_pretrained path: build on meta, materialise, load strictly -> the same decoder output."""
+    torch.manual_seed(0)
+    ref = VQVAE(TINY_VAE, TINY_PN).eval()
+    with torch.device("meta"):
+        vae = VQVAE(TINY_VAE, TINY_PN)
+    vae = vae.to_empty(device="cpu")
+    vae.load_state_dict(ref.state_dict(), strict=True)
+    idx = _rand_idx(ref, 2)
+    assert torch.equal(vae.eval().idx_to_img(idx), ref.idx_to_img(idx))
 
 
 # ---- Phi selection --------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ DEVICE_NAMES = ("auto", "cpu", "cuda")
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name from the registry (varbench models).")]
 DepthsOpt = Annotated[Optional[str], typer.Option("--depths", help="Subnet depths, e.g. 2,4,8,16,30 (the model's "
                                                                      "own depth = full network).")]
-SwitchOpt = Annotated[int, typer.Option("--switch", help="First scale that runs the subnet (VARiant N).")]
+SwitchOpt = Annotated[Optional[int], typer.Option("--switch", help="First scale that runs the subnet (VARiant N); "
+                                                 "default 6, or S-1 for models with fewer scales.")]
 SelectOpt = Annotated[str, typer.Option("--select", help="Subnet layer selection: isometric | nested.")]
 BatchOpt = Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,16,64.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Compute dtype: bf16 | fp16 | fp32.")]
@@ -88,9 +89,17 @@ def resolve_depths(spec: "VARSpec", depths: str | Sequence[int] | None,
     return list(dict.fromkeys(vals))
 
 
-def check_switch(spec: "VARSpec", switch: int) -> int:
-    """VARiant switch scale N in 0..S (0 = subnet everywhere, S = full network everywhere)."""
+DEFAULT_SWITCH = 6
+
+
+def check_switch(spec: "VARSpec", switch: int | None) -> int:
+    """VARiant switch scale N in 0..S (0 = subnet everywhere, S = full network everywhere).
+
+    None -> the paper's 6, or S-1 when the model has fewer scales (so the last scale still runs the subnet).
+    """
     S = spec.num_scales
+    if switch is None:
+        return min(DEFAULT_SWITCH, S - 1)
     if not 0 <= switch <= S:
         raise UsageError(f"--switch: {switch} is outside 0..{S} ({spec.name} has {S} scales)")
     return switch

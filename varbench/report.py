@@ -77,16 +77,29 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def find_result_dirs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Each path, or (for a directory holding no rows itself, like ``varbench run``'s output) its subdirectories
+    that hold rows or a manifest; a path that is not a directory is a UsageError."""
+    out: list[Path] = []
+    for d in paths:
+        p = Path(d)
+        if not p.is_dir():
+            raise UsageError(f"{p} is not a results directory")
+        if any(p.glob("*.jsonl")):
+            out.append(p)
+            continue
+        subs = sorted(q for q in p.iterdir() if q.is_dir() and (any(q.glob("*.jsonl")) or (q / "manifest.json").exists()))
+        out.extend(subs or [p])
+    return out
+
+
 def load_results(result_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(manifests, rows) of every directory; each row gets ``_source`` = index of its directory."""
     manifests: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     if not result_dirs:
         raise UsageError("report needs at least one results directory")
-    for i, d in enumerate(result_dirs):
-        p = Path(d)
-        if not p.is_dir():
-            raise UsageError(f"{p} is not a results directory")
+    for i, p in enumerate(find_result_dirs(result_dirs)):
         man: dict[str, Any] = {}
         mp = p / "manifest.json"
         if mp.exists():

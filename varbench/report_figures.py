@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 
 from varbench.pareto import pareto_indices, step_line
 
@@ -27,7 +28,7 @@ AXES: dict[str, tuple[str, str, bool]] = {
     "kv": ("kv_mib", "KV cache (MiB)", False),
     "peak": ("peak_mib", "peak memory (MiB)", False),
 }
-LAYOUT = dict(template="plotly_white", height=480, margin=dict(l=70, r=30, t=70, b=60))
+LAYOUT = dict(template="plotly_white", height=480, margin=dict(l=70, r=30, t=110, b=60))
 
 
 def esc(v: Any) -> str:
@@ -145,28 +146,41 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_la
     fig = go.Figure()
     x0, y0 = xy_for(default_x)
     depths = [d for d in (_num(p.get("depth")) for p in points) if d is not None]
+    lo, hi = min(depths, default=0.0), max(depths, default=1.0)
+
+    def colour(p: Mapping[str, Any]) -> str:
+        # explicit colours, not a coloraxis: plotly warns in the console when legend items use one
+        d = _num(p.get("depth"))
+        t = 0.5 if d is None or hi == lo else (d - lo) / (hi - lo)
+        return sample_colorscale("Viridis", [t])[0]
+
     for i, v in enumerate(sym_vals):
         sel = [p for p in points if p.get(sym_key) == v]
         fig.add_trace(go.Scatter(
             x=x0[i], y=y0[i], mode="markers", name=f"{sym_key}={esc(v)}",
             hovertext=[_hover(p, metric) for p in sel], hoverinfo="text",
-            marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=11, color=[p.get("depth") for p in sel],
-                        coloraxis="coloraxis", line=dict(width=1, color="#333"))))
+            marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=11, color=[colour(p) for p in sel],
+                        line=dict(width=1, color="#333"))))
     for j, key in enumerate(groups):
         label = "Pareto front" + (" (" + ", ".join(esc(k) for k in key if k is not None) + ")" if multi else "")
         fig.add_trace(go.Scatter(x=x0[len(sym_vals) + j], y=y0[len(sym_vals) + j], mode="lines", name=label,
                                  hoverinfo="skip", line=dict(color="#555", dash="dash", width=1.5)))
+    # an empty trace that only carries the depth colour bar
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker=dict(colorscale="Viridis", cmin=lo, cmax=hi, color=[lo], showscale=True,
+                                         colorbar=dict(title="depth (blocks)"))))
     buttons = []
     for opt in x_options:
         xs, ys = xy_for(opt)
+        xs.append([None])
+        ys.append([None])
         buttons.append(dict(label=opt, method="update",
                             args=[{"x": xs, "y": ys}, {"xaxis.title.text": AXES[opt][1]}]))
     fig.update_layout(
         **LAYOUT, title=dict(text=esc(title)), xaxis_title=AXES[default_x][1], yaxis_title=y_label,
-        coloraxis=dict(colorscale="Viridis", colorbar=dict(title="depth (blocks)"),
-                       cmin=min(depths, default=0), cmax=max(depths, default=1)),
         legend=dict(orientation="h", y=-0.18),
-        updatemenus=[dict(type="buttons", direction="right", x=0, y=1.12, xanchor="left", showactive=True,
+        updatemenus=[dict(type="buttons", direction="right", x=0, y=1.03, xanchor="left", yanchor="bottom",
+                          showactive=True,
                           active=list(x_options).index(default_x), buttons=buttons)])
     return fig
 
@@ -275,7 +289,7 @@ def trace_figures(scale_rows: Sequence[Mapping[str, Any]], sample_rows: Iterable
         title = f"Memory timeline: {desc}" if desc else "Memory timeline"
         fig.update_layout(**LAYOUT, title=dict(text=esc(title)), xaxis_title="time since generation start (ms)",
                           yaxis_title="memory (MiB)", legend=dict(orientation="h", y=-0.2),
-                          updatemenus=[dict(type="buttons", direction="right", x=1, xanchor="right", y=1.12,
+                          updatemenus=[dict(type="buttons", direction="right", x=1, xanchor="right", y=1.03, yanchor="bottom",
                                             buttons=[dict(label="linear", method="relayout",
                                                           args=[{"yaxis.type": "linear"}]),
                                                      dict(label="log", method="relayout",

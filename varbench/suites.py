@@ -249,3 +249,55 @@ def _adapt(f: dataclasses.Field, value: Any) -> Any:
     if isinstance(value, str) and ("Path" in ann) and value:
         return Path(value)
     return value
+
+
+def _resolved(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A part's table with ``device`` resolved (auto -> cuda/cpu; cuda without a GPU -> exit 3)."""
+    from varbench.cli_common import resolve_device
+    out = dict(values or {})
+    if "device" in out:
+        out["device"] = resolve_device(out["device"])
+    return out
+
+
+def suite_configs(suite: Suite) -> dict[str, Any]:
+    """Every part's library config, built before anything runs so a bad suite fails in seconds, not hours."""
+    cfgs: dict[str, Any] = {}
+    for part in ("sweep", "sensitivity", "trace"):
+        table = getattr(suite, part)
+        if table is None:
+            continue
+        resolved = Suite(**{**suite.__dict__, part: _resolved(table)})
+        cfgs[part] = getattr(resolved, f"{part}_config")()
+    return cfgs
+
+
+def run_suite(suite: Suite, out_dir: str | Path, progress: Callable[..., None] | bool = False) -> dict[str, Path]:
+    """Run every part of the suite, each in its own subdirectory of ``out_dir`` (its own manifest and rows).
+
+    Returns part -> directory. The report and the gate read the subdirectories together.
+    """
+    import logging
+    log = logging.getLogger(__name__)
+    cfgs = suite_configs(suite)
+    if not cfgs:
+        raise _err(suite.path, "[sweep]", "the suite has no sweep, sensitivity or trace part")
+    out = Path(out_dir)
+    dirs: dict[str, Path] = {}
+    for part, cfg in cfgs.items():
+        d = out / part
+        log.info("suite %s: running %s into %s", suite.name, part, d)
+        try:
+            if part == "sweep":
+                from varbench.sweep import run_sweep
+                run_sweep(cfg, d, progress=progress)
+            elif part == "sensitivity":
+                from varbench.sensitivity import run_sensitivity
+                run_sensitivity(cfg, d)
+            else:
+                from varbench.trace import run_trace
+                run_trace(cfg, d)
+        except ValueError as e:  # library settings checks: the suite asked for something impossible
+            raise _err(suite.path, f"[{part}]", str(e)) from None
+        dirs[part] = d
+    return dirs

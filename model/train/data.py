@@ -82,6 +82,13 @@ class ImageFolderDataset(Dataset):
         return self.get(i)
 
 
+def _require_pillow() -> None:
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise ImportError("reading image folders needs Pillow (pip install pillow)") from None
+
+
 # ---- pre-tokenised data -------------------------------------------------------------------------------------------
 @torch.no_grad()
 def pretokenize(dataset: Dataset, vae: torch.nn.Module, out_dir: str | Path, patch_nums: Sequence[int],
@@ -162,6 +169,7 @@ def build_datasets(data: str, image_size: int, num_classes: int, patch_nums: Seq
     if (root / TOKENS_META).exists():
         val = root.parent / (root.name + "_val")
         return TokenDataset(root, patch_nums), (TokenDataset(val, patch_nums) if (val / TOKENS_META).exists() else None)
+    _require_pillow()
     train_root = root / "train" if (root / "train").is_dir() else root
     val_root = root / "val" if (root / "val").is_dir() else None
     train = ImageFolderDataset(train_root, image_size, train=True, seed=seed)

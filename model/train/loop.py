@@ -54,7 +54,7 @@ class TrainConfig:
     e3: float = 10.0
     depths: list[int] | None = None      # subnet depths; None -> {2,4,8,16} ∩ 2..D−1
     depth_weights: list[float] | None = None
-    switch: int = 6
+    switch: int | None = None            # None -> round(0.6·S): the paper's 6 of 10 scales
     select: str = "isometric"
     distill: bool = False
     distill_weight: float = 1.0
@@ -115,7 +115,11 @@ class TrainConfig:
     def strategy_config(self) -> StrategyConfig:
         return StrategyConfig(self.strategy, self.p, self.p0, self.e1, self.e2, self.e3,
                               tuple(self.depths) if self.depths else None,
-                              tuple(self.depth_weights) if self.depth_weights else None, self.switch, self.select)
+                              tuple(self.depth_weights) if self.depth_weights else None, self.switch_for(),
+                              self.select)
+
+    def switch_for(self) -> int:
+        return self.switch if self.switch is not None else round(0.6 * spec_mod.get(self.model).num_scales)
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
@@ -236,7 +240,7 @@ def evaluate(model, val_ds, cfg: TrainConfig, ctx: dict) -> dict[str, float]:
     net.eval()
     scheds: dict[str, tuple[int, DepthSchedule | None]] = {"full": (spec.depth, None)}
     for d in valid_subnet_depths(spec, cfg.depths):
-        scheds[f"d{d}"] = (d, DepthSchedule.variant(spec, d, cfg.switch, cfg.select))
+        scheds[f"d{d}"] = (d, DepthSchedule.variant(spec, d, cfg.switch_for(), cfg.select))
     sums = {k: 0.0 for k in scheds}
     count = 0
     loader = data_mod.make_loader(val_ds, data_mod.fixed_batches(val_ds, cfg.batch, cfg.val_batches), 0, False)

@@ -59,7 +59,7 @@ def models(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Show one model's subnets; "
                                                  "without it, list the registry.")] = None,
     depths: DepthsOpt = None,
-    switch: SwitchOpt = 6,
+    switch: SwitchOpt = None,
     select: SelectOpt = "isometric",
     json_out: JsonOpt = False,
 ) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from varbench.cli_common import err_console, parse_int_list, print_json, resolve_device, resolve_spec
-from varbench.errors import UsageError
+from varbench.errors import EnvironmentUnavailable, UsageError
 
 RUNTIME_OPTIONS = ("max_steps", "log_every", "val_every", "save_every", "workers", "device", "out")
 
@@ -101,6 +101,7 @@ def train(
     drop_path: Annotated[Optional[float], _opt("Override the spec's drop-path rate.", "--drop-path")] = None,
     cond_drop: Annotated[Optional[float], _opt("Override the class-dropout rate.", "--cond-drop")] = None,
     synthetic_size: Annotated[Optional[int], _opt("Images in the synthetic set.", "--synthetic-size")] = None,
+    val_size: Annotated[Optional[int], _opt("Images in the synthetic validation set (0 = none).", "--val-size")] = None,
     log_every: Annotated[Optional[int], _opt("Metrics row every N steps.", "--log-every")] = None,
     val_every: Annotated[Optional[int], _opt("Validation every N steps (0 = at the end).", "--val-every")] = None,
     save_every: Annotated[Optional[int], _opt("Checkpoint every N steps (0 = at the end).", "--save-every")] = None,
@@ -164,6 +165,8 @@ def _run_var(given: dict[str, Any], config: Path | None, resume: Path | None) ->
         result = run_train(cfg, on_log=prog)
     except ValueError as e:                              # bad data/checkpoint found while starting
         raise UsageError(str(e)) from None
+    except ImportError as e:                             # Pillow missing for an image folder
+        raise EnvironmentUnavailable(str(e).splitlines()[0]) from None
     finally:
         prog.stop()
     if int(os.environ.get("RANK", "0")) == 0:
