@@ -45,10 +45,12 @@ class VARPipeline:
         """Random init (finite everywhere, the VQ-VAE included), reproducible from ``seed``."""
         spec = get_spec(spec) if isinstance(spec, str) else spec
         device = torch.device(device)
-        with torch.random.fork_rng(devices=[]):
+        # built on the target device (fast init of billions of parameters); the same seed gives the same weights
+        # on the same device type
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
             torch.manual_seed(seed)
             var, vae = VAR(spec), VQVAE(spec.vae, spec.patch_nums)
-        return cls(spec, var.to(device=device, dtype=dtype).eval(), vae.to(device).eval(), device, dtype)
+        return cls(spec, var.to(dtype=dtype).eval(), vae.eval(), device, dtype)
 
     @classmethod
     def from_pretrained(cls, name: str | VARSpec, var_ckpt: str | Path | None = None,
@@ -180,6 +182,13 @@ class VARPipeline:
             self._graphed.clear()                   # one captured configuration at a time bounds the memory
             self._graphed[key] = GraphedScales(self.var, schedule, batch, self.dtype, self.device, k_dtype)
         return self._graphed[key]
+
+    def set_decode_dtype(self, dtype: torch.dtype, channels_last: bool = False) -> "VARPipeline":
+        """Run the VQ-VAE decoder in ``dtype`` (bf16 is the fast decode path), optionally channels-last."""
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for m in (self.vae.post_quant_conv, self.vae.decoder):
+            m.to(dtype=dtype, memory_format=fmt)
+        return self
 
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:

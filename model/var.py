@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kernels import K
 from .schedule import DepthSchedule
 from .spec import VARSpec
 
@@ -55,8 +56,7 @@ class SelfAttention(nn.Module):
         q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.l2:
             mul_1H11 = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp()
-            q_BHLc = F.normalize(q_BHLc, dim=-1).mul(mul_1H11)
-            k_BHLc = F.normalize(k_BHLc, dim=-1)
+            q_BHLc, k_BHLc = K.qk_norm(q_BHLc, k_BHLc, mul_1H11)
         return q_BHLc, k_BHLc, v_BHLc
 
     def forward(self, x_BLC: torch.Tensor, attend: Attend) -> torch.Tensor:
@@ -73,7 +73,7 @@ class FFN(nn.Module):
         self.fc2 = nn.Linear(spec.mlp_hidden, spec.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(K.gelu_tanh(self.fc1(x)))
 
 
 class AdaLNSelfAttn(nn.Module):
@@ -100,10 +100,16 @@ class AdaLNSelfAttn(nn.Module):
     def forward(self, x_BLC: torch.Tensor, cond_BD_or_gss: torch.Tensor, attend: Attend,
                 mod: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         g1, g2, s1, s2, b1, b2 = mod if mod is not None else self.modulation(cond_BD_or_gss)
-        h = self.attn(self.ln_wo_grad(x_BLC).mul(1 + s1).add_(b1), attend)
-        x_BLC = x_BLC + drop_path(h.mul_(g1), self.drop_path_rate, self.training)
-        h = self.ffn(self.ln_wo_grad(x_BLC).mul(1 + s2).add_(b2))
-        return x_BLC + drop_path(h.mul_(g2), self.drop_path_rate, self.training)
+        eps = self.ln_wo_grad.eps
+        h = self.attn(K.ln_modulate(x_BLC, s1, b1, eps), attend)
+        x_BLC = self._residual(x_BLC, h, g1)
+        h = self.ffn(K.ln_modulate(x_BLC, s2, b2, eps))
+        return self._residual(x_BLC, h, g2)
+
+    def _residual(self, x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        if self.training and self.drop_path_rate > 0:
+            return x_BLC + drop_path(h_BLC * gamma, self.drop_path_rate, True)
+        return K.gated_residual(x_BLC, h_BLC, gamma)
 
 
 class SharedAdaLin(nn.Linear):

@@ -66,11 +66,11 @@ def evaluate(model: ToyClassifier, x_B3HW: torch.Tensor, labels: torch.Tensor, b
     return correct / len(labels)
 
 
-def _git_commit() -> str | None:
+def _git(*cmd: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+        out = subprocess.run(["git", *cmd], capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).resolve().parents[1])
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -86,7 +86,7 @@ def train(args: argparse.Namespace) -> dict:
     warm = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
-    t0, losses = time.perf_counter(), []
+    t0, c0, losses = time.perf_counter(), time.process_time(), []
     for step in range(args.steps):
         model.train()
         labels = torch.as_tensor(rng.permutation(np.arange(args.batch) % len(CLASS_NAMES)))
@@ -101,7 +101,7 @@ def train(args: argparse.Namespace) -> dict:
         if (step + 1) % 100 == 0 or step + 1 == args.steps:
             log.info("step %d/%d loss %.4f  %.1fs", step + 1, args.steps, np.mean(losses[-100:]),
                      time.perf_counter() - t0)
-    train_s = time.perf_counter() - t0
+    train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
 
     x_ev, y_ev = render_indices(range(args.eval_n), args.eval_seed, size, len(CLASS_NAMES))
     x_ev = (x_ev + 1) / 2
@@ -109,7 +109,8 @@ def train(args: argparse.Namespace) -> dict:
     acc_deg = evaluate(model, degrade(x_ev, torch.Generator().manual_seed(args.eval_seed)), y_ev)
     log.info("held-out accuracy %.4f (degraded %.4f) on %d images of seed %d", acc, acc_deg, args.eval_n,
              args.eval_seed)
-    return {"model": model, "accuracy": acc, "accuracy_degraded": acc_deg, "train_seconds": round(train_s, 1),
+    return {"model": model, "accuracy": acc, "accuracy_degraded": acc_deg, "train_wall_seconds": round(train_s, 1),
+            "train_cpu_seconds": round(cpu_s, 1),
             "final_loss": float(np.mean(losses[-100:]))}
 
 
@@ -151,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "params": sum(p.numel() for p in model.parameters()),
         "weights_sha256": hashlib.sha256(wpath.read_bytes()).hexdigest(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(), "torch": torch.__version__, "numpy": np.__version__,
+        "git_commit": _git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(_git("status", "--porcelain", "--", "model", "scripts")),
+        "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "device": f"cpu ({platform.processor() or platform.machine()}, "
                                                        f"{args.threads} thread(s))",
     }

@@ -8,8 +8,9 @@ import typer
 from typer.testing import CliRunner
 
 from model import spec
+from model.checkpoint import CheckpointError
 from varbench import analytic, cli_common
-from varbench.cli import app, register_commands
+from varbench.cli import VarbenchGroup, app, register_commands
 from varbench.errors import EnvironmentUnavailable, RegressionFailed, UsageError
 
 runner = CliRunner()
@@ -71,26 +72,23 @@ def test_bad_input_exits_2_with_one_line(args, needle):
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("exc,code", [(UsageError("bad"), 2), (EnvironmentUnavailable("no gpu"), 3),
-                                      (RegressionFailed("slower"), 1), (KeyboardInterrupt(), 130)])
+@pytest.mark.parametrize("exc,code", [(UsageError("bad [1, 2]"), 2), (EnvironmentUnavailable("no gpu"), 3),
+                                      (RegressionFailed("slower"), 1), (KeyboardInterrupt(), 130),
+                                      (CheckpointError("w.pth: 3 missing keys"), 2)])
 def test_error_classes_map_to_exit_codes(exc, code):
-    probe = typer.Typer()
+    probe = typer.Typer(cls=VarbenchGroup)
+    probe.callback()(lambda: None)
 
+    @probe.command("boom")
     def boom() -> None:
         raise exc
 
-    def register(a: typer.Typer) -> None:
-        a.command("boom")(boom)
-
-    register(app)
-    try:
-        res = runner.invoke(app, ["boom"])
-    finally:
-        app.registered_commands[:] = [c for c in app.registered_commands if c.name != "boom"]
+    res = runner.invoke(probe, ["boom"])
     assert res.exit_code == code
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
-    del probe
+    if isinstance(exc, UsageError):
+        assert lines[0] == "error: bad [1, 2]"      # brackets survive (no rich markup)
 
 
 def test_unknown_command_exits_2():
@@ -154,3 +152,16 @@ def test_to_json_is_strict():
 
     text = cli_common.to_json({"a": math.nan, "b": np.float32(1.5), "c": (1, 2), "p": cli_common.Path("/x")})
     assert json.loads(text) == {"a": None, "b": 1.5, "c": [1, 2], "p": "/x"}
+
+
+def test_plain_value_error_is_not_swallowed():
+    """Only our error types become one-line exits; a bug (plain ValueError) still surfaces as an exception."""
+    probe = typer.Typer(cls=VarbenchGroup)
+    probe.callback()(lambda: None)
+
+    @probe.command("bug")
+    def bug() -> None:
+        raise ValueError("a real bug")
+
+    res = runner.invoke(probe, ["bug"])
+    assert res.exit_code == 1 and isinstance(res.exception, ValueError)

@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import logging
 import pkgutil
+import sys
 from typing import Annotated, Any, Iterator
 
 import typer
@@ -30,9 +31,6 @@ except ImportError:  # pragma: no cover - depends on the installed typer
         class NoArgsIsHelpError(Exception):  # type: ignore[no-redef]
             """Placeholder: this click never raises it."""
 
-log = logging.getLogger(__name__)
-
-
 def _error_line(message: str) -> None:
     """One red ``error: ...`` line on stderr; Text (not markup) so brackets in messages survive."""
     err_console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
@@ -51,6 +49,12 @@ class VarbenchGroup(TyperGroup):
             return super().invoke(ctx)
 
 
+def _is_checkpoint_error(e: BaseException) -> bool:
+    """model.checkpoint.CheckpointError, checked without importing torch (if the module is absent, it isn't one)."""
+    mod = sys.modules.get("model.checkpoint")
+    return mod is not None and isinstance(e, mod.CheckpointError)
+
+
 @contextlib.contextmanager
 def _one_line_errors() -> Iterator[None]:
     """VarbenchError -> its exit code, click usage error -> 2, Ctrl-C -> 130; each as one stderr line."""
@@ -59,6 +63,11 @@ def _one_line_errors() -> Iterator[None]:
     except VarbenchError as e:
         _error_line(e.message)
         raise typer.Exit(e.exit_code) from None
+    except ValueError as e:
+        if not _is_checkpoint_error(e):
+            raise
+        _error_line(str(e))                     # bad/missing weights file: bad input, exit 2
+        raise typer.Exit(2) from None
     except NoArgsIsHelpError:
         raise                                   # help text + exit 2, as click does
     except ClickUsageError as e:

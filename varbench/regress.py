@@ -162,6 +162,14 @@ def metrics_from_rows(rows: Iterable[Mapping[str, Any]], tol: Tolerances | None 
                 if v is not None:
                     put(Metric(f"models/{base}/{f}", "analytic", "FLOP" if f == "flops" else
                                ("count" if f == "params" else "bytes"), v, field=f))
+        elif kind == "trace_scale":
+            base = (f"{r.get('model')}/trace/d{r.get('depth')}/s{r.get('switch')}/b{r.get('batch')}/"
+                    f"{r.get('dtype')}/scale{r.get('scale')}")
+            for f, fam in (("kv_bytes_analytic", "analytic"), ("kv_bytes_cache", "memory"),
+                           ("peak_allocated_bytes", "memory")):
+                v = _num(r.get(f))
+                if v is not None:
+                    put(Metric(f"{base}/{f}", fam, "bytes", v, field=f))
         elif kind == "sensitivity":
             metric = str(r.get("metric"))
             v = _num(r.get("value"))

@@ -120,6 +120,9 @@ def load_results(result_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[st
     return manifests, rows
 
 
+TIMELINE_KINDS = ("trace_sample", "trace_mark")
+
+
 def _kind_from_name(name: str, row: Mapping[str, Any]) -> str:
     stem = name.split(".")[0]
     if stem.startswith("trace"):
@@ -130,7 +133,11 @@ def _kind_from_name(name: str, row: Mapping[str, Any]) -> str:
 def random_weights(manifests: Iterable[Mapping[str, Any]], rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """Models measured with random weights (from rows and manifests): flagged at the top of the report."""
     names = {str(r.get("model")) for r in rows if r.get("weights") == "random"}
-    names |= {str(m.get("model", m.get("_dir"))) for m in manifests if m.get("weights") == "random"}
+    for m in manifests:
+        model = m.get("model") or (m.get("config") or {}).get("model") if isinstance(m.get("config"), dict) \
+            else m.get("model")
+        if m.get("weights") == "random" and model:
+            names.add(str(model))
     return sorted(names)
 
 
@@ -251,10 +258,10 @@ def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.Pa
                                                         by_kind.get("trace_sample", [])),
              "no trace rows in these results")
     tables = [_table_html(k, by_kind[k], f"rows-{i}") for i, k in enumerate(sorted(by_kind))
-              if k != "trace_sample"]
-    n_samples = len(by_kind.get("trace_sample", []))
+              if k not in TIMELINE_KINDS]
+    n_samples = sum(len(by_kind.get(k, [])) for k in TIMELINE_KINDS)
     if n_samples:
-        tables.append(f"<p class=\"note\">{n_samples} NVML timeline samples are plotted, not tabulated.</p>")
+        tables.append(f"<p class=\"note\">{n_samples} timeline samples/marks are plotted, not tabulated.</p>")
     sections.append("<h2>All rows</h2><p class=\"note\">Click a column header to sort.</p>" + "\n".join(tables))
 
     rnd = random_weights(manifests, rows)
@@ -279,7 +286,7 @@ def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.Pa
         + "\n".join(sections) +
         "<script type=\"application/json\" id=\"varbench-rows\">"
         + json_for_script([{k: v for k, v in r.items() if k != "latency_ms_samples"} for r in rows
-                           if r.get("kind") != "trace_sample"]) +
+                           if r.get("kind") not in TIMELINE_KINDS]) +
         f"</script><script type=\"text/javascript\">{SORT_JS}</script></body></html>\n")
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)

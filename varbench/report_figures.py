@@ -26,7 +26,7 @@ AXES: dict[str, tuple[str, str, bool]] = {
     "latency": ("latency_ms", "latency p50 (ms)", False),
     "throughput": ("throughput", "throughput (img/s)", True),
     "kv": ("kv_mib", "KV cache (MiB)", False),
-    "peak": ("peak_mib", "peak memory (MiB)", False),
+    "peak": ("peak_mib", "peak memory (MiB; allocator, else NVML, else RSS)", False),
 }
 LAYOUT = dict(template="plotly_white", height=480, margin=dict(l=70, r=30, t=110, b=60))
 
@@ -94,7 +94,9 @@ def sweep_points(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Ma
     pts = []
     for r, q in zip(ok, quality):
         kv = _num(r.get("kv_bytes")) if _num(r.get("kv_bytes")) is not None else _num(r.get("kv_bytes_analytic"))
-        peak = _num(r.get("peak_allocated_bytes")) or _num(r.get("nvml_peak_used_bytes"))
+        # allocator peak on GPU; NVML if the allocator was not read; process RSS peak on CPU
+        peak = next((v for v in (_num(r.get(f)) for f in ("peak_allocated_bytes", "nvml_peak_used_bytes",
+                                                            "rss_peak_bytes")) if v), None)
         pts.append({**r, "quality": q, "latency_ms": _num(r.get("latency_ms_p50")),
                     "throughput": _num(r.get("images_per_s")),
                     "kv_mib": kv / MIB if kv is not None else None,
@@ -143,6 +145,8 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_la
             ys.append(fy)
         return xs, ys
 
+    if not any(p.get(AXES[default_x][0]) is not None for p in points):   # e.g. no peak memory measured
+        default_x = next((o for o in x_options if any(p.get(AXES[o][0]) is not None for p in points)), default_x)
     fig = go.Figure()
     x0, y0 = xy_for(default_x)
     depths = [d for d in (_num(p.get("depth")) for p in points) if d is not None]
@@ -254,13 +258,13 @@ TRACE_SERIES = (("kv_bytes_analytic", "KV analytic"), ("kv_bytes_cache", "KV cac
 def trace_figures(scale_rows: Sequence[Mapping[str, Any]], sample_rows: Iterable[Mapping[str, Any]]
                   ) -> list[tuple[str, go.Figure]]:
     """Per traced run: analytic, allocator and NVML memory on one time axis, scale boundaries marked."""
-    keys = ("_source", "model", "depth", "switch", "batch", "dtype")
+    keys = ("_source", "run_id", "model", "depth", "switch", "batch", "dtype")
     runs: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in scale_rows:
         runs[tuple(r.get(k) for k in keys)].append(r)
-    samples_by_src: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+    samples: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for s in sample_rows:
-        samples_by_src[s.get("_source")].append(s)
+        samples[(s.get("_source"), s.get("run_id"))].append(s)
     figs = []
     for key, rows in runs.items():
         rows = sorted(rows, key=lambda r: _num(r.get("elapsed_ms")) or 0.0)
@@ -271,12 +275,11 @@ def trace_figures(scale_rows: Sequence[Mapping[str, Any]], sample_rows: Iterable
             if any(v is not None for v in ys):
                 fig.add_trace(go.Scatter(x=xs, y=[v / MIB if v is not None else None for v in ys],
                                          mode="lines+markers", name=name, line_shape="hv"))
-        same = [s for s in samples_by_src.get(key[0], []) if all(s.get(k) in (None, v) for k, v in
-                                                                   zip(keys[1:], key[1:]))]
-        same.sort(key=lambda s: _num(s.get("t_ms")) or 0.0)
-        for f, name in (("nvml_device_used_bytes", "NVML device used (sampled)"),
-                        ("nvml_process_used_bytes", "NVML process used (sampled)")):
-            ys = [_num(s.get(f)) for s in same]
+        # timeline samples of the same run (same results dir and run_id; a run without run_id takes its dir's)
+        same = sorted(samples.get((key[0], key[1]), []), key=lambda s: _num(s.get("t_ms")) or 0.0)
+        for fields, name in ((("nvml_device_used_bytes", "device_used_bytes"), "NVML device used (sampled)"),
+                             (("nvml_process_used_bytes", "process_used_bytes"), "NVML process used (sampled)")):
+            ys = [next((_num(s.get(f)) for f in fields if _num(s.get(f)) is not None), None) for s in same]
             if any(v is not None for v in ys):
                 fig.add_trace(go.Scatter(x=[_num(s.get("t_ms")) for s in same],
                                          y=[v / MIB if v is not None else None for v in ys],
@@ -285,7 +288,7 @@ def trace_figures(scale_rows: Sequence[Mapping[str, Any]], sample_rows: Iterable
             if x is not None:
                 fig.add_vline(x=x, line=dict(color="#999", dash="dot", width=1),
                               annotation_text=f"s{esc(r.get('scale'))}", annotation_position="top")
-        desc = ", ".join(f"{k} {v}" for k, v in zip(keys[1:], key[1:]) if v is not None)
+        desc = ", ".join(f"{k} {v}" for k, v in zip(keys[2:], key[2:]) if v is not None)
         title = f"Memory timeline: {desc}" if desc else "Memory timeline"
         fig.update_layout(**LAYOUT, title=dict(text=esc(title)), xaxis_title="time since generation start (ms)",
                           yaxis_title="memory (MiB)", legend=dict(orientation="h", y=-0.2),

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from model.schedule import SELECTS, DepthSchedule, subnet_layers
-from model.spec import VARSpec, get as get_spec
+from model.spec import SPECS, VARSpec, get as get_spec
 from varbench import analytic, metrics, results
 from varbench.errors import EnvironmentUnavailable, UsageError, VarbenchError
 
@@ -40,7 +40,7 @@ REFERENCE_FILE = "reference.pt"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # a row's identity for resume: same model, weights, sampling settings and cell -> already measured
 KEY_FIELDS = ("model", "weights", "mode", "scale", "group", "depth", "select", "metric", "samples", "batch",
-              "seed", "cfg", "top_k", "top_p", "dtype", "fid_ref")
+              "seed", "cfg", "top_k", "top_p", "dtype", "device", "fid_ref")
 
 Progress = Callable[[str, int, int, dict], None]
 
@@ -185,11 +185,20 @@ def metric_names(metric: str) -> list[str]:
     return list(FIDELITY) + {"fidelity": [], "toy": ["toy_acc", "toy_fd"], "fid": ["fid"]}[metric]
 
 
-def check_metric_available(metric: str) -> None:
-    """Fail before any sampling when the optional pieces of --metric fid/toy are missing."""
+def _toy_image_size() -> int:
+    return SPECS["var-toy"].image_size
+
+
+def check_metric_available(metric: str, spec: VARSpec, samples: int) -> None:
+    """Fail before any sampling when --metric fid/toy cannot work: missing extra, wrong images, too few."""
+    if metric in ("fid", "toy") and samples < 2:
+        raise UsageError(f"--metric {metric} fits a Gaussian to the samples: use --samples >= 2")
     if metric == "fid" and importlib.util.find_spec("torch_fidelity") is None:
         raise UsageError("--metric fid needs the optional extra torch-fidelity: pip install torch-fidelity")
     if metric == "toy":
+        if spec.image_size != _toy_image_size():
+            raise UsageError(f"--metric toy judges {_toy_image_size()}px var-toy images; {spec.name} makes "
+                             f"{spec.image_size}px images (use --metric fidelity or fid)")
         try:
             from varbench import toy_metric  # noqa: F401 - lazy: needs the toy classifier
         except ImportError as e:
@@ -217,7 +226,7 @@ def load_pipeline(cfg: SensitivityConfig, spec: VARSpec, device: torch.device, d
     from model.pipeline import VARPipeline
 
     if cfg.allow_random and cfg.ckpt is None:
-        log.warning("%s: RANDOM weights (--allow-random): quality numbers are for plumbing only", spec.name)
+        log.info("%s: RANDOM weights (--allow-random): quality numbers are for plumbing only", spec.name)
         return VARPipeline.from_spec(spec, device=device, seed=cfg.seed, dtype=dtype)
     if not has_weights(spec, cfg):
         raise UsageError(f"{spec.name} has no weights: quality on random weights is meaningless; pass --ckpt "
@@ -227,7 +236,8 @@ def load_pipeline(cfg: SensitivityConfig, spec: VARSpec, device: torch.device, d
     except VarbenchError:
         raise
     except Exception as e:  # noqa: BLE001 - missing/bad files, no hub: one line, exit 2, never a traceback
-        hint = "" if cfg.ckpt else " (or --allow-random for plumbing tests only)"
+        hint = "" if cfg.ckpt else ("; quality on random weights is meaningless: pass --ckpt/--vae, or "
+                                    "--allow-random for plumbing tests and timing only")
         raise UsageError(f"cannot load {spec.name} weights: {type(e).__name__}: {e}{hint}") from None
 
 
@@ -246,9 +256,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _reference_meta(cfg: SensitivityConfig, spec: VARSpec, weights: str, dtype: torch.dtype) -> dict:
+def _reference_meta(cfg: SensitivityConfig, spec: VARSpec, weights: str, dtype: torch.dtype,
+                    device_type: str) -> dict:
+    """What the cached samples depend on (Gumbel noise differs between CPU and CUDA generators)."""
     return {"model": spec.name, "weights": weights, "samples": cfg.samples, "batch": cfg.batch, "seed": cfg.seed,
-            "cfg": float(cfg.cfg), "top_k": cfg.top_k, "top_p": float(cfg.top_p), "dtype": str(dtype)}
+            "cfg": float(cfg.cfg), "top_k": cfg.top_k, "top_p": float(cfg.top_p), "dtype": str(dtype),
+            "device": device_type}
 
 
 def compute_reference(pipe, cfg: SensitivityConfig, out_dir: Path, progress: Progress | None) -> Reference:
@@ -257,7 +270,7 @@ def compute_reference(pipe, cfg: SensitivityConfig, out_dir: Path, progress: Pro
     spec, full = pipe.spec, DepthSchedule.full(pipe.spec)
     labels_all = torch.arange(cfg.samples) % spec.num_classes
     starts = list(range(0, cfg.samples, cfg.batch))
-    meta = _reference_meta(cfg, spec, pipe.weights, pipe.dtype)
+    meta = _reference_meta(cfg, spec, pipe.weights, pipe.dtype, pipe.device.type)
     path = out_dir / REFERENCE_FILE
     cached = None
     if path.exists():
@@ -285,8 +298,10 @@ def compute_reference(pipe, cfg: SensitivityConfig, out_dir: Path, progress: Pro
         if progress:
             progress("reference", bi + 1, len(starts), {"cached": cached is not None})
     if cached is None:
+        tmp = path.with_name(f".{path.name}.tmp")
         torch.save({"meta": meta, "indices": [torch.cat(t) for t in zip(*ref.indices)],
-                    "images": torch.cat(ref.images)}, path)
+                    "images": torch.cat(ref.images)}, tmp)
+        os.replace(tmp, path)             # a crash never leaves a half-written cache
     return ref
 
 
@@ -342,7 +357,7 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     if cfg.samples < 1 or cfg.batch < 1:
         raise UsageError(f"--samples and --batch must be >= 1 (got {cfg.samples}, {cfg.batch})")
     cells, names = plan_cells(cfg, spec), metric_names(cfg.metric)
-    check_metric_available(cfg.metric)
+    check_metric_available(cfg.metric, spec, cfg.samples)
     device = resolve_device(cfg.device)
     dtype = DTYPES.get(cfg.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     if dtype is None:
@@ -377,7 +392,11 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
         if ref_todo:
             vals = _extra_metrics(torch.cat(ref.images), torch.cat(ref.labels), ref, cfg, ref_todo, device)
             for m in ref_todo:
-                _append(rows_path, done, {**ref_row, "metric": m, "value": vals[m][0], "cell_seconds": None})
+                extra = {}
+                if m == "toy_fd":   # FD of as many real images: the floor at this sample count (toy_metric)
+                    from varbench import toy_metric
+                    extra["real_fd"] = float(toy_metric.real_fd(cfg.samples))
+                _append(rows_path, done, {**ref_row, "metric": m, "value": vals[m][0], "cell_seconds": None, **extra})
         cache: dict[DepthSchedule, tuple[dict, float]] = {}
         for i, c in enumerate(todo):
             row0 = _cell_row(base, c, spec)

@@ -27,11 +27,13 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "dtype": (str, None, "a string"), "device": (str, None, "a string"),
               "repeats": (int, None, "an integer"), "min_seconds": ((int, float), None, "a number"),
               "warmup": (int, None, "an integer")},
-    "sensitivity": {"modes": _STR_LIST, "depths": _INT_LIST, "scales": _INT_LIST, "samples": (int, None, "an integer"),
+    "sensitivity": {"modes": _STR_LIST, "mode": (str, None, "a string"), "depths": _INT_LIST, "scales": _INT_LIST,
+                    "groups": (list, list, "a list of [first, last] scale pairs such as [[0, 2], [3, 5]]"),
+                    "select": (str, None, "a string"), "samples": (int, None, "an integer"),
                     "batch": (int, None, "an integer"), "metric": (str, None, "a string"),
                     "seed": (int, None, "an integer"), "device": (str, None, "a string"),
                     "dtype": (str, None, "a string")},
-    "trace": {"depth": (int, None, "an integer"), "switch": (int, None, "an integer"),
+    "trace": {"depth": (int, None, "an integer"), "switch": (int, None, "an integer"), "select": (str, None, "a string"),
               "batch": (int, None, "an integer"), "dtype": (str, None, "a string"),
               "device": (str, None, "a string"), "interval_ms": ((int, float), None, "a number")},
     "check": {"tolerance": (dict, (int, float), "a table of metric = relative tolerance"),
@@ -45,14 +47,29 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "quality_abs": ((int, float), None, "a number")},
 }
 CHOICES = {"select": ("isometric", "nested"), "dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
-           "modes": ("single", "from", "groups")}
+           "modes": ("single", "from", "groups"), "mode": ("single", "from", "groups"),
+           "metric": ("fidelity", "fid", "toy")}
+
+
+def _choices(key: str) -> tuple[str, ...]:
+    """Enumerations, read from the owning library when importable so the two never drift apart."""
+    try:
+        if key == "metric":
+            from varbench.sensitivity import METRICS
+            return tuple(METRICS)
+        if key in ("mode", "modes"):
+            from varbench.sensitivity import MODES
+            return tuple(MODES)
+    except ImportError:
+        pass
+    return CHOICES[key]
 
 # suite key -> candidate field names in the library config dataclasses (first match wins)
 ALIASES: dict[str, tuple[str, ...]] = {
     "model": ("model", "model_name", "name"), "ckpt": ("ckpt", "var_ckpt", "ckpt_path"),
     "vae": ("vae", "vae_ckpt", "vae_path"), "allow_random": ("allow_random",),
     "batches": ("batches", "batch_sizes", "batch"), "switches": ("switches", "switch"),
-    "modes": ("modes", "mode"), "metric": ("metric", "metrics"), "samples": ("samples", "num_samples", "n_samples"),
+    "metric": ("metric", "metrics"), "samples": ("samples", "num_samples", "n_samples"),
     "interval_ms": ("interval_ms", "sample_interval_ms"), "min_seconds": ("min_seconds", "min_time_s", "min_s"),
 }
 
@@ -88,17 +105,25 @@ class Suite:
         return t
 
     def _model_fields(self) -> dict[str, Any]:
-        return {"model": self.model["name"], "ckpt": self.model.get("ckpt"), "vae": self.model.get("vae"),
-                "allow_random": self.model.get("allow_random", False)}
+        out = {"model": self.model["name"], "ckpt": self.model.get("ckpt"), "vae": self.model.get("vae")}
+        if "allow_random" in self.model:      # else each library keeps its own default (sweep/trace: allowed)
+            out["allow_random"] = self.model["allow_random"]
+        return out
 
     def sweep_config(self) -> Any:
         from varbench.sweep import SweepConfig
         return build_config(SweepConfig, {**self._model_fields(), **(self.sweep or {})}, self.path, "sweep")
 
-    def sensitivity_config(self) -> Any:
+    def sensitivity_configs(self) -> list[Any]:
+        """One SensitivityConfig per mode (the library runs one mode at a time)."""
         from varbench.sensitivity import SensitivityConfig
-        return build_config(SensitivityConfig, {**self._model_fields(), **(self.sensitivity or {})}, self.path,
-                            "sensitivity")
+        table = dict(self.sensitivity or {})
+        modes = table.pop("modes", None) or [table.pop("mode", "single")]
+        table.pop("mode", None)
+        if "groups" in table:
+            table["groups"] = [tuple(g) for g in table["groups"]]
+        return [build_config(SensitivityConfig, {**self._model_fields(), **table, "mode": m}, self.path,
+                             "sensitivity") for m in modes]
 
     def trace_config(self) -> Any:
         from varbench.trace import TraceConfig
@@ -178,7 +203,12 @@ def _check_values(s: Suite) -> None:
         for sc in t.get("scales", []):
             if not 0 <= sc < S:
                 raise _err(p, f"{table}.scales", f"scale {sc} is outside 0..{S - 1} ({sp.name} has {S} scales)")
-        for key, choices in CHOICES.items():
+        for g in t.get("groups", []):
+            if len(g) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in g) \
+                    or not 0 <= g[0] <= g[1] < S:
+                raise _err(p, f"{table}.groups", f"{g!r} is not a [first, last] pair of scales in 0..{S - 1}")
+        for key in CHOICES:
+            choices = _choices(key)
             vals = t.get(key)
             for v in ([vals] if isinstance(vals, str) else vals or []):
                 if v not in choices:
@@ -268,7 +298,10 @@ def suite_configs(suite: Suite) -> dict[str, Any]:
         if table is None:
             continue
         resolved = Suite(**{**suite.__dict__, part: _resolved(table)})
-        cfgs[part] = getattr(resolved, f"{part}_config")()
+        if part == "sensitivity":
+            cfgs[part] = resolved.sensitivity_configs()
+        else:
+            cfgs[part] = getattr(resolved, f"{part}_config")()
     return cfgs
 
 
@@ -284,9 +317,11 @@ def run_suite(suite: Suite, out_dir: str | Path, progress: Callable[..., None] |
         raise _err(suite.path, "[sweep]", "the suite has no sweep, sensitivity or trace part")
     out = Path(out_dir)
     dirs: dict[str, Path] = {}
-    for part, cfg in cfgs.items():
-        d = out / part
-        log.info("suite %s: running %s into %s", suite.name, part, d)
+    jobs = [(part, c) for part, cfg in cfgs.items() for c in (cfg if isinstance(cfg, list) else [cfg])]
+    for part, cfg in jobs:
+        name = f"{part}-{cfg.mode}" if part == "sensitivity" else part
+        d = out / name
+        log.info("suite %s: running %s into %s", suite.name, name, d)
         try:
             if part == "sweep":
                 from varbench.sweep import run_sweep
@@ -299,5 +334,5 @@ def run_suite(suite: Suite, out_dir: str | Path, progress: Callable[..., None] |
                 run_trace(cfg, d)
         except ValueError as e:  # library settings checks: the suite asked for something impossible
             raise _err(suite.path, f"[{part}]", str(e)) from None
-        dirs[part] = d
+        dirs[name] = d
     return dirs

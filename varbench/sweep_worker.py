@@ -104,13 +104,16 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     schedule = DepthSchedule.variant(spec, depth, switch, point["select"])
     res: dict[str, Any] = {"layers": list(subnet_layers(spec.depth, depth, point["select"])),
                            "schedule": schedule.describe()}
-    if cuda:
+    if cuda and device.index is not None:
         torch.cuda.set_device(device)
     pipe = _build(point, device, dtype)
     _inject_fault(point)
     labels = [i % spec.num_classes for i in range(batch)]
     gen_kw = dict(labels_B=labels, cfg=point["cfg"], top_k=point["top_k"], top_p=point["top_p"],
                   seed=point["seed"], schedule=schedule, keep_skipped=point["keep_skipped"], decode=False)
+    graphs = bool(point.get("cuda_graphs")) and cuda
+    if graphs:
+        gen_kw["cuda_graphs"] = True      # the graphed cache keeps every block's buffers (keep_skipped accounting)
     if cuda:
         gc.collect()
         torch.cuda.synchronize(device)
@@ -153,7 +156,8 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
         "images_per_s": batch * 1e3 / e2e if e2e > 0 else None,
         "images_per_s_excl_decode": batch * 1e3 / lat["p50"] if lat["p50"] > 0 else None,
         "scale_ms_p50": scale_ms_p50, "kv_bytes": kv_bytes,
-        "kv_bytes_analytic": analytic.kv_peak_bytes(spec, schedule, batch, dtype, point["keep_skipped"]),
+        "kv_bytes_analytic": analytic.kv_peak_bytes(spec, schedule, batch, dtype,
+                                                    point["keep_skipped"] or graphs),
         "flops": flops, "tflop_per_s": flops / (lat["p50"] * 1e9) if lat["p50"] > 0 else None,
         "nvml_peak_used_bytes": None, "nvml_peak_process_used_bytes": None,
     })

@@ -103,7 +103,7 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     cuda = dev.type == "cuda"
     schedule = DepthSchedule.variant(spec, cfg.depth, cfg.switch, cfg.select)
     weights = resolve_weights(cfg)
-    if cuda:
+    if cuda and dev.index is not None:
         torch.cuda.set_device(dev)
     if weights.label == "random":
         pipe = VARPipeline.from_spec(spec, device=dev, seed=cfg.seed, dtype=dtype)

@@ -56,12 +56,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Start the process group when torchrun launched several processes; a no-op for one process."""
+def init_distributed(device: str = "auto", force: bool = False) -> DistEnv:
+    """Start the process group when torchrun launched several processes (or ``force``, for FSDP on one GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
-    if world > 1 and not dist.is_initialized():
+    if force and "MASTER_ADDR" not in os.environ:
+        raise ValueError("--fsdp needs a process group: launch with torchrun (even --nproc-per-node 1)")
+    if (world > 1 or force) and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -71,7 +73,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
 
 def cleanup(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 

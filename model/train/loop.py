@@ -153,7 +153,7 @@ def _build_models(cfg: TrainConfig, device: torch.device):
 
             vae_path = str(resolve_official(spec)[1])
     if vae_path in (None, "random"):
-        log.warning("VQ-VAE has RANDOM weights (no --vae given for %s): tokens are not meaningful images", spec.name)
+        log.warning("VQ-VAE of %s has RANDOM weights: tokens are not meaningful images", spec.name)
     else:
         state_mod.load_init(vae, vae_path, "VQ-VAE")
     vae.requires_grad_(False)
@@ -263,7 +263,7 @@ def _append(path: Path, row: dict) -> None:
 def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the final metrics. Rank 0 writes metrics.jsonl and checkpoints."""
     cfg.validate()
-    env = dist_mod.init_distributed(cfg.device)
+    env = dist_mod.init_distributed(cfg.device, force=cfg.fsdp)
     try:
         return _train(cfg, env, on_log)
     finally:

@@ -51,7 +51,7 @@ def _fmt(v: float, metric: str) -> str:
     return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
 
 
-def matrix_table(rows: list[dict[str, Any]], mode: str, metric: str) -> Table | None:
+def matrix_table(rows: list[dict[str, Any]], mode: str, metric: str, full_depth: int = 0) -> Table | None:
     """A rich table of one matrix, cells coloured green -> yellow -> red by damage within the matrix."""
     from varbench.sensitivity import HIGHER_IS_BETTER, matrix
 
@@ -62,7 +62,7 @@ def matrix_table(rows: list[dict[str, Any]], mode: str, metric: str) -> Table | 
     t = Table(title=f"{TITLES.get(metric, metric)} · mode {mode}", title_justify="left")
     t.add_column("group" if mode == "groups" else ("scale" if mode == "single" else "from scale"))
     for d in depths:
-        t.add_column(f"d{d}", justify="right")
+        t.add_column(f"d{d} (full)" if d == full_depth else f"d{d}", justify="right")
     for i, (lab, row) in enumerate(zip(labels, vals)):
         cells = []
         for j, v in enumerate(row):
@@ -121,8 +121,8 @@ def sensitivity(
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (shared by every cell: coupled).")] = 0,
     out: OutOpt = Path("out/sensitivity"),
     json_out: JsonOpt = False,
-    allow_random: Annotated[bool, typer.Option("--allow-random", help="Random weights when none are found "
-                                               "(plumbing tests and timing only).")] = False,
+    allow_random: Annotated[bool, typer.Option("--allow-random", help="Run on random weights (unless --ckpt "
+                                               "is given): plumbing tests and timing only.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Which scales can run a shallow subnet, and at what price: scale × depth matrix of fidelity to the full
@@ -151,7 +151,7 @@ def sensitivity(
     finally:
         render.close()
     for m in sens.metric_names(metric):
-        table = matrix_table(rows, mode, m)
+        table = matrix_table(rows, mode, m, spec.depth)
         if table is not None:
             err_console.print(table)
     ref = [r for r in rows if r["mode"] == "reference"]

@@ -72,6 +72,8 @@ def sweep(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed generations before timing.")] = 1,
     keep_skipped: Annotated[bool, typer.Option("--keep-skipped", help="Keep skipped blocks' KV caches "
                                                "(the paper's accounting).")] = False,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Replay per-scale CUDA graphs (GPU; "
+                                              "keeps every block's KV buffers).")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per point before its worker "
                                                      "is killed (default: none).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/sweep/MODEL); "
@@ -104,7 +106,7 @@ def sweep(
     cfg = SweepConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depths=ds,
                       batches=bs, switches=sws, select=sel, dtype=dtype.strip().lower(), device=dev,
                       repeats=repeats, min_seconds=min_seconds, warmup=warmup, keep_skipped=keep_skipped,
-                      timeout_s=timeout)
+                      timeout_s=timeout, cuda_graphs=cuda_graphs)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         task = bar.add_task(f"sweep {s.name}", total=len(ds) * len(bs) * len(sws))

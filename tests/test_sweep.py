@@ -1,0 +1,137 @@
+"""Sweep: isolated workers, complete rows, resume, fault containment (OOM, SIGKILL); timing rules; CLI bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from varbench import results, timing
+from varbench.sweep import KEY_FIELDS, MEASURED_FIELDS, SweepConfig, run_sweep
+
+TINY = dict(model="var-tiny", depths=[2, 4], batches=[1, 2], switches=[2], dtype="fp32", device="cpu",
+            repeats=2, min_seconds=0.0, warmup=0)
+
+
+def _events(cfg, out):
+    seen = []
+    rows = run_sweep(cfg, out, progress=lambda ev, i, n, obj: seen.append((ev, obj.get("depth"), obj.get("batch"))))
+    return rows, seen
+
+
+# ---------------------------------------------------------------------------------------------------- timing
+
+
+def test_measure_meets_count_and_duration():
+    calls = {"n": 0}
+
+    def fn():
+        calls["n"] += 1
+        time.sleep(0.004)
+
+    samples = timing.measure(fn, warmup=2, min_repeats=3, min_seconds=0.06)
+    assert len(samples) >= 3 and sum(samples) >= 60.0          # duration rule dominates here
+    assert calls["n"] == len(samples) + 2                       # warm-up ran but is not in the samples
+    assert all(s >= 3.5 for s in samples)
+    few = timing.measure(fn, warmup=0, min_repeats=5, min_seconds=0.0)
+    assert len(few) == 5                                        # count rule alone
+
+
+def test_percentiles_known_values():
+    p = timing.percentiles(list(range(1, 101)))                 # 1..100
+    assert p["n"] == 100 and p["p50"] == pytest.approx(50.5) and p["p90"] == pytest.approx(90.1)
+    assert p["p99"] == pytest.approx(99.01) and p["mean"] == pytest.approx(50.5)
+    assert timing.percentiles([])["p50"] is None
+
+
+# ---------------------------------------------------------------------------------------------------- sweep
+
+
+def test_sweep_rows_complete_then_resume_skips_all(tmp_path):
+    cfg = SweepConfig(**TINY)
+    rows, ev = _events(cfg, tmp_path)
+    assert [e for e, *_ in ev].count("start") == 4
+    assert [(r["depth"], r["batch"]) for r in rows] == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    for r in rows:
+        assert r["status"] == "ok", r["error"]
+        assert r["kind"] == "sweep" and r["weights"] == "random" and "RANDOM" in r["weights_notice"]
+        for f in MEASURED_FIELDS:
+            assert f in r
+            if f not in ("peak_allocated_bytes", "nvml_peak_used_bytes"):   # GPU-only figures
+                assert r[f] is not None, f
+        assert r["peak_allocated_bytes"] is None and r["nvml_peak_used_bytes"] is None   # CPU: no allocator/NVML
+        assert r["n"] >= 2 and r["latency_ms_p50"] <= r["latency_ms_p99"]
+        assert len(r["scale_ms_p50"]) == 4 and all(v > 0 for v in r["scale_ms_p50"])
+        assert r["kv_bytes"] == r["kv_bytes_analytic"] > 0             # measured peak == analytic plan
+        assert r["images_per_s"] == pytest.approx(r["batch"] * 1e3 / (r["latency_ms_p50"] + r["decode_ms_p50"]))
+        assert r["layers"] == ([0, 3] if r["depth"] == 2 else [0, 1, 2, 3])
+    # KV grows linearly with batch
+    assert rows[1]["kv_bytes"] == 2 * rows[0]["kv_bytes"]
+    on_disk = results.read_rows(tmp_path / "sweep.jsonl")
+    assert len(on_disk) == 4
+    man = results.read_manifest(tmp_path)
+    assert man["kind"] == "sweep" and man["dtype"] == "fp32" and man["config"]["depths"] == [2, 4]
+
+    rows2, ev2 = _events(cfg, tmp_path)
+    assert [e for e, *_ in ev2] == ["skip"] * 4
+    assert len(results.read_rows(tmp_path / "sweep.jsonl")) == 4
+    assert [results.row_key(r, KEY_FIELDS) for r in rows2] == [results.row_key(r, KEY_FIELDS) for r in rows]
+    assert len(results.read_manifest(tmp_path)["resumes"]) == 1
+
+
+def test_faults_are_contained_and_errors_retried(tmp_path, monkeypatch):
+    monkeypatch.setenv("VARBENCH_FAULT", "oom:depth=2,batch=2;kill:depth=4,batch=1")
+    cfg = SweepConfig(**{**TINY, "repeats": 1})
+    rows, _ = _events(cfg, tmp_path)
+    status = {(r["depth"], r["batch"]): r for r in rows}
+    assert status[(2, 2)]["status"] == "oom" and "out of memory" in status[(2, 2)]["error"].lower()
+    assert status[(4, 1)]["status"] == "error" and "SIGKILL" in status[(4, 1)]["error"]
+    assert status[(2, 1)]["status"] == "ok" and status[(4, 2)]["status"] == "ok"
+    assert status[(2, 2)]["latency_ms_p50"] is None                     # nothing invented for a failed point
+    # a rerun (fault fixed) retries only the crashed point; the OOM counts as a finished result
+    monkeypatch.delenv("VARBENCH_FAULT")
+    rows2, ev2 = _events(cfg, tmp_path)
+    assert [(e, d, b) for e, d, b in ev2 if e == "start"] == [("start", 4, 1)]
+    assert {(r["depth"], r["batch"]): r["status"] for r in rows2}[(4, 1)] == "ok"
+    assert len(results.read_rows(tmp_path)) == 5
+
+
+def test_worker_does_not_import_plotly():
+    code = ("import sys, varbench.sweep_worker, varbench.timing, varbench.memory, varbench.analytic, "
+            "model.pipeline; print('plotly' in sys.modules, 'rich' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--depths", "0"], "--depths"),
+    (["--batch", "-1"], "--batch"),
+    (["--model", "var-nope"], "unknown model"),
+    (["--depths", "2,9"], "--depths"),
+    (["--switch", "x"], "--switch"),
+])
+def test_cli_bad_input_exit_2(args, needle, tmp_path):
+    from varbench.cli import app
+
+    res = CliRunner().invoke(app, ["sweep", "--model", "var-tiny", "--switch", "2", "--device", "cpu",
+                                   "--out", str(tmp_path), *args])
+    text = res.output
+    assert res.exit_code == 2, text
+    assert "Traceback" not in text and needle in text
+    assert len([ln for ln in text.splitlines() if ln.strip()]) == 1, text
+    assert not (tmp_path / "sweep.jsonl").exists()
+
+
+def test_cli_unwritable_out(tmp_path):
+    from varbench.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(app, ["sweep", "--model", "var-tiny", "--switch", "2", "--device", "cpu",
+                                   "--out", str(blocker / "d")])
+    assert res.exit_code == 2 and "--out" in res.output and "Traceback" not in res.output
