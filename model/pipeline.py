@@ -149,18 +149,19 @@ class VARPipeline:
             mods = var.modulations(var.cond_for_blocks(cond_BD), schedule.used_blocks())
         indices, logits_out, kv_peak = [], [], 0
         for si, pn in enumerate(spec.patch_nums):
+            t = cfg * si / (S - 1) if S > 1 else cfg
             if graphed is not None:
                 logits_2BlV = graphed.run(si, x_BlC)
+                h_BlC = None
             else:
                 cache.begin_scale(si)
                 h_BlC = var.step(x_BlC, mods, schedule.layers[si], cache)
-                logits_2BlV = var.get_logits(h_BlC, cond_BD)
+                logits_2BlV = None
             kv_peak = max(kv_peak, cache.nbytes())
-            t = cfg * si / (S - 1) if S > 1 else cfg
-            logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+            idx_Bl, cond_logits = self._sample_scale(h_BlC, logits_2BlV, cond_BD, t, top_k, top_p, gen,
+                                                     return_logits)
             if return_logits:
-                logits_out.append(logits_2BlV[:B].clone())
-            idx_Bl = sample_tokens(logits_BlV, top_k, top_p, gen)
+                logits_out.append(cond_logits)
             indices.append(idx_Bl)
             h_BChw = quant.embed_idx(idx_Bl, pn)
             f_hat, next_BlCv = quant.next_input(si, f_hat, h_BChw)
@@ -174,6 +175,27 @@ class VARPipeline:
             cache.release()
         images = self.vae.fhat_to_img(f_hat) if decode else None
         return GenerateOutput(images, indices, f_hat, logits_out, kv_peak)
+
+    def _sample_scale(self, h_2BlC, logits_2BlV, cond_BD, t: float, top_k: int, top_p: float,
+                      gen: torch.Generator, return_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head, CFG and sampling in batch chunks of at most ~2^25 logits, so the float32 logits of a large
+        batch never exist all at once (1.4 GB at d30 batch 64). The chunking depends only on (B, pn²)."""
+        B2, n = (h_2BlC if h_2BlC is not None else logits_2BlV).shape[:2]
+        B, V = B2 // 2, self.spec.vae.vocab_size
+        step = max(1, (1 << 25) // (n * V))
+        idx, kept = [], []
+        for b0 in range(0, B, step):
+            b1 = min(B, b0 + step)
+            if logits_2BlV is not None:
+                cond, uncond = logits_2BlV[b0:b1], logits_2BlV[B + b0:B + b1]
+            else:
+                rows = torch.cat((h_2BlC[b0:b1], h_2BlC[B + b0:B + b1]))
+                both = self.var.get_logits(rows, torch.cat((cond_BD[b0:b1], cond_BD[B + b0:B + b1])))
+                cond, uncond = both.chunk(2)
+            idx.append(sample_tokens(torch.lerp(uncond, cond, 1 + t), top_k, top_p, gen))
+            if return_logits:
+                kept.append(cond.clone())
+        return torch.cat(idx), (torch.cat(kept) if return_logits else None)
 
     def _graph_runner(self, schedule: DepthSchedule, batch: int, k_dtype: torch.dtype | None):
         from .cuda_graphs import GraphedScales

@@ -46,10 +46,14 @@ def main() -> None:
     ap.add_argument("--model", default="var-d30")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--compile", action="store_true", help="fuse element-wise kernels with torch.compile")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     spec = specs.get(args.model)
+    if args.compile:
+        from model import kernels
+        kernels.enable_compiled()
     t0 = time.perf_counter()
     pipe = VARPipeline.from_spec(spec, device="cuda", dtype=torch.bfloat16)
     print(f"# init {time.perf_counter() - t0:.1f}s  {torch.cuda.get_device_name()}", flush=True)

@@ -87,10 +87,10 @@ def test_hidden_pids(fake):
 
 
 def test_sampler_timeline_ordering_and_marks(fake):
-    fake(base_used=0, step=1)
+    mod = fake(base_used=0, step=1)
     nv = memory.Nvml()
     old = sys.getswitchinterval()
-    with memory.NvmlSampler(nv, interval_ms=1.0, capacity=8) as s:   # tiny capacity: the buffer must grow
+    with memory.NvmlSampler(nv, interval_ms=1.0, capacity=8, process_every=4) as s:   # tiny capacity: the buffer must grow
         time.sleep(0.03)
         s.mark("scale 0 end")
         time.sleep(0.03)
@@ -109,6 +109,10 @@ def test_sampler_timeline_ordering_and_marks(fake):
     assert ts[0] < t0 < t1 < ts[-1]
     assert s.achieved_hz() < 1300                          # paced by interval_ms, not a busy loop
     assert s.peak_device_used() == dev[-1]
+    # the heavier per-process query runs every 4th sample only, its value carried forward in between
+    assert mod.calls["v3"] <= len(samples) // 4 + 2
+    procs = [p for _, _, p in samples]
+    assert procs[1] == procs[0] and procs[4] > procs[3]
 
 
 def test_sampler_rejects_bad_interval(fake):

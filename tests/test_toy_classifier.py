@@ -1,6 +1,7 @@
 """The shipped toy classifier and the toy metric: weights load, real accuracy, Fréchet math on closed forms."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -29,7 +30,6 @@ def test_shipped_weights_are_small_and_documented():
         assert key in prov, key
     assert prov["accuracy"] >= 0.95 and prov["eval_seed"] != prov["train_seed"]
     assert prov["class_names"] == list(CLASS_NAMES)
-    import hashlib
     assert prov["weights_sha256"] == hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()
 
 
@@ -99,3 +99,28 @@ def test_frechet_identity_and_symmetry_full_covariance():
     covmean = scipy_linalg.sqrtm(s1 @ s2).real
     ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean)
     assert d12 == pytest.approx(ref, rel=1e-6)
+
+
+# ---- the training script: seeded, and it refuses to ship a weak classifier ---------------------------------
+def _script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_toy_classifier.py"
+    spec = importlib.util.spec_from_file_location("train_toy_classifier", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_training_script_is_reproducible_and_guards_accuracy(tmp_path):
+    script = _script()
+    common = ["--steps", "3", "--batch", "16", "--eval-n", "40", "--threads", "1"]
+    assert script.main(common + ["--min-acc", "0.99", "--out", str(tmp_path / "weak")]) == 1
+    assert not (tmp_path / "weak" / "classifier.safetensors").exists()
+    for run in ("a", "b"):
+        assert script.main(common + ["--min-acc", "0", "--out", str(tmp_path / run)]) == 0
+    a, b = (json.loads((tmp_path / r / "classifier.json").read_text()) for r in ("a", "b"))
+    assert a["weights_sha256"] == b["weights_sha256"] and a["steps"] == 3
+    clf = ToyClassifier.from_file(tmp_path / "a" / "classifier.safetensors")
+    assert clf.feat_dim == 64 and not clf.training

@@ -26,6 +26,8 @@ def test_image_depends_only_on_seed_and_index():
     for i in (0, 5, 7, 11):
         img, lab = ds[i]
         assert torch.allclose(img, b[i], atol=1e-6) and lab == int(lb[i])
+    xb, yb = ds.batch([11, 0])
+    assert torch.allclose(xb, b[[11, 0]], atol=1e-6) and yb.tolist() == [int(lb[11]), int(lb[0])]
 
 
 def test_different_seeds_differ_and_same_seed_repeats():

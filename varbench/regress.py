@@ -324,8 +324,10 @@ def device_class(manifest: Mapping[str, Any] | None, rows: Iterable[Mapping[str,
 
 def make_baseline(metrics: Mapping[str, Metric], device_cls: str, manifest: Mapping[str, Any] | None = None,
                   suite: str | None = None) -> dict[str, Any]:
-    return {"format": BASELINE_FORMAT, "device_class": device_cls, "suite": suite,
-            "manifest": dict(manifest or {}), "metrics": [asdict(m) for m in metrics.values()]}
+    """The committed form: device class, the environment it was measured in, every metric (with raw samples)."""
+    env = {k: v for k, v in (manifest or {}).items() if not k.startswith("_")}
+    return {"format": BASELINE_FORMAT, "device_class": device_cls, "suite": suite, "manifest": env,
+            "metrics": [asdict(m) for m in metrics.values()]}
 
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
@@ -357,6 +359,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1, sort_keys=False, allow_nan=False, default=str)
         f.write("\n")
+    os.chmod(tmp, 0o644)                      # mkstemp makes 0600; baselines are committed and shared
     os.replace(tmp, p)
     return p
 

@@ -88,7 +88,8 @@ def find_result_dirs(paths: Sequence[str | os.PathLike]) -> list[Path]:
         if any(p.glob("*.jsonl")):
             out.append(p)
             continue
-        subs = sorted(q for q in p.iterdir() if q.is_dir() and (any(q.glob("*.jsonl")) or (q / "manifest.json").exists()))
+        subs = sorted(q for q in p.iterdir()
+                      if q.is_dir() and (any(q.glob("*.jsonl")) or (q / "manifest.json").exists()))
         out.extend(subs or [p])
     return out
 

@@ -292,7 +292,8 @@ def trace_figures(scale_rows: Sequence[Mapping[str, Any]], sample_rows: Iterable
         title = f"Memory timeline: {desc}" if desc else "Memory timeline"
         fig.update_layout(**LAYOUT, title=dict(text=esc(title)), xaxis_title="time since generation start (ms)",
                           yaxis_title="memory (MiB)", legend=dict(orientation="h", y=-0.2),
-                          updatemenus=[dict(type="buttons", direction="right", x=1, xanchor="right", y=1.03, yanchor="bottom",
+                          updatemenus=[dict(type="buttons", direction="right", x=1, xanchor="right", y=1.03,
+                                            yanchor="bottom",
                                             buttons=[dict(label="linear", method="relayout",
                                                           args=[{"yaxis.type": "linear"}]),
                                                      dict(label="log", method="relayout",

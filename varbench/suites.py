@@ -33,7 +33,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                     "batch": (int, None, "an integer"), "metric": (str, None, "a string"),
                     "seed": (int, None, "an integer"), "device": (str, None, "a string"),
                     "dtype": (str, None, "a string")},
-    "trace": {"depth": (int, None, "an integer"), "switch": (int, None, "an integer"), "select": (str, None, "a string"),
+    "trace": {"depth": (int, None, "an integer"), "switch": (int, None, "an integer"),
+              "select": (str, None, "a string"),
               "batch": (int, None, "an integer"), "dtype": (str, None, "a string"),
               "device": (str, None, "a string"), "interval_ms": ((int, float), None, "a number")},
     "check": {"tolerance": (dict, (int, float), "a table of metric = relative tolerance"),
@@ -139,7 +140,8 @@ def _check_type(path: Path, key: str, value: Any, spec: tuple) -> None:
     typs = typ if isinstance(typ, tuple) else (typ,)
     ok = isinstance(value, typs) and not (isinstance(value, bool) and bool not in typs)
     if ok and typ is list:
-        ok = all(isinstance(v, elem) and not isinstance(v, bool) for v in value) and len(value) > 0
+        ok = all(isinstance(v, elem) and not isinstance(v, bool) for v in value) and (len(value) > 0 or
+                                                                                      key.endswith("ratios"))
     if ok and typ is dict:
         ok = all(isinstance(v, elem) and not isinstance(v, bool) for v in value.values())
     if not ok:

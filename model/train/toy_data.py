@@ -193,8 +193,8 @@ def render_indices(indices: np.ndarray | torch.Tensor | range, seed: int, image_
 class ToyDataset(Dataset):
     """``n`` toy images of one seed, rendered once at construction (8-bit cache, about 3 KB an image at 32x32).
 
-    ``ds[i] -> (image (3,H,W) float32 in [-1,1], label int)``; ``ds.images``/``ds.labels`` hold the whole set for
-    trainers that batch by slicing instead of going through a DataLoader.
+    ``ds[i] -> (image (3,H,W) float32 in [-1,1], label int)``; ``ds.batch(idx)`` serves trainers that batch by
+    indexing instead of going through a DataLoader; ``ds.labels`` holds all labels.
     """
 
     def __init__(self, n: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE, num_classes: int = 10,
@@ -216,6 +216,11 @@ class ToyDataset(Dataset):
         if not -self.n <= i < self.n:
             raise IndexError(f"index {i} out of range for {self.n} images")
         return self._u8[i].float() / 127.5 - 1, int(self.labels[i])
+
+    def batch(self, idx: torch.Tensor | np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B,3,H,W) float32 in [-1,1] and labels of a batch of indices, without a DataLoader."""
+        idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return self._u8[idx_t].float() / 127.5 - 1, self.labels[idx_t]
 
     @property
     def images(self) -> torch.Tensor:

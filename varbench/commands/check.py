@@ -28,14 +28,17 @@ def _fmt(v: float | None) -> str:
 
 
 def verdict_table(result) -> Table:
-    t = Table(title="varbench check", box=box.SIMPLE_HEAD)
-    for col, just in (("metric", "left"), ("unit", "left"), ("baseline", "right"), ("now", "right"),
-                      ("change", "right"), ("verdict", "left"), ("detail", "left")):
-        t.add_column(col, justify=just, overflow="fold")
+    """metric / baseline / now / change / verdict, failures first; units next to the numbers."""
+    t = Table(title="varbench check", box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("metric", overflow="fold", min_width=34, ratio=3)
+    for col in ("baseline", "now", "change"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
+    t.add_column("detail", overflow="fold", ratio=1)
     order = {"regression": 0, "changed": 0, "missing": 0, "improved": 1, "new": 2, "ok": 3}
     for v in sorted(result.verdicts, key=lambda v: order.get(v.verdict, 9)):
         change = "—" if v.change is None else f"{100 * v.change:+.2f}%"
-        t.add_row(Text(v.metric), v.unit, _fmt(v.baseline), _fmt(v.now), change,
+        t.add_row(Text(v.metric), f"{_fmt(v.baseline)} {v.unit}", f"{_fmt(v.now)} {v.unit}", change,
                   Text(v.verdict, style=STYLE.get(v.verdict, "")), Text(v.detail))
     return t
 
@@ -69,7 +72,7 @@ def check(
         src = results
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out_dir = ensure_out_dir(out) if out is not None else ensure_out_dir(Path("out") / "check" / f"{s.name}-{stamp}")
+        out_dir = ensure_out_dir(out if out is not None else Path("out") / "check" / f"{s.name}-{stamp}")
         if any(out_dir.rglob("*.jsonl")):
             raise UsageError(f"--out {out_dir} already holds results; the gate needs a fresh measurement "
                              f"(use --results {out_dir} to gate them as they are)")

@@ -55,7 +55,7 @@ def _summary_lines(s: dict[str, Any]) -> list[str]:
     if s["sampler_overhead_pct"] is not None:
         lines.append(f"sampler latency overhead: {s['sampler_overhead_pct']:+.2f}% "
                      f"({s['latency_ms_p50_no_sampler']:.1f} -> {s['latency_ms_p50_with_sampler']:.1f} ms p50, "
-                     f"{s['overhead_pairs']} pairs)")
+                     f"{s['overhead_pairs']} pairs; from minima {s['sampler_overhead_pct_min']:+.2f}%)")
     for key, what in (("analytic_over_allocated_delta", "allocator Δ"),
                       ("analytic_over_nvml_process_delta", "NVML process Δ")):
         if s[key] is not None:
@@ -76,7 +76,7 @@ def trace(
     interval_ms: Annotated[float, typer.Option("--interval-ms", help="NVML sampling interval (1 = 1 kHz).")] = 1.0,
     keep_skipped: Annotated[bool, typer.Option("--keep-skipped", help="Keep skipped blocks' KV caches.")] = False,
     overhead_pairs: Annotated[int, typer.Option("--overhead-pairs", help="Plain/sampled generation pairs "
-                                                "for the sampler-overhead check (0 = skip).")] = 3,
+                                                "for the sampler-overhead check (0 = skip).")] = 5,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/trace/MODEL).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
