@@ -123,7 +123,8 @@ class VARPipeline:
                  schedule: DepthSchedule | None = None, keep_skipped: bool = False,
                  k_dtype: torch.dtype | None = None, decode: bool = True, return_logits: bool = False,
                  on_scale_end: Callable[[int, KVCache], None] | None = None,
-                 cuda_graphs: bool = False) -> GenerateOutput:
+                 cuda_graphs: bool = False,
+                 on_scale_begin: Callable[[int, KVCache], None] | None = None) -> GenerateOutput:
         """Class-conditional samples under ``schedule`` (default full depth).
 
         ``cuda_graphs`` replays per-scale CUDA graphs (small batches; captured once per schedule and batch; the
@@ -155,6 +156,8 @@ class VARPipeline:
                 h_BlC = None
             else:
                 cache.begin_scale(si)
+                if on_scale_begin is not None:
+                    on_scale_begin(si, cache)
                 h_BlC = var.step(x_BlC, mods, schedule.layers[si], cache)
                 logits_2BlV = None
             kv_peak = max(kv_peak, cache.nbytes())
@@ -173,7 +176,7 @@ class VARPipeline:
                 x_BlC = x_BlC.repeat(2, 1, 1)
         if graphed is None:
             cache.release()
-        images = self.vae.fhat_to_img(f_hat) if decode else None
+        images = self.decode(f_hat) if decode else None
         return GenerateOutput(images, indices, f_hat, logits_out, kv_peak)
 
     def _sample_scale(self, h_2BlC, logits_2BlV, cond_BD, t: float, top_k: int, top_p: float,
@@ -213,5 +216,7 @@ class VARPipeline:
         return self
 
     @torch.no_grad()
-    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return self.vae.fhat_to_img(f_hat)
+    def decode(self, f_hat: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """Images in [0,1], decoded ``chunk`` at a time: the decoder's 256² activations of a whole batch would
+        dominate peak memory (13 GB more than generation at d30 batch 64)."""
+        return torch.cat([self.vae.fhat_to_img(f) for f in f_hat.split(chunk)])

@@ -22,7 +22,7 @@ from model.schedule import DepthSchedule  # noqa: E402
 
 CASES = {  # name: (batch, depth or None for full, cuda_graphs)
     "b1": (1, None, False), "b1-graphs": (1, None, True), "b16": (16, None, False),
-    "b16-graphs": (16, None, True), "b64": (64, None, False), "b64-d16": (64, 16, False),
+    "b16-graphs": (16, None, True), "b64-graphs": (64, None, True), "b64-d2-graphs": (64, 2, True), "b64": (64, None, False), "b64-d16": (64, 16, False),
     "b64-d8": (64, 8, False), "b64-d2": (64, 2, False), "b128": (128, None, False), "b128-d2": (128, 2, False),
 }
 

@@ -10,6 +10,7 @@ The sampler's own latency overhead is checked by alternating plain and sampled g
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import json
 import logging
 import os
@@ -185,6 +186,10 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
         "files": [TRACE_FILE, TIMELINE_FILE],
     }
     _write(out, cfg, weights, scale_rows, summary, sampler, t0)
+    if cuda:                       # give the cached blocks back, so a later process sees a clean device
+        del pipe
+        gc.collect()
+        torch.cuda.empty_cache()
     return summary
 
 
