@@ -2,7 +2,8 @@
 # Trains the shipped toy model with varbench's own trainer (run on the GPU machine; seeds fixed, re-runnable):
 #   1. the toy multi-scale VQ-VAE on the procedural set;
 #   2. the var-toy supernet with the `progressive` strategy (the shipped model) and, at equal steps, the paper's
-#      ablations: fixed p=0.1, fixed p=1.0 and sandwich (results/toy/ablation.jsonl).
+#      ablations: fixed p=0.1, fixed p=1.0 (and sandwich with SANDWICH=1; 3 passes a step) -> results/toy/.
+# Workers 0: the procedural set renders in-process (DataLoader workers hung under 4 parallel CUDA runs).
 # Usage: scripts/train_toy.sh RUN_DIR [vqvae|var|all]
 set -euo pipefail
 RUN=${1:-runs/toy}
@@ -10,17 +11,17 @@ WHAT=${2:-all}
 export PYTHONPATH=${PYTHONPATH:-.}
 VB="python3 -m varbench train --model var-toy --data synthetic --device cuda --seed 0"
 N=50000          # procedural training images (rendered from the seed)
-EPOCHS=20        # progressive: 5 at p=0.2, 10 ramping to 1.0, 5 at 1.0 (the paper's 5/15/5-15 shape)
+EPOCHS=8         # progressive: 2 at p=0.2, 4 ramping to 1.0, 2 at 1.0 (the paper's 5/15/5-15 shape, shortened)
 BATCH=256
 if [[ $WHAT == vqvae || $WHAT == all ]]; then
-  $VB --stage vqvae --synthetic-size $N --batch 128 --max-steps 3000 --lr 3e-4 --workers 6 --out "$RUN/vqvae"
+  $VB --stage vqvae --synthetic-size $N --batch 128 --max-steps 3000 --lr 3e-4 --workers 6 --log-every 50 --out "$RUN/vqvae"
 fi
 if [[ $WHAT == var || $WHAT == all ]]; then
   COMMON="--init random --vae $RUN/vqvae/vae.safetensors --synthetic-size $N --epochs $EPOCHS --batch $BATCH \
-          --lr 1e-3 --depths 2,4,6 --switch 4 --workers 3 --val-size 2000 --log-every 50"
-  $VB $COMMON --strategy progressive --e1 5 --e2 10 --e3 5 --out "$RUN/progressive" &
+          --lr 1e-3 --depths 2,4,6 --switch 4 --workers 0 --val-size 1000 --val-every 500 --log-every 50 --save-every 300"
+  $VB $COMMON --strategy progressive --e1 2 --e2 4 --e3 2 --out "$RUN/progressive" &
   $VB $COMMON --strategy fixed --p 0.1 --out "$RUN/fixed-p0.1" &
   $VB $COMMON --strategy fixed --p 1.0 --out "$RUN/fixed-p1.0" &
-  $VB $COMMON --strategy sandwich --out "$RUN/sandwich" &
+  if [[ ${SANDWICH:-0} == 1 ]]; then $VB $COMMON --strategy sandwich --out "$RUN/sandwich" & fi
   wait
 fi
