@@ -48,9 +48,11 @@ def _inject_fault(point: dict[str, Any]) -> None:
 
 
 def _build(point: dict[str, Any], device: Any, dtype: Any) -> Any:
+    import torch
     from model import VARPipeline, spec as spec_mod
 
     spec = spec_mod.get(point["model"])
+    torch.backends.cudnn.benchmark = True          # fixed shapes: let cuDNN pick the decoder's conv kernels
     if point["weights"] == "random":
         return VARPipeline.from_spec(spec, device=device, seed=point["seed"], dtype=dtype)
     return VARPipeline.from_pretrained(spec.name, var_ckpt=point.get("var_path"), vae_ckpt=point.get("vae_path"),
