@@ -209,6 +209,7 @@ def save_safetensors(tensors_or_module: Mapping[str, torch.Tensor] | nn.Module, 
     os.close(fd)
     try:
         save_file(out, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+        os.chmod(tmp, 0o644)                      # mkstemp makes 0600; weights are shared files
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
