@@ -21,7 +21,7 @@ class GraphedScales:
         self.var, self.schedule, self.spec = var, schedule, spec
         rows, C = 2 * batch, spec.width
         self.cond_BD = torch.zeros(rows, C, dtype=dtype, device=device)
-        self.x_in = [torch.zeros(rows, t, C, dtype=dtype, device=device) for t in spec.tokens]
+        self.x_in = [torch.zeros(rows, t, C, dtype=torch.float32, device=device) for t in spec.tokens]
         self.blocks = schedule.used_blocks()
         self.cache = KVCache(spec, schedule, batch, dtype, device, keep_skipped=True, k_dtype=k_dtype)
         self.mods_graph, self.mods = None, None

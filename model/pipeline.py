@@ -20,6 +20,7 @@ from .var import VAR
 from .vqvae import VQVAE
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+SAMPLE_CHUNK_LOGITS = 1 << 25     # head + CFG + sampling run on batch chunks of at most this many logits
 
 
 @dataclass
@@ -142,8 +143,8 @@ class VARPipeline:
         B, S = labels.shape[0], spec.num_scales
         gen = torch.Generator(device=self.device).manual_seed(seed)
         cond_BD = var.class_emb(torch.cat((labels, torch.full_like(labels, spec.num_classes))))
-        lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
-        x_BlC = cond_BD.unsqueeze(1) + var.pos_start + lvl_pos_1LC[:, :1]
+        lvl_pos_1LC = var.lvl_pos()                                     # float32, like the residual stream
+        x_BlC = cond_BD.float().unsqueeze(1) + var.pos_start.float() + lvl_pos_1LC[:, :1]
         pn_last = spec.patch_nums[-1]
         f_hat = torch.zeros(B, spec.vae.z_channels, pn_last, pn_last, device=self.device)
         graphed = None
@@ -178,7 +179,7 @@ class VARPipeline:
                 on_scale_end(si, cache)
             if next_BlCv is not None:
                 b0, b1 = spec.begin_ends[si + 1]
-                x_BlC = var.word_embed(next_BlCv.to(self.dtype)) + lvl_pos_1LC[:, b0:b1]
+                x_BlC = var.embed_words(next_BlCv) + lvl_pos_1LC[:, b0:b1]
                 x_BlC = x_BlC.repeat(2, 1, 1)
         if graphed is None:
             cache.release()
@@ -191,7 +192,7 @@ class VARPipeline:
         batch never exist all at once (1.4 GB at d30 batch 64). The chunking depends only on (B, pn²)."""
         B2, n = (h_2BlC if h_2BlC is not None else logits_2BlV).shape[:2]
         B, V = B2 // 2, self.spec.vae.vocab_size
-        step = max(1, (1 << 25) // (n * V))
+        step = max(1, SAMPLE_CHUNK_LOGITS // (n * V))
         idx, kept = [], []
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)

@@ -56,6 +56,7 @@ def test_ci_suite_maps_onto_library_configs():
     sw = cfgs["sweep"]
     assert (sw.model, list(sw.depths), list(sw.batches), sw.dtype, sw.device) == ("var-tiny", [2, 4], [1, 2],
                                                                                     "fp32", "cpu")
+    assert sw.threads == 1                    # CPU timings of the gate are single-threaded (see ci.toml)
     assert [c.mode for c in cfgs["sensitivity"]] == ["from"]
     assert cfgs["trace"].depth == 2 and cfgs["trace"].switch == 2
 
@@ -74,6 +75,7 @@ def test_tolerances_from_check_table(tmp_path):
     (GOOD.replace("switches = [2]", "switches = [7]"), "sweep.switches", "outside 0..4"),
     (GOOD.replace('device = "cpu"', 'device = "tpu"'), "sweep.device", "not one of"),
     (GOOD.replace("batches = [1]", "batches = [true]"), "sweep.batches", "list of integers"),
+    (GOOD.replace("batches = [1]", "batches = [1]\nthreads = 0"), "sweep.threads", "must be positive"),
     (GOOD.replace('name = "var-tiny"', 'name = "var-d999"'), "model.name", "unknown model"),
     (GOOD.replace('[["full", "d2"]]', '[["full", "d9"]]'), "check.ratios", "d9"),
     (GOOD + "\n[extra]\nx = 1\n", "extra", "unknown key"),

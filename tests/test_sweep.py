@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from varbench import results, timing
 from varbench.sweep import KEY_FIELDS, MEASURED_FIELDS, SweepConfig, run_sweep
 
+# threads=1: two intra-op threads spinning on busy shared cores make var-tiny ~100x slower
 TINY = dict(model="var-tiny", depths=[2, 4], batches=[1, 2], switches=[2], dtype="fp32", device="cpu",
-            repeats=2, min_seconds=0.0, warmup=0)
+            repeats=2, min_seconds=0.0, warmup=0, threads=1)
 
 
 def _events(cfg, out):
@@ -63,6 +64,9 @@ def test_sweep_rows_complete_then_resume_skips_all(tmp_path):
                 assert r[f] is not None, f
         assert r["peak_allocated_bytes"] is None and r["nvml_peak_used_bytes"] is None   # CPU: no allocator/NVML
         assert r["n"] >= 2 and r["latency_ms_p50"] <= r["latency_ms_p99"]
+        assert len(r["latency_ms_samples"]) == r["n"] and r["latency_ms_min"] == pytest.approx(
+            min(r["latency_ms_samples"]), abs=1e-3)                       # raw samples kept for the gate's U test
+        assert r["cpu_threads"] == 1                                      # the config's thread count was applied
         assert len(r["scale_ms_p50"]) == 4 and all(v > 0 for v in r["scale_ms_p50"])
         assert r["kv_bytes"] == r["kv_bytes_analytic"] > 0             # measured peak == analytic plan
         assert r["images_per_s"] == pytest.approx(r["batch"] * 1e3 / (r["latency_ms_p50"] + r["decode_ms_p50"]))
@@ -114,6 +118,7 @@ def test_worker_does_not_import_plotly():
     (["--model", "var-nope"], "unknown model"),
     (["--depths", "2,9"], "--depths"),
     (["--switch", "x"], "--switch"),
+    (["--threads", "0"], "--threads"),
 ])
 def test_cli_bad_input_exit_2(args, needle, tmp_path):
     from varbench.cli import app

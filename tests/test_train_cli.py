@@ -53,7 +53,6 @@ def _run(cmd: list[str], out: Path) -> list[dict]:
     return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_equal_one(tmp_path):
     """Same global batch of 8: 2 ranks x 4 (torchrun, gloo) vs 1 x 8; class dropout and depth draws included."""
     from model.pipeline import VARPipeline

@@ -113,6 +113,13 @@ def check_select(select: str) -> str:
     return select
 
 
+def check_weight_files(ckpt: Path | None, vae: Path | None) -> None:
+    """--ckpt/--vae must name existing files: a typo is exit 2 before any work, not a crash in a worker."""
+    for p, what in ((ckpt, "--ckpt"), (vae, "--vae")):
+        if p is not None and not Path(p).is_file():
+            raise UsageError(f"{what}: {p} is not a file")
+
+
 def parse_dtype(text: str) -> "torch.dtype":
     """bf16 | fp16 | fp32 -> torch dtype."""
     import torch

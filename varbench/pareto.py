@@ -5,20 +5,14 @@ the report draws the non-dominated set as a step line so the trade-off curve rea
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from varbench.results import finite_number
+
 
 def _value(point: Mapping[str, Any], key: str) -> float | None:
-    v = point.get(key)
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
+    return finite_number(point.get(key))
 
 
 def _objectives(point: Mapping[str, Any], minimize: Sequence[str], maximize: Sequence[str]) -> tuple[float, ...] | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from varbench.errors import UsageError
+from varbench.results import finite_number
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,6 @@ class CheckResult:
 
 # ----------------------------------------------------------------------------- metrics from rows
 
-def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
 
 def _full_depth(model: str, depths: Iterable[int]) -> int:
     try:
@@ -111,6 +103,10 @@ def _full_depth(model: str, depths: Iterable[int]) -> int:
         return spec_mod.get(model).depth
     except Exception:  # noqa: BLE001 - unknown model: the deepest measured point stands for "full"
         return max(depths)
+
+
+def _unit(field_name: str) -> str:
+    return {"flops": "FLOP", "params": "count"}.get(field_name, "bytes")
 
 
 def _point_name(r: Mapping[str, Any]) -> str:
@@ -130,19 +126,19 @@ def metrics_from_rows(rows: Iterable[Mapping[str, Any]], tol: Tolerances | None 
     for r in sweep:
         base = _point_name(r)
         for f in ANALYTIC_FIELDS + MEMORY_FIELDS:
-            v = _num(r.get(f))
+            v = finite_number(r.get(f))
             if v is not None:
-                put(Metric(f"{base}/{f}", "analytic" if f in ANALYTIC_FIELDS else "memory", "bytes", v, field=f))
+                put(Metric(f"{base}/{f}", "analytic" if f in ANALYTIC_FIELDS else "memory", _unit(f), v, field=f))
         if tol.check_speed:
             for f in SPEED_FIELDS:
-                v = _num(r.get(f))
+                v = finite_number(r.get(f))
                 if v is not None:
-                    samples = [float(s) for s in (r.get("latency_ms_samples") or []) if _num(s) is not None]
+                    samples = [float(s) for s in (r.get("latency_ms_samples") or []) if finite_number(s) is not None]
                     put(Metric(f"{base}/{f}", "speed", "ms", v, field=f, samples=samples or None))
     # ratios measured within the same run: latency(a) / latency(b), e.g. full/d2 = the d2 speedup
     groups: dict[tuple, dict[int, float]] = {}
     for r in sweep:
-        v = _num(r.get("latency_ms_p50"))
+        v = finite_number(r.get("latency_ms_p50"))
         if v is not None and r.get("depth") is not None:
             key = (r.get("model"), r.get("switch"), r.get("batch"), r.get("dtype"), r.get("select", "isometric"))
             groups.setdefault(key, {})[int(r["depth"])] = v
@@ -158,21 +154,20 @@ def metrics_from_rows(rows: Iterable[Mapping[str, Any]], tol: Tolerances | None 
         if kind == "models":
             base = f"{r.get('model')}/d{r.get('depth')}/s{r.get('switch')}"
             for f in ("params", "kv_bytes", "kv_bytes_kept", "flops"):
-                v = _num(r.get(f))
+                v = finite_number(r.get(f))
                 if v is not None:
-                    put(Metric(f"models/{base}/{f}", "analytic", "FLOP" if f == "flops" else
-                               ("count" if f == "params" else "bytes"), v, field=f))
+                    put(Metric(f"models/{base}/{f}", "analytic", _unit(f), v, field=f))
         elif kind == "trace_scale":
             base = (f"{r.get('model')}/trace/d{r.get('depth')}/s{r.get('switch')}/b{r.get('batch')}/"
                     f"{r.get('dtype')}/scale{r.get('scale')}")
             for f, fam in (("kv_bytes_analytic", "analytic"), ("kv_bytes_cache", "memory"),
                            ("peak_allocated_bytes", "memory")):
-                v = _num(r.get(f))
+                v = finite_number(r.get(f))
                 if v is not None:
                     put(Metric(f"{base}/{f}", fam, "bytes", v, field=f))
         elif kind == "sensitivity":
             metric = str(r.get("metric"))
-            v = _num(r.get("value"))
+            v = finite_number(r.get("value"))
             if v is None:
                 continue
             where = r.get("group") if r.get("mode") == "groups" else r.get("scale")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from varbench.errors import UsageError
+from varbench.results import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +61,6 @@ def _clean(o: Any) -> Any:
 
 # ----------------------------------------------------------------------------- loading
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                log.warning("%s: skipping an unparseable line (truncated write?)", path)
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-    return rows
-
-
 def find_result_dirs(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Each path, or (for a directory holding no rows itself, like ``varbench run``'s output) its subdirectories
     that hold rows or a manifest; a path that is not a directory is a UsageError."""
@@ -114,7 +98,7 @@ def load_results(result_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[st
         if not files:
             log.warning("%s: no *.jsonl result files", p)
         for f in files:
-            for r in _read_jsonl(f):
+            for r in read_rows(f):
                 r.setdefault("kind", _kind_from_name(f.name, r))
                 r["_source"] = i
                 rows.append(r)

@@ -6,7 +6,6 @@ subset of HTML in titles and hover text; units are part of every axis title.
 from __future__ import annotations
 
 import html
-import math
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -14,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from varbench.pareto import pareto_indices, step_line
+from varbench.results import finite_number as _num
 
 MIB = 2 ** 20
 QUALITY_PREFERENCE = ("toy_fd", "fid", "toy_acc", "kl", "token_agreement", "psnr", "ssim")
@@ -33,16 +33,6 @@ LAYOUT = dict(template="plotly_white", height=480, margin=dict(l=70, r=30, t=110
 
 def esc(v: Any) -> str:
     return html.escape(str(v), quote=True)
-
-
-def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _full_depth(model: str) -> int | None:

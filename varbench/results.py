@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -173,6 +174,17 @@ def read_rows(path_or_dir: str | os.PathLike, name: str = ROWS_FILE) -> list[dic
             if isinstance(obj, dict):
                 rows.append(obj)
     return rows
+
+
+def finite_number(v: Any) -> float | None:
+    """A row field as a float, or None when it is missing, a bool, not numeric, NaN or infinite."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def row_key(row: Mapping[str, Any], fields: Iterable[str]) -> tuple:

@@ -26,7 +26,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "sweep": {"depths": _INT_LIST, "batches": _INT_LIST, "switches": _INT_LIST, "select": (str, None, "a string"),
               "dtype": (str, None, "a string"), "device": (str, None, "a string"),
               "repeats": (int, None, "an integer"), "min_seconds": ((int, float), None, "a number"),
-              "warmup": (int, None, "an integer")},
+              "warmup": (int, None, "an integer"), "threads": (int, None, "an integer")},
     "sensitivity": {"modes": _STR_LIST, "mode": (str, None, "a string"), "depths": _INT_LIST, "scales": _INT_LIST,
                     "groups": (list, list, "a list of [first, last] scale pairs such as [[0, 2], [3, 5]]"),
                     "select": (str, None, "a string"), "samples": (int, None, "an integer"),
@@ -215,7 +215,7 @@ def _check_values(s: Suite) -> None:
             for v in ([vals] if isinstance(vals, str) else vals or []):
                 if v not in choices:
                     raise _err(p, f"{table}.{key}", f"{v!r} is not one of {', '.join(choices)}")
-        for key in ("batches", "batch", "samples", "repeats"):
+        for key in ("batches", "batch", "samples", "repeats", "threads"):
             vals = t.get(key)
             for v in ([vals] if isinstance(vals, int) else vals or []):
                 if v <= 0:

@@ -65,6 +65,7 @@ class SweepConfig:
     timeout_s: float | None = None      # per point; None = no limit
     nvml_pass: bool = True              # one extra pass with the NVML sampler (GPU only)
     cuda_graphs: bool = False           # generate(cuda_graphs=True): per-scale graph replay (keeps every KV buffer)
+    threads: int | None = None          # torch intra-op CPU threads per worker; None = torch's default (all cores)
 
 
 @dataclass
@@ -121,7 +122,7 @@ def expand_grid(cfg: SweepConfig, weights: Weights) -> list[dict[str, Any]]:
                     "var_path": weights.var_path, "vae_path": weights.vae_path,
                     "repeats": cfg.repeats, "min_seconds": cfg.min_seconds, "warmup": cfg.warmup,
                     "cfg": cfg.cfg, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
-                    "nvml_pass": cfg.nvml_pass,
+                    "nvml_pass": cfg.nvml_pass, "threads": cfg.threads,
                 })
     return points
 
@@ -223,9 +224,9 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, progress: bool | Pro
     ``progress``: a callable ``(event, index, total, row_or_point)`` with event "skip" | "start" | "done",
     or True to log each point, or False for silence.
     """
-    if cfg.repeats < 1 or cfg.min_seconds < 0 or cfg.warmup < 0:
+    if cfg.repeats < 1 or cfg.min_seconds < 0 or cfg.warmup < 0 or (cfg.threads is not None and cfg.threads < 1):
         raise ValueError(f"bad sweep settings: repeats={cfg.repeats}, min_seconds={cfg.min_seconds}, "
-                         f"warmup={cfg.warmup}")
+                         f"warmup={cfg.warmup}, threads={cfg.threads}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / ROWS_FILE

@@ -108,6 +108,9 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
                            "schedule": schedule.describe()}
     if cuda and device.index is not None:
         torch.cuda.set_device(device)
+    if point.get("threads"):
+        torch.set_num_threads(int(point["threads"]))   # CPU timings depend on it: fixed by suites, kept in the row
+    res["cpu_threads"] = torch.get_num_threads()
     pipe = _build(point, device, dtype)
     _inject_fault(point)
     labels = [i % spec.num_classes for i in range(batch)]
@@ -154,6 +157,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     res.update({
         "n": lat["n"], "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p99": lat["p99"],
         "latency_ms_mean": lat["mean"], "latency_ms_min": lat["min"], "decode_ms_p50": dec["p50"],
+        "latency_ms_samples": [round(v, 4) for v in samples],    # raw, for the gate's rank test
         "decode_n": dec["n"], "latency_incl_decode_ms_p50": e2e,
         "images_per_s": batch * 1e3 / e2e if e2e > 0 else None,
         "images_per_s_excl_decode": batch * 1e3 / lat["p50"] if lat["p50"] > 0 else None,

@@ -10,8 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from varbench.cli_common import (BatchOpt, CkptOpt, DepthsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SelectOpt,
-                                 VaeOpt, check_select, check_switch, err_console, ensure_out_dir, parse_dtype,
-                                 parse_int_list, print_json, resolve_depths, resolve_device, resolve_spec)
+                                 VaeOpt, check_select, check_switch, check_weight_files, err_console, ensure_out_dir,
+                                 parse_dtype, parse_int_list, print_json, resolve_depths, resolve_device,
+                                 resolve_spec)
 from varbench.errors import RegressionFailed, UsageError
 
 MIB = 1 << 20
@@ -74,6 +75,8 @@ def sweep(
                                                "(the paper's accounting).")] = False,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Replay per-scale CUDA graphs (GPU; "
                                               "keeps every block's KV buffers).")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per worker "
+                                                   "(torch.set_num_threads; default: torch's own).")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per point before its worker "
                                                      "is killed (default: none).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/sweep/MODEL); "
@@ -93,11 +96,11 @@ def sweep(
         raise UsageError(f"--repeats: must be >= 1, got {repeats}")
     if min_seconds < 0 or warmup < 0:
         raise UsageError("--min-seconds and --warmup must be >= 0")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: must be >= 1, got {threads}")
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout: must be > 0, got {timeout}")
-    for p, what in ((ckpt, "--ckpt"), (vae, "--vae")):
-        if p is not None and not p.is_file():
-            raise UsageError(f"{what}: {p} is not a file")
+    check_weight_files(ckpt, vae)
     dev = resolve_device(device)
     out_dir = ensure_out_dir(out if out is not None else Path("out") / "sweep" / s.name)
     if dev == "cpu" and s.depth >= 16:
@@ -106,7 +109,7 @@ def sweep(
     cfg = SweepConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depths=ds,
                       batches=bs, switches=sws, select=sel, dtype=dtype.strip().lower(), device=dev,
                       repeats=repeats, min_seconds=min_seconds, warmup=warmup, keep_skipped=keep_skipped,
-                      timeout_s=timeout, cuda_graphs=cuda_graphs)
+                      timeout_s=timeout, cuda_graphs=cuda_graphs, threads=threads)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         task = bar.add_task(f"sweep {s.name}", total=len(ds) * len(bs) * len(sws))

@@ -9,8 +9,8 @@ from rich import box
 from rich.table import Table
 
 from varbench.cli_common import (CkptOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SelectOpt, SwitchOpt, VaeOpt,
-                                 check_select, check_switch, err_console, ensure_out_dir, parse_dtype, print_json,
-                                 resolve_device, resolve_spec)
+                                 check_select, check_switch, check_weight_files, err_console, ensure_out_dir,
+                                 parse_dtype, print_json, resolve_device, resolve_spec)
 from varbench.errors import UsageError
 
 MIB = 1 << 20
@@ -96,9 +96,7 @@ def trace(
         raise UsageError(f"--interval-ms: must be > 0, got {interval_ms}")
     if overhead_pairs < 0:
         raise UsageError(f"--overhead-pairs: must be >= 0, got {overhead_pairs}")
-    for p, what in ((ckpt, "--ckpt"), (vae, "--vae")):
-        if p is not None and not p.is_file():
-            raise UsageError(f"{what}: {p} is not a file")
+    check_weight_files(ckpt, vae)
     dev = resolve_device(device)
     out_dir = ensure_out_dir(out if out is not None else Path("out") / "trace" / s.name)
     if dev == "cpu" and s.depth >= 16:
