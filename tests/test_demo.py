@@ -3,6 +3,7 @@ and a Pareto summary that names only qualifying, non-dominated configurations.""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,21 @@ def test_rerun_resumes_without_measuring_again(quick_run):
         assert f.read_text() == text, f"{f} was measured again"
     assert "resumed depth=2" in again.stderr and "kept from an earlier run: trace" in again.stderr
     assert again.stdout.splitlines()[0] == res.stdout.splitlines()[0]
+
+
+def test_a_failed_sweep_point_is_exit_1_and_retried_later(quick_run, tmp_path, monkeypatch):
+    out, res = quick_run
+    assert res.exit_code == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    rows = (copy / "sweep" / "sweep.jsonl").read_text().splitlines()
+    (copy / "sweep" / "sweep.jsonl").write_text("\n".join(r for r in rows if json.loads(r)["depth"] != 2) + "\n")
+    monkeypatch.setenv("VARBENCH_FAULT", "error:depth=2")
+    failed = runner.invoke(app, ["demo", "--quick", "--out", str(copy)])
+    assert failed.exit_code == 1, failed.stderr
+    assert "1 of 2 sweep points failed" in failed.stderr and len(failed.stdout.splitlines()) == 4
+    assert [json.loads(r)["status"] for r in (copy / "sweep" / "sweep.jsonl").read_text().splitlines()
+            if json.loads(r)["depth"] == 2] == ["error"]
 
 
 def test_quick_and_full_do_not_share_a_directory(tmp_path):

@@ -95,7 +95,8 @@ def demo(
         printer.close()
     note = f" (kept from an earlier run: {', '.join(res.resumed)})" if res.resumed else ""
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in res.part_seconds.items())
-    err_console.print(f"demo finished in {res.seconds:.0f} s ({parts}){note}", markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"demo finished in {res.seconds:.0f} s ({parts}){note}", markup=False, highlight=False,
+                      soft_wrap=True)
     typer.echo(f"report: {res.report}")
     for line in res.summary:
         typer.echo(line)
