@@ -155,7 +155,7 @@ class VAR(nn.Module):
     def __init__(self, spec: VARSpec):
         super().__init__()
         self.spec = spec
-        C, L, S, std = spec.width, spec.L, spec.num_scales, spec.init_std
+        C, L, S = spec.width, spec.L, spec.num_scales
         self.word_embed = nn.Linear(spec.vae.z_channels, C)
         self.class_emb = nn.Embedding(spec.num_classes + 1, C)
         self.pos_start = nn.Parameter(torch.empty(1, spec.first_l, C))
