@@ -9,6 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from varbench import results, timing
+from varbench import sweep as sweep_mod
+from varbench.results import read_rows
 from varbench.sweep import KEY_FIELDS, MEASURED_FIELDS, SweepConfig, run_sweep
 
 # threads=1: two intra-op threads spinning on busy shared cores make var-tiny ~100x slower
@@ -102,6 +104,27 @@ def test_faults_are_contained_and_errors_retried(tmp_path, monkeypatch):
     assert len(results.read_rows(tmp_path)) == 5
 
 
+def test_points_spread_over_devices_give_the_same_rows(tmp_path, monkeypatch):
+    """Two device slots run points concurrently, each worker seeing one GPU id; rows keep the 1-device keys."""
+    seen = []
+    real = sweep_mod.run_point
+
+    def spy(point, timeout_s=None, gpu=None):
+        seen.append(gpu)
+        return real(point, timeout_s, gpu)
+
+    monkeypatch.setattr(sweep_mod, "run_point", spy)
+    cfg = SweepConfig(**{**TINY, "repeats": 1, "devices": ["0", "1"]})
+    rows = run_sweep(cfg, tmp_path, progress=False)
+    assert [(r["depth"], r["batch"]) for r in rows] == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    assert all(r["status"] == "ok" and r["device"] == "cpu" for r in rows)
+    assert len(seen) == 4 and set(seen) <= {"0", "1"}
+    assert {r["gpu_index"] for r in rows} <= {"0", "1"}
+    assert len(read_rows(tmp_path / "sweep.jsonl")) == 4
+    assert all(r["status"] == "ok" for r in run_sweep(SweepConfig(**{**TINY, "repeats": 1}), tmp_path, False))
+    assert len(read_rows(tmp_path / "sweep.jsonl")) == 4          # same keys as a 1-device sweep: all skipped
+
+
 def test_worker_does_not_import_plotly():
     code = ("import sys, varbench.sweep_worker, varbench.timing, varbench.memory, varbench.analytic, "
             "model.pipeline; print('plotly' in sys.modules, 'rich' in sys.modules)")
@@ -119,6 +142,8 @@ def test_worker_does_not_import_plotly():
     (["--depths", "2,9"], "--depths"),
     (["--switch", "x"], "--switch"),
     (["--threads", "0"], "--threads"),
+    (["--devices", "0,1"], "--devices"),          # --devices needs --device cuda
+    (["--devices", "-1"], "--devices"),
 ])
 def test_cli_bad_input_exit_2(args, needle, tmp_path):
     from varbench.cli import app

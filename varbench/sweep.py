@@ -19,9 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -65,6 +68,7 @@ class SweepConfig:
     timeout_s: float | None = None      # per point; None = no limit
     nvml_pass: bool = True              # one extra pass with the NVML sampler (GPU only)
     cuda_graphs: bool = False           # generate(cuda_graphs=True): per-scale graph replay (keeps every KV buffer)
+    devices: list[str] | None = None    # GPU ids, one concurrent worker each (CUDA_VISIBLE_DEVICES); None = one
     threads: int | None = None          # torch intra-op CPU threads per worker; None = torch's default (all cores)
 
 
@@ -160,11 +164,17 @@ def _tail(text: str, lines: int = 8, chars: int = 1500) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])[-chars:]
 
 
-def run_point(point: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
-    """Run one point in a fresh worker; returns the worker's result dict or an "error" dict saying what happened."""
+def run_point(point: dict[str, Any], timeout_s: float | None = None, gpu: str | None = None) -> dict[str, Any]:
+    """Run one point in a fresh worker; returns the worker's result dict or an "error" dict saying what happened.
+
+    ``gpu``: the physical GPU the worker sees (CUDA_VISIBLE_DEVICES), so rows stay device "cuda" whichever card.
+    """
     cmd = [sys.executable, "-m", "varbench.sweep_worker"]
+    env = _worker_env()
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_worker_env())
+                            text=True, env=env)
     try:
         out, err = proc.communicate(json.dumps(point), timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -242,19 +252,47 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, progress: bool | Pro
                      obj.get("batch"), obj.get("switch"), obj.get("status", ""))
 
     done = _latest_by_key(results.read_rows(rows_path))
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any] | None] = [None] * len(points)
+    todo = []
     for i, point in enumerate(points):
-        key = results.row_key(point, KEY_FIELDS)
-        prev = done.get(key)
+        prev = done.get(results.row_key(point, KEY_FIELDS))
         if prev is not None and prev.get("status") in DONE_STATUSES:
-            rows.append(prev)
+            rows[i] = prev
             report("skip", i, prev)
-            continue
-        report("start", i, point)
-        res = run_point(point, cfg.timeout_s)
-        row = base_row(point, weights)
+        else:
+            todo.append(i)
+    lock = threading.Lock()
+
+    def run_one(i: int, gpu: str | None) -> None:
+        with lock:
+            report("start", i, points[i])
+        res = run_point(points[i], cfg.timeout_s, gpu)
+        row = base_row(points[i], weights)
         row.update(res)
-        results.append_row(rows_path, row)
-        rows.append(row)
-        report("done", i, row)
-    return rows
+        if gpu is not None:
+            row["gpu_index"] = gpu
+        with lock:                    # rows are appended whole, one line each, as each point finishes
+            results.append_row(rows_path, row)
+            rows[i] = row
+            report("done", i, row)
+
+    devices = list(cfg.devices or [])
+    if len(devices) <= 1:
+        for i in todo:
+            run_one(i, devices[0] if devices else None)
+    else:
+        free: queue.Queue[str] = queue.Queue()
+        for d in devices:
+            free.put(d)
+
+        def on_free_device(i: int) -> None:
+            gpu = free.get()
+            try:
+                run_one(i, gpu)
+            finally:
+                free.put(gpu)
+
+        with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            for fut in [pool.submit(on_free_device, i) for i in todo]:
+                fut.result()
+    return [r for r in rows if r is not None]

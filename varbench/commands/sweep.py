@@ -77,6 +77,8 @@ def sweep(
                                               "keeps every block's KV buffers).")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per worker "
                                                    "(torch.set_num_threads; default: torch's own).")] = None,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="GPU ids to spread points over, one "
+                                                   "worker per GPU at a time (e.g. 0,1).")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per point before its worker "
                                                      "is killed (default: none).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/sweep/MODEL); "
@@ -102,6 +104,14 @@ def sweep(
         raise UsageError(f"--timeout: must be > 0, got {timeout}")
     check_weight_files(ckpt, vae)
     dev = resolve_device(device)
+    gpus = None
+    if devices is not None:
+        ids = parse_int_list(devices, "--devices", positive=False)
+        if any(g < 0 for g in ids):
+            raise UsageError(f"--devices: GPU ids must be >= 0, got {devices!r}")
+        gpus = [str(g) for g in dict.fromkeys(ids)]
+        if not dev.startswith("cuda"):
+            raise UsageError("--devices needs --device cuda (it spreads points over GPUs)")
     out_dir = ensure_out_dir(out if out is not None else Path("out") / "sweep" / s.name)
     if dev == "cpu" and s.depth >= 16:
         err_console.print(f"[yellow]warning: {s.name} on CPU is slow (minutes per point); var-toy is the small "
@@ -109,7 +119,7 @@ def sweep(
     cfg = SweepConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depths=ds,
                       batches=bs, switches=sws, select=sel, dtype=dtype.strip().lower(), device=dev,
                       repeats=repeats, min_seconds=min_seconds, warmup=warmup, keep_skipped=keep_skipped,
-                      timeout_s=timeout, cuda_graphs=cuda_graphs, threads=threads)
+                      timeout_s=timeout, cuda_graphs=cuda_graphs, threads=threads, devices=gpus)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         task = bar.add_task(f"sweep {s.name}", total=len(ds) * len(bs) * len(sws))
