@@ -128,3 +128,20 @@ def test_class_dropout_only_in_training():
     p.var.eval()
     with torch.no_grad():
         assert not torch.allclose(trained, p.var(labels, x))
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    s = spec.var_spec(3, width=64, heads=2, patch_nums=(1, 2, 3), vae=spec.TINY_VAE, num_classes=10,
+                      init_adaln_gamma=1.0)
+    var = VAR(s).train()
+    x = torch.randn(2, s.L - 1, s.vae.z_channels)
+    labels = torch.tensor([1, 2])
+    grads = []
+    for ckpt in (False, True):
+        var.zero_grad()
+        torch.manual_seed(1)                     # same class-dropout and drop-path draws
+        sched = DepthSchedule.variant(s, 2, 1)
+        var(labels, x, sched, checkpoint_blocks=ckpt).logsumexp(-1).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in var.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)

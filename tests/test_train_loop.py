@@ -116,3 +116,14 @@ def test_init_from_checkpoint_loads_weights(tmp_path, tokens_dir):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown training option"):
         config_from_dict({"modle": "var-tiny"})
+
+
+def test_activation_checkpointing_trains_identically(tmp_path, tokens_dir):
+    """--grad-checkpoint recomputes activations in backward; the loss trajectory is the same."""
+    kw = dict(batch=8, epochs=2, strategy="progressive", e1=0.5, e2=1, e3=1, max_steps=4)
+    train(cfg(tmp_path / "plain", tokens_dir, **kw))
+    train(cfg(tmp_path / "ckpt", tokens_dir, grad_checkpoint=True, **kw))
+    a, b = rows(tmp_path / "plain"), rows(tmp_path / "ckpt")
+    assert [r["depth"] for r in a] == [r["depth"] for r in b]
+    for ra, rb in zip(a, b):
+        assert abs(ra["loss"] - rb["loss"]) <= 1e-5, (ra, rb)

@@ -81,6 +81,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     fsdp: bool = False
+    grad_checkpoint: bool = False        # recompute block activations in backward (d30 batch 32 on 80 GB)
     resume: str | None = None            # a run folder: continue exactly from its checkpoint
 
     def validate(self) -> "TrainConfig":
@@ -208,12 +209,12 @@ def _train_step(model, batch, plan, cfg: TrainConfig, ctx: dict, step: int) -> d
     teacher = None
     if cfg.distill and any(p.schedule is not None for p in plan.passes):
         with torch.no_grad(), _autocast(env.device, ctx["precision"]):
-            teacher = model(labels_B, x_BLCv, schedule=None).detach()
+            teacher = model(labels_B, x_BLCv, schedule=None, checkpoint_blocks=cfg.grad_checkpoint).detach()
     losses, n = [], len(plan.passes)
     for k, p in enumerate(plan.passes):
         with dist_mod.no_sync(model, skip=k < n - 1):
             with _autocast(env.device, ctx["precision"]):
-                logits_BLV = model(labels_B, x_BLCv, schedule=p.schedule)
+                logits_BLV = model(labels_B, x_BLCv, schedule=p.schedule, checkpoint_blocks=cfg.grad_checkpoint)
                 loss = _ce(logits_BLV, gt_BL, cfg.label_smoothing)
                 total = loss
                 if teacher is not None and p.schedule is not None:

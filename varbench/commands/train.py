@@ -108,6 +108,8 @@ def train(
     seed: Annotated[Optional[int], _opt("Seed of init, data order and draws.", "--seed")] = None,
     workers: Annotated[Optional[int], _opt("DataLoader workers.", "--workers")] = None,
     fsdp: Annotated[Optional[bool], _opt("Shard with FSDP (per block) instead of DDP.", "--fsdp/--no-fsdp")] = None,
+    grad_checkpoint: Annotated[Optional[bool], _opt("Activation checkpointing per block (less memory, ~1.3x "
+                                                    "compute).", "--grad-checkpoint/--no-grad-checkpoint")] = None,
     device: Annotated[Optional[str], _opt("auto | cpu | cuda.", "--device")] = None,
     out: Annotated[Optional[Path], _opt("Run folder (metrics.jsonl, checkpoint/).", "--out")] = None,
     config: Annotated[Optional[Path], _opt("TOML file of training options.", "--config")] = None,
