@@ -20,17 +20,6 @@ from varbench import __version__, commands
 from varbench.cli_common import err_console
 from varbench.errors import VarbenchError
 
-try:  # typer >= 0.23 vendors click as typer._click; older typer uses click itself
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError as ClickUsageError
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from click.exceptions import UsageError as ClickUsageError
-
-    try:
-        from click.exceptions import NoArgsIsHelpError
-    except ImportError:
-        class NoArgsIsHelpError(Exception):  # type: ignore[no-redef]
-            """Placeholder: this click never raises it."""
-
 def _error_line(message: str) -> None:
     """One red ``error: ...`` line on stderr; Text (not markup) so brackets in messages survive."""
     err_console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
@@ -55,6 +44,13 @@ def _is_checkpoint_error(e: BaseException) -> bool:
     return mod is not None and isinstance(e, mod.CheckpointError)
 
 
+def _is_parse_error(e: BaseException) -> bool:
+    """Typer's own usage errors (bad option value, unknown command), recognised by behaviour: Typer vendors its
+    parser privately, so the class is not public API. Its no-arguments help 'error' keeps Typer's handling."""
+    return (getattr(e, "exit_code", None) == 2 and callable(getattr(e, "format_message", None))
+            and type(e).__name__ != "NoArgsIsHelpError")
+
+
 @contextlib.contextmanager
 def _one_line_errors() -> Iterator[None]:
     """VarbenchError -> its exit code, click usage error -> 2, Ctrl-C -> 130; each as one stderr line."""
@@ -68,10 +64,11 @@ def _one_line_errors() -> Iterator[None]:
             raise
         _error_line(str(e))                     # bad/missing weights file: bad input, exit 2
         raise typer.Exit(2) from None
-    except NoArgsIsHelpError:
-        raise                                   # help text + exit 2, as click does
-    except ClickUsageError as e:
-        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+    except Exception as e:
+        if not _is_parse_error(e):
+            raise
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _error_line(f"{e.format_message()}{hint}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
