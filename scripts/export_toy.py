@@ -10,7 +10,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from model.checkpoint import save_safetensors
@@ -41,7 +40,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     prov = {
         "what": "var-toy: VQ-VAE + VARiant supernet trained by varbench's own trainer on the procedural toy set",
-        "commands": ["scripts/train_toy.sh RUN_DIR all", f"python3 scripts/export_toy.py RUN_DIR"],
+        "commands": ["scripts/train_toy.sh RUN_DIR all", "python3 scripts/export_toy.py RUN_DIR"],
         "seed": 0, "device": args.device_name, "commit": commit,
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "vqvae": {"config": json.loads((args.run / "vqvae" / "vae.json").read_text()),

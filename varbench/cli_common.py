@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -169,16 +168,9 @@ def _json_default(obj: Any) -> Any:
 
 def to_json(obj: Any, indent: int | None = 2) -> str:
     """JSON text; NaN/inf become null so the output is strict JSON."""
-    def clean(o: Any) -> Any:
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
+    from varbench.results import strict_json_value
 
-    return json.dumps(clean(json.loads(json.dumps(obj, default=_json_default))), indent=indent)
+    return json.dumps(strict_json_value(json.loads(json.dumps(obj, default=_json_default))), indent=indent)
 
 
 def print_json(obj: Any) -> None:

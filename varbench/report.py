@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from varbench.errors import UsageError
-from varbench.results import read_rows
+from varbench.results import read_rows, strict_json_value
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,10 @@ def unit_of(field: str) -> str:
 
 def json_for_script(obj: Any) -> str:
     """JSON safe to place inside <script>: '<', '>', '&' and line separators escaped, so '</script>' can't end it."""
-    text = json.dumps(_clean(obj), default=str)
+    text = json.dumps(strict_json_value(obj), default=str)
     for a, b in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(a, b)
     return text
-
-
-def _clean(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
 
 
 # ----------------------------------------------------------------------------- loading

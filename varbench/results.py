@@ -176,6 +176,17 @@ def read_rows(path_or_dir: str | os.PathLike, name: str = ROWS_FILE) -> list[dic
     return rows
 
 
+def strict_json_value(o: Any) -> Any:
+    """The same structure with NaN/inf replaced by None (strict JSON) and keys as strings."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {str(k): strict_json_value(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [strict_json_value(v) for v in o]
+    return o
+
+
 def finite_number(v: Any) -> float | None:
     """A row field as a float, or None when it is missing, a bool, not numeric, NaN or infinite."""
     if v is None or isinstance(v, bool):
