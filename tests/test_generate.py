@@ -9,9 +9,11 @@ from model.pipeline import VARPipeline
 from model.schedule import DepthSchedule, subnet_layers
 from model.var import VAR
 
-# 5 scales, 4 blocks, width 64: small enough for seconds, enough scales for every switch
+# 5 scales, 4 blocks, width 64: small enough for seconds, enough scales for every switch. AdaLN gamma and head
+# at scale 1 (not the official 1e-5 / 0.02) so that every block changes the logits: with the official init the
+# blocks start as near-identities and a broken KV cache would still pass these comparisons.
 SPEC = spec.var_spec(4, name="t5", width=64, heads=2, patch_nums=(1, 2, 3, 4, 5), vae=spec.TINY_VAE,
-                     num_classes=10)
+                     num_classes=10, init_adaln_gamma=1.0, init_head=1.0)
 
 
 @pytest.fixture(scope="module")
