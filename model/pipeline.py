@@ -68,10 +68,12 @@ class VARPipeline:
                 from . import checkpoint
                 found_var, found_vae = checkpoint.resolve_official(spec)
                 var_ckpt, vae_ckpt = var_ckpt or found_var, vae_ckpt or found_vae
-        with torch.device("meta"):
+        if 18 * spec.width ** 2 * spec.depth < 50_000_000:       # small (toy/tiny): a CPU build takes ms
             var, vae = VAR(spec), VQVAE(spec.vae, spec.patch_nums)
-        var = var.to_empty(device="cpu")
-        vae = vae.to_empty(device="cpu")
+        else:                                                    # large: no init work for weights we overwrite
+            with torch.device("meta"):
+                var, vae = VAR(spec), VQVAE(spec.vae, spec.patch_nums)
+            var, vae = var.to_empty(device="cpu"), vae.to_empty(device="cpu")
         pipe = cls(spec, var, vae, torch.device("cpu"), torch.float32, weights=str(var_ckpt))
         pipe.load_official(var_ckpt, vae_ckpt)
         return pipe.to(device, dtype)
