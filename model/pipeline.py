@@ -172,6 +172,7 @@ class VARPipeline:
             kv_peak = max(kv_peak, cache.nbytes())
             idx_Bl, cond_logits = self._sample_scale(h_BlC, logits_2BlV, cond_BD, t, top_k, top_p, gen,
                                                      return_logits)
+            h_BlC = logits_2BlV = None          # dead now: at a scale boundary only the cache and small state live
             if return_logits:
                 logits_out.append(cond_logits)
             indices.append(idx_Bl)

@@ -1,17 +1,112 @@
-"""The H100 measurement of issues 4 and 9 in one process tree (no typer needed on the device): var-d30 random
-weights, bf16; eager sweep (freed KV accounting) over depths × batch 64, CUDA-graph sweep at batch 1 and 64, and a
-trace with the 1 kHz NVML sampler. Rows land in OUT/{sweep,sweep-graphs,trace}/ (committed under results/h100/).
-Usage: PYTHONPATH=. python3 scripts/h100_bench.py OUT
+"""The H100 measurements of issues 4, 5 and 9 through the library (no typer needed on the device): var-d30 random
+weights, bf16. Each part writes rows under OUT/<part>/ (committed under results/h100/ with its manifest).
+
+  subset       depths 30,2 x batch 16,64 on one GPU (to compare with grid run over two GPUs, issue 10)
+  grid         eager sweep, depths 2,4,8,16,30 x batch 1,16,64,128, switch 6 (issue 4)
+  graphs       CUDA-graph sweep, depths 30,16,8,4,2 x batch 1,16,64 (issue 9)
+  trace        trace of VARiant-d8 b64 with the 1 kHz NVML sampler, 10 overhead pairs (issue 4)
+  maxbatch     eager d30 at large batches: the largest batch that fits (issue 9)
+  sensitivity  var-d30 seconds per sensitivity cell, fidelity metric, 16 samples (issue 5)
+
+Usage: PYTHONPATH=. python3 scripts/h100_bench.py OUT PART [PART ...] [--devices 0,1] [--device cuda:0]
 """
-import sys
+from __future__ import annotations
+
+import argparse
+import json
+import time
 from pathlib import Path
 
 from varbench.sweep import SweepConfig, run_sweep
 from varbench.trace import TraceConfig, run_trace
 
-out = Path(sys.argv[1])
-common = dict(model="var-d30", dtype="bf16", device="cuda", repeats=3, min_seconds=0.5, warmup=1, timeout_s=120)
-run_sweep(SweepConfig(depths=[30, 16, 8, 2], batches=[64], **common), out / "sweep", progress=False)
-run_sweep(SweepConfig(depths=[30, 2], batches=[1, 64], cuda_graphs=True, **common), out / "sweep-graphs",
-          progress=False)
-run_trace(TraceConfig(model="var-d30", depth=8, switch=6, batch=64, device="cuda", overhead_repeats=3), out / "trace")
+COMMON = dict(model="var-d30", dtype="bf16", repeats=3, min_seconds=0.5, warmup=1, timeout_s=240)
+
+
+def _depths(*ds: int) -> list[int]:
+    """The asked depths that the model has (all of them for var-d30; a CPU smoke test uses var-tiny)."""
+    from model import spec as specs
+    D = specs.get(COMMON["model"]).depth
+    return sorted({min(d, D) for d in ds}, reverse=True)
+
+
+def specs_depth() -> int:
+    from model import spec as specs
+    return specs.get(COMMON["model"]).depth
+
+
+def n_scales() -> int:
+    from model import spec as specs
+    return specs.get(COMMON["model"]).num_scales
+
+
+def grid(out: Path, device: str, devices: list[str] | None) -> None:
+    run_sweep(SweepConfig(depths=_depths(30, 16, 8, 4, 2), batches=[1, 16, 64, 128], device=device, devices=devices,
+                          **COMMON), out / "sweep", progress=False)
+
+
+def subset(out: Path, device: str, devices: list[str] | None) -> None:
+    """A corner of the grid on one GPU: its rows must match the grid's (issue 10's sweep --devices check)."""
+    run_sweep(SweepConfig(depths=_depths(30, 2), batches=[16, 64], device=device, devices=devices, **COMMON),
+              out / "sweep-1gpu", progress=False)
+
+
+def graphs(out: Path, device: str, devices: list[str] | None) -> None:
+    run_sweep(SweepConfig(depths=_depths(30, 16, 8, 4, 2), batches=[1, 16, 64], cuda_graphs=True, device=device,
+                          devices=devices, **COMMON), out / "sweep-graphs", progress=False)
+
+
+def trace(out: Path, device: str, devices: list[str] | None) -> None:
+    for sampler in ("thread", "auto"):      # the old thread sampler first, then the default (a child process)
+        s = run_trace(TraceConfig(model=COMMON["model"], depth=_depths(8)[0], switch=min(6, n_scales() - 1),
+                                  batch=64, device=device, overhead_repeats=10, sampler=sampler), out / "trace")
+        _print_trace(s)
+
+
+def _print_trace(s: dict) -> None:
+    keep = ("latency_ms", "decode_ms", "sampler", "sampler_hz", "analytic_equals_cache",
+            "analytic_over_allocated_delta", "analytic_over_nvml_process_delta", "sampler_overhead_pct",
+            "sampler_overhead_pct_min", "latency_ms_p50_no_sampler", "latency_ms_p50_with_sampler")
+    print("trace:", json.dumps({k: s.get(k) for k in keep}), flush=True)
+
+
+def maxbatch(out: Path, device: str, devices: list[str] | None) -> None:
+    cfg = dict(COMMON, repeats=1, min_seconds=0.0, nvml_pass=False)
+    run_sweep(SweepConfig(depths=_depths(30), batches=[192, 224, 232, 240, 256, 272], device=device, devices=devices,
+                          **cfg), out / "maxbatch", progress=False)
+
+
+def sensitivity(out: Path, device: str, devices: list[str] | None) -> None:
+    from varbench.sensitivity import SensitivityConfig, run_sensitivity
+
+    t0 = time.perf_counter()
+    stamps: list[tuple[str, float]] = []
+    rows = run_sensitivity(SensitivityConfig(model=COMMON["model"], depths=[d for d in _depths(2, 8, 16) if d < specs_depth()], scales=",".join(str(min(s, n_scales() - 1)) for s in (0, 5, 9)), mode="single",
+                                             samples=16, batch=16, metric="fidelity", allow_random=True,
+                                             device=device),
+                           out / "sensitivity",
+                           progress=lambda ev, done, total, info: stamps.append((ev, time.perf_counter() - t0)))
+    secs = sorted({r["cell_seconds"] for r in rows if r.get("cell_seconds")})
+    ref = next((t for ev, t in stamps if ev == "cell"), None)
+    print("sensitivity: total %.1f s, first cell done at %s s, cell seconds %s" %
+          (time.perf_counter() - t0, ref and round(ref, 1), [round(x, 2) for x in secs]), flush=True)
+    (out / "sensitivity" / "timing.json").write_text(json.dumps({"total_s": time.perf_counter() - t0,
+                                                                 "events": stamps, "cell_seconds": secs}))
+
+
+PARTS = {"grid": grid, "subset": subset, "graphs": graphs, "trace": trace, "maxbatch": maxbatch, "sensitivity": sensitivity}
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("parts", nargs="+", choices=sorted(PARTS))
+    ap.add_argument("--devices", default=None, help="GPU ids for concurrent sweep workers, e.g. 0,1")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--model", default="var-d30", help="var-tiny for a CPU smoke test of this script")
+    a = ap.parse_args()
+    COMMON["model"] = a.model
+    devs = a.devices.split(",") if a.devices else None
+    for part in a.parts:
+        t = time.perf_counter()
+        PARTS[part](a.out, a.device, devs)
+        print(f"[{part}] {time.perf_counter() - t:.0f} s", flush=True)

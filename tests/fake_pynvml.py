@@ -7,6 +7,7 @@
 - missing: names among {"v3", "v2", "v1"} whose process-info function is absent from the module;
   not_supported: names whose function exists but raises NVMLError_FunctionNotFound (old driver, new binding).
 - hide_pids: process list holds only foreign PIDs (container PID namespace).
+``nvml_factory`` builds the same fake inside a spawned sampler child (``memory.NvmlProcessSampler``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import types
 from dataclasses import dataclass
 
 MIB = 1 << 20
+UUID = "GPU-fake-0000"        # the one device's UUID (nvmlDeviceGetHandleByUUID knows no other)
 
 
 class NVMLError(Exception):
@@ -124,6 +126,21 @@ def make(mode: str = "ok", missing: tuple[str, ...] = (), not_supported: tuple[s
     for fn in (nvmlInit, nvmlShutdown, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex, nvmlDeviceGetName,
                nvmlSystemGetDriverVersion, nvmlDeviceGetMemoryInfo):
         setattr(mod, fn.__name__, fn)
-    mod.nvmlDeviceGetHandleByUUID = lambda u: (_ for _ in ()).throw(NVMLError(2, "Invalid Argument"))
+    mod.nvmlDeviceGetUUID = lambda h: UUID
+    mod.nvmlDeviceGetIndex = lambda h: 0
+    mod.nvmlDeviceGetHandleByUUID = lambda u: ("handle0" if u == UUID and state["init"] > 0
+                                               else (_ for _ in ()).throw(NVMLError(2, "Invalid Argument")))
     mod.nvmlDeviceGetHandleByPciBusId = lambda b: (_ for _ in ()).throw(NVMLError(2, "Invalid Argument"))
     return mod
+
+
+def nvml_factory(pid: int, **make_kw):
+    """For ``NvmlProcessSampler(nvml_factory=functools.partial(nvml_factory, **make_kw))``: runs in the spawned
+    sampler child (monkeypatching the parent's sys.modules does not reach it), installs a fake pynvml whose process
+    list holds ``pid`` (the parent) and returns an Nvml on it."""
+    import sys
+
+    from varbench import memory
+
+    sys.modules["pynvml"] = make(pid=pid, **make_kw)
+    return memory.Nvml(pid=pid, nvml_index=0)

@@ -1,6 +1,7 @@
 """NVML wrapper and sampler against a fake pynvml: fallbacks, hidden PIDs, no driver, timeline ordering."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -129,3 +130,151 @@ def test_probe_cpu_reports_rss_and_null_nvml(fake):
     assert snap["allocated_bytes"] is None
     assert snap["nvml_device_used_bytes"] is None and snap["nvml_process_used_bytes"] is None
     assert memory.MemoryProbe("cpu").nvml_reason.startswith("NVML unavailable")
+
+
+# ---- device identity (what a sampler child uses to open the parent's GPU) -------------------------------------
+def test_device_ident_and_from_uuid(fake):
+    fake()
+    nv = memory.Nvml()
+    assert nv.device_ident() == {"uuid": fake_pynvml.UUID, "nvml_index": 0}
+    assert not nv.is_real                                  # an in-memory fake module, not the binding
+    by_uuid = memory.Nvml.from_uuid(fake_pynvml.UUID, pid=4242)
+    assert by_uuid.available and by_uuid.pid == 4242 and by_uuid.device_used_bytes() is not None
+    assert memory.Nvml.from_uuid("GPU-unknown", nvml_index=0).available        # UUID lost: the index still works
+    gone = memory.Nvml.from_uuid("GPU-unknown")
+    assert not gone.available and gone.reason.startswith("NVML unavailable")
+    none = memory.Nvml.from_uuid(None)
+    assert not none.available and none.device_used_bytes() is None and none.process_used_bytes() is None
+
+
+# ---- process sampler (a spawned child with a fake NVML through nvml_factory) ---------------------------------
+def _factory(**kw):
+    return functools.partial(fake_pynvml.nvml_factory, **kw)
+
+
+def _shm_exists(name):
+    return os.path.exists(f"/dev/shm/{name.lstrip('/')}")
+
+
+def test_process_sampler_timeline_and_marks(fake):
+    fake()
+    nv = memory.Nvml()                                     # the parent's (fake) handle
+    old = sys.getswitchinterval()
+    s = memory.NvmlProcessSampler(nv, interval_ms=1.0, process_every=4,
+                                  nvml_factory=_factory(base_used=0, step=1))
+    with s:
+        assert s.n >= 1                                    # start() returned only after the first sample
+        assert sys.getswitchinterval() == old              # no GIL tuning: the sampler has its own interpreter
+        name = s.shm_name
+        assert _shm_exists(name)
+        time.sleep(0.05)
+        s.mark("scale 0 end")
+        time.sleep(0.05)
+        s.mark("scale 1 end")
+        time.sleep(0.05)
+    assert s.kind == "process" and s.fallback_reason is None, s.fallback_reason
+    assert not _shm_exists(name)                           # shared memory unlinked
+    assert s._proc is None and s._shm is None
+    samples = s.samples()
+    assert len(samples) == s.n >= 30, len(samples)         # ~150 ms at 1 kHz, generous for a busy 2-core box
+    ts = [t for t, _, _ in samples]
+    dev = [d for _, d, _ in samples]
+    assert all(a < b for a, b in zip(ts, ts[1:]))
+    assert dev == list(range(dev[0], dev[0] + len(dev)))  # the child's fake counter, read once per sample
+    procs = [p for _, _, p in samples]
+    assert all(p is not None and p <= d for p, d in zip(procs, dev))   # the parent's PID, found by the child
+    assert procs[1] == procs[0] and procs[4] > procs[3]  # per-process query every 4th sample, carried forward
+    (t0, l0), (t1, l1) = s.marks
+    assert (l0, l1) == ("scale 0 end", "scale 1 end")
+    assert s.t_start_ns < ts[0] < t0 < t1 < ts[-1] < s.t_stop_ns   # one clock across the two processes
+    assert 100 < s.achieved_hz() < 1300                    # paced by interval_ms, not a busy loop
+    assert s.peak_device_used() == dev[-1] and s.peak_process_used() == max(procs)
+    s.stop()                                               # a second stop is harmless and keeps the results
+    assert s.samples() == samples
+
+
+def test_process_sampler_without_nvml_records_nothing(fake):
+    fake(mode="no_driver")
+    nv = memory.Nvml()
+    with memory.NvmlProcessSampler(nv, interval_ms=1.0, nvml_factory=_factory()) as s:
+        time.sleep(0.01)
+    assert s.n == 0 and s.samples() == [] and s.peak_device_used() is None and s.achieved_hz() == 0.0
+    assert s.shm_name is None                              # no child, no shared memory
+    s.stop()
+
+
+def test_process_sampler_falls_back_to_thread_when_child_has_no_nvml(fake):
+    fake(base_used=0, step=1)
+    nv = memory.Nvml()                                     # the parent sees NVML, the child does not
+    with memory.NvmlProcessSampler(nv, interval_ms=1.0, nvml_factory=_factory(mode="no_driver")) as s:
+        time.sleep(0.03)
+    assert s.kind == "thread" and "NVML unavailable" in s.fallback_reason
+    assert s.n >= 5 and s.peak_device_used() is not None
+    assert not _shm_exists(s.shm_name)
+
+
+def test_process_sampler_falls_back_when_clocks_disagree(fake, monkeypatch):
+    fake(base_used=0, step=1)
+    monkeypatch.setattr(memory, "_first_sample_ok", lambda *a: False)
+    with memory.NvmlProcessSampler(memory.Nvml(), interval_ms=1.0, nvml_factory=_factory()) as s:
+        time.sleep(0.02)
+    assert s.kind == "thread" and "clocks" in s.fallback_reason
+    assert s.n >= 3 and not _shm_exists(s.shm_name)
+
+
+def test_process_sampler_capacity_full(fake):
+    fake()
+    with memory.NvmlProcessSampler(memory.Nvml(), interval_ms=1.0, capacity=5, nvml_factory=_factory()) as s:
+        time.sleep(0.05)
+        assert s.n == 5                                    # stopped sampling at capacity (no growth across processes)
+    assert s.full and s.child_status == "capacity reached" and len(s.samples()) == 5
+
+
+def test_process_sampler_rejects_bad_interval(fake):
+    fake()
+    with pytest.raises(ValueError):
+        memory.NvmlProcessSampler(memory.Nvml(), interval_ms=0)
+
+
+def test_make_sampler_modes(fake):
+    fake()
+    nv = memory.Nvml()
+    assert isinstance(memory.make_sampler(nv, 1.0, "thread"), memory.NvmlSampler)
+    assert isinstance(memory.make_sampler(nv, 1.0, "process"), memory.NvmlProcessSampler)
+    assert memory.make_sampler(nv, 1.0).kind == "thread"                    # auto: a fake NVML stays in-thread
+    assert memory.make_sampler(nv, 1.0, nvml_factory=_factory()).kind == "process"
+    assert memory.make_sampler(memory.Nvml.from_uuid(None), 1.0).kind == "thread"   # no NVML: thread
+    with pytest.raises(ValueError):
+        memory.make_sampler(nv, 1.0, "fork")
+
+
+def test_process_sampler_cleans_up_when_interrupted(tmp_path):
+    """Parent interrupted mid-sampling, stop() never called: the child ends and the shared memory is unlinked
+    at exit without the resource tracker's leak warning."""
+    import subprocess
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import functools, sys\n"
+        "from tests import fake_pynvml\n"
+        "from varbench import memory\n"
+        "sys.modules['pynvml'] = fake_pynvml.make()\n"
+        "s = memory.NvmlProcessSampler(memory.Nvml(), nvml_factory=functools.partial(fake_pynvml.nvml_factory))\n"
+        "s.start()\n"
+        "assert s.kind == 'process', s.fallback_reason\n"
+        "print(s.shm_name, s._proc.pid, flush=True)\n"
+        "raise KeyboardInterrupt\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30, cwd=root,
+                       env={**os.environ, "PYTHONPATH": root})
+    assert "KeyboardInterrupt" in r.stderr and "leak" not in r.stderr, r.stderr
+    name, pid = r.stdout.split()
+    assert not _shm_exists(name)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail(f"sampler child {pid} outlived its parent")

@@ -127,3 +127,10 @@ def test_activation_checkpointing_trains_identically(tmp_path, tokens_dir):
     assert [r["depth"] for r in a] == [r["depth"] for r in b]
     for ra, rb in zip(a, b):
         assert abs(ra["loss"] - rb["loss"]) <= 1e-5, (ra, rb)
+
+
+def test_save_final_off_writes_no_checkpoint(tmp_path, tokens_dir):
+    """Benchmarks skip the end-of-run checkpoint (d30 would write ~24 GB); metrics are still written."""
+    train(cfg(tmp_path, tokens_dir, max_steps=2, save_final=False))
+    assert len(rows(tmp_path)) == 2
+    assert not (tmp_path / "checkpoint").exists()

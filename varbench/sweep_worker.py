@@ -177,7 +177,7 @@ def _nvml_pass(pipe: Any, gen_kw: dict[str, Any], device: Any) -> dict[str, Any]
     """One generate + decode with the 1 kHz sampler on (kept apart from the latency runs it would perturb)."""
     import torch
 
-    from varbench.memory import Nvml, NvmlSampler
+    from varbench.memory import Nvml, make_sampler
 
     nv = Nvml(index=device.index)
     if not nv.available:
@@ -186,14 +186,14 @@ def _nvml_pass(pipe: Any, gen_kw: dict[str, Any], device: Any) -> dict[str, Any]
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()              # start from the weights alone, not the latency runs' cached blocks
     base = nv.device_used_bytes()
-    with NvmlSampler(nv, interval_ms=1.0) as sampler:
+    with make_sampler(nv, interval_ms=1.0) as sampler:
         out = pipe.generate(**{**gen_kw, "decode": True})
         torch.cuda.synchronize(device)
         del out
     peak = sampler.peak_device_used()
     return {"nvml": nv.reason, "nvml_peak_used_bytes": peak, "nvml_baseline_used_bytes": base,
             "nvml_peak_process_used_bytes": sampler.peak_process_used(), "nvml_samples": sampler.n,
-            "nvml_sample_hz": round(sampler.achieved_hz(), 1)}
+            "nvml_sample_hz": round(sampler.achieved_hz(), 1), "nvml_sampler": sampler.kind}
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -2,7 +2,10 @@
 bytes, the cache's real bytes, the torch allocator (GPU) or RSS (CPU), NVML device / process used and elapsed time;
 a background NVML sampler (default 1 kHz) gives the timeline between boundaries, with the boundaries marked.
 
-Baseline = after weights load and one warm-up generation. Files in ``out_dir``: ``trace.jsonl`` (one
+Baselines: "idle" = after weights load, one warm-up generation and ``empty_cache``; the allocator delta at a scale
+boundary is taken over the generation's fixed state (conditioning, modulations, f_hat: allocated at scale 0's
+start minus the cache), so it compares with the analytic KV bytes alone. The NVML process delta at the last scale
+is read after ``empty_cache`` (NVML sees reserved segments, not live tensors). Files in ``out_dir``: ``trace.jsonl`` (one
 "trace_scale" row per boundary plus one "trace" summary row per run, all tagged with ``run_id``),
 ``trace_timeline.jsonl`` ("trace_sample" and "trace_mark" lines) and the manifest.
 The sampler's own latency overhead is checked by alternating plain and sampled generations (target <= 2%).
@@ -44,7 +47,8 @@ class TraceConfig:
     seed: int = 0
     keep_skipped: bool = False
     allow_random: bool = True
-    overhead_repeats: int = 5        # plain/sampled generation pairs for the overhead check (0 = skip)
+    overhead_repeats: int = 10       # plain/sampled generation pairs for the overhead check (0 = skip)
+    sampler: str = "auto"            # auto | process | thread (memory.make_sampler)
 
 
 def _torch_dtype(name: str) -> Any:
@@ -94,7 +98,7 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     from model import DepthSchedule, VARPipeline, spec as spec_mod
     from model.schedule import subnet_layers
     from varbench import analytic
-    from varbench.memory import MemoryProbe, Nvml, NvmlSampler
+    from varbench.memory import MemoryProbe, Nvml, make_sampler
     from varbench.sweep import resolve_weights
 
     out = Path(out_dir)
@@ -131,26 +135,43 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
              "select": cfg.select, "batch": cfg.batch, "dtype": cfg.dtype, "device": str(dev), "run_id": run_id}
 
     scale_rows: list[dict[str, Any]] = []
-    sampler = NvmlSampler(probe.nvml, interval_ms=cfg.interval_ms)
+    state: dict[str, Any] = {}
+    last_si = spec.num_scales - 1
+    sampler = make_sampler(probe.nvml, interval_ms=cfg.interval_ms, mode=cfg.sampler)
     with sampler:
         t0 = sampler.mark("start")
+
+        def on_scale_begin(si: int, cache: Any) -> None:
+            if si == 0:   # the generation's fixed state (conditioning, modulations, f_hat) = allocated - cache
+                state["gen_base"] = _delta(probe.snapshot()["allocated_bytes"], int(cache.nbytes()))
 
         def on_scale_end(si: int, cache: Any) -> None:
             _sync(dev)
             t = sampler.mark(f"scale {si} end")
             snap = probe.snapshot()
-            scale_rows.append({
+            row = {
                 "kind": "trace_scale", **ident, "scale": si, "pn": spec.patch_nums[si],
                 "tokens": spec.tokens[si], "blocks": schedule.depth_at(si), "elapsed_ms": (t - t0) / 1e6,
                 "kv_bytes_analytic": kv_analytic[si], "kv_bytes_cache": int(cache.nbytes()), **snap,
-                "allocated_delta_bytes": _delta(snap["allocated_bytes"], base["allocated_bytes"]),
+                "allocated_delta_bytes": _delta(snap["allocated_bytes"], state.get("gen_base")),
+                "allocated_delta_from_idle_bytes": _delta(snap["allocated_bytes"], base["allocated_bytes"]),
                 "rss_delta_bytes": _delta(snap["rss_bytes"], base["rss_bytes"]),
                 "nvml_device_delta_bytes": _delta(snap["nvml_device_used_bytes"], base["nvml_device_used_bytes"]),
                 "nvml_process_delta_bytes": _delta(snap["nvml_process_used_bytes"],
                                                    base["nvml_process_used_bytes"]),
-            })
+            }
+            if si == last_si:
+                # NVML sees reserved segments, which still hold the freed activations of the largest scale:
+                # give those back so the process figure shows what is live (the cache + the fixed state).
+                if cuda:
+                    torch.cuda.empty_cache()
+                trimmed = probe.snapshot()
+                row["nvml_process_delta_trimmed_bytes"] = _delta(trimmed["nvml_process_used_bytes"],
+                                                                 base["nvml_process_used_bytes"])
+                row["reserved_delta_trimmed_bytes"] = _delta(trimmed["reserved_bytes"], base["reserved_bytes"])
+            scale_rows.append(row)
 
-        gen_out = pipe.generate(**gen_kw, on_scale_end=on_scale_end)
+        gen_out = pipe.generate(**gen_kw, on_scale_begin=on_scale_begin, on_scale_end=on_scale_end)
         _sync(dev)
         t_gen = sampler.mark("generate end")
         pipe.decode(gen_out.f_hat)
@@ -162,7 +183,8 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     overhead: dict[str, Any] = {"latency_ms_p50_no_sampler": None, "latency_ms_p50_with_sampler": None,
                                 "overhead_pairs": 0, "sampler_overhead_pct": None, "sampler_overhead_pct_min": None}
     if sampler.available and cfg.overhead_repeats > 0:
-        overhead = _overhead(pipe, gen_kw, dev, lambda: NvmlSampler(probe.nvml, interval_ms=cfg.interval_ms),
+        overhead = _overhead(pipe, gen_kw, dev,
+                             lambda: make_sampler(probe.nvml, interval_ms=cfg.interval_ms, mode=cfg.sampler),
                              cfg.overhead_repeats)
 
     last = scale_rows[-1]
@@ -175,10 +197,14 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
         "kv_bytes_analytic_peak": max(kv_analytic), "kv_bytes_cache_peak": max(r["kv_bytes_cache"] for r in scale_rows),
         "kv_bytes_analytic_last": last["kv_bytes_analytic"], "kv_bytes_cache_last": last["kv_bytes_cache"],
         "analytic_equals_cache": all(r["kv_bytes_analytic"] == r["kv_bytes_cache"] for r in scale_rows),
+        "generation_fixed_bytes": _delta(state.get("gen_base"), base["allocated_bytes"]),
         "allocated_delta_last_bytes": last["allocated_delta_bytes"],
-        "nvml_process_delta_last_bytes": last["nvml_process_delta_bytes"],
+        "nvml_process_delta_last_bytes": last.get("nvml_process_delta_trimmed_bytes"),
+        "nvml_process_delta_last_untrimmed_bytes": last["nvml_process_delta_bytes"],
         "analytic_over_allocated_delta": _ratio(last["kv_bytes_analytic"], last["allocated_delta_bytes"]),
-        "analytic_over_nvml_process_delta": _ratio(last["kv_bytes_analytic"], last["nvml_process_delta_bytes"]),
+        "analytic_over_nvml_process_delta": _ratio(last["kv_bytes_analytic"],
+                                                   last.get("nvml_process_delta_trimmed_bytes")),
+        "sampler": sampler.kind,
         "peak_allocated_bytes": end["peak_allocated_bytes"], "rss_peak_bytes": end["rss_peak_bytes"],
         "nvml_peak_used_bytes": sampler.peak_device_used(),
         "nvml_peak_process_used_bytes": sampler.peak_process_used(),

@@ -76,6 +76,7 @@ class TrainConfig:
     val_every: int = 0                   # 0 -> only at the end
     val_batches: int = 4
     save_every: int = 0                  # 0 -> only at the end
+    save_final: bool = True              # False: no checkpoint at the end (benchmarks; d30 writes ~24 GB)
     seed: int = 0
     out: str = "runs/train"
     device: str = "auto"
@@ -381,6 +382,7 @@ def _train(cfg: TrainConfig, env, on_log) -> dict[str, Any]:
                 break
     if val_ds is not None:
         val_res = validate_now()
-    save()
+    if cfg.save_final:
+        save()
     return {"step": step, "epoch": epoch, "loss": last.get("loss"), "lr": last.get("lr"),
             "images_per_s": last.get("images_per_s"), "val": val_res, "out": str(out), "total_steps": total}

@@ -76,7 +76,9 @@ def trace(
     interval_ms: Annotated[float, typer.Option("--interval-ms", help="NVML sampling interval (1 = 1 kHz).")] = 1.0,
     keep_skipped: Annotated[bool, typer.Option("--keep-skipped", help="Keep skipped blocks' KV caches.")] = False,
     overhead_pairs: Annotated[int, typer.Option("--overhead-pairs", help="Plain/sampled generation pairs "
-                                                "for the sampler-overhead check (0 = skip).")] = 5,
+                                                "for the sampler-overhead check (0 = skip).")] = 10,
+    sampler: Annotated[str, typer.Option("--sampler", help="NVML sampler: auto (a child process when NVML is "
+                                         "real, so it never takes the GIL), process or thread.")] = "auto",
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/trace/MODEL).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -94,6 +96,8 @@ def trace(
         raise UsageError(f"--batch: must be a positive integer, got {batch}")
     if not interval_ms > 0:
         raise UsageError(f"--interval-ms: must be > 0, got {interval_ms}")
+    if sampler not in ("auto", "process", "thread"):
+        raise UsageError(f"--sampler: {sampler!r} is not one of auto, process, thread")
     if overhead_pairs < 0:
         raise UsageError(f"--overhead-pairs: must be >= 0, got {overhead_pairs}")
     check_weight_files(ckpt, vae)
@@ -103,7 +107,8 @@ def trace(
         err_console.print(f"[yellow]warning: {s.name} on CPU is slow; var-toy is the small model[/]")
     cfg = TraceConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depth=d,
                       switch=sw, select=sel, batch=batch, dtype=dtype.strip().lower(), device=dev,
-                      interval_ms=interval_ms, keep_skipped=keep_skipped, overhead_repeats=overhead_pairs)
+                      interval_ms=interval_ms, keep_skipped=keep_skipped, overhead_repeats=overhead_pairs,
+                      sampler=sampler)
     with err_console.status(f"tracing {s.name} depth {d} batch {batch} on {dev}"):
         summary = run_trace(cfg, out_dir)
     rows = [r for r in read_trace(out_dir)[0] if r.get("run_id") == summary["run_id"]]

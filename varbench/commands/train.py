@@ -19,7 +19,7 @@ import typer
 from varbench.cli_common import err_console, parse_int_list, print_json, resolve_device, resolve_spec
 from varbench.errors import EnvironmentUnavailable, UsageError
 
-RUNTIME_OPTIONS = ("max_steps", "log_every", "val_every", "save_every", "workers", "device", "out")
+RUNTIME_OPTIONS = ("max_steps", "log_every", "val_every", "save_every", "save_final", "workers", "device", "out")
 
 
 def _opt(help_: str, *names: str) -> Any:
@@ -105,6 +105,8 @@ def train(
     log_every: Annotated[Optional[int], _opt("Metrics row every N steps.", "--log-every")] = None,
     val_every: Annotated[Optional[int], _opt("Validation every N steps (0 = at the end).", "--val-every")] = None,
     save_every: Annotated[Optional[int], _opt("Checkpoint every N steps (0 = at the end).", "--save-every")] = None,
+    save_final: Annotated[Optional[bool], _opt("Write the checkpoint at the end (--no-save-final for "
+                                               "benchmarks).", "--save-final/--no-save-final")] = None,
     seed: Annotated[Optional[int], _opt("Seed of init, data order and draws.", "--seed")] = None,
     workers: Annotated[Optional[int], _opt("DataLoader workers.", "--workers")] = None,
     fsdp: Annotated[Optional[bool], _opt("Shard with FSDP (per block) instead of DDP.", "--fsdp/--no-fsdp")] = None,

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Device runs on a 2-GPU machine (nvidia-h100-x2), results into $OUT. Phases:
+#   gen   issue 4/5/9: d30 sweep grid over both GPUs, then GPU0: trace/sensitivity/maxbatch while
+#         GPU1: training-step benchmarks
+#   dist  issue 10: DDP d16 1 GPU vs 2 GPUs (same global batch), FSDP d30 batch 32/GPU; graph sweep and
+#         a 1-GPU sweep subset on GPU0
+# Usage: bash scripts/x2_bench.sh gen|dist   (needs nvidia-ml-py wheel in .whl)
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=.:/tmp/site HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+git rev-parse HEAD 2>/dev/null
+B=scripts/h100_bench.py
+case "$1" in
+gen)
+  timeout 250 python3 $B $OUT grid --devices 0,1 2>&1 | grep -v Warning | tail -5
+  ( CUDA_VISIBLE_DEVICES=0 timeout 270 python3 $B $OUT trace sensitivity maxbatch 2>&1 | grep -v Warning | tail -8 ) &
+  ( export CUDA_VISIBLE_DEVICES=1
+    for a in "--model var-d16 --batch 64" "--model var-d16 --batch 32" "--model var-d30 --batch 32" \
+             "--model var-d30 --batch 32 --grad-checkpoint"; do
+      timeout 65 python3 scripts/bench_train.py $a --steps 8 --out $OUT/train.jsonl 2>&1 | tail -1
+    done ) &
+  wait
+  ;;
+dist)
+  if python3 -c "import typer, varbench.cli" 2>/dev/null; then
+    run() { n=$1; o=$2; shift 2; timeout 170 torchrun --standalone --nproc-per-node $n -m varbench train "$@" --out $o 2>&1 | tail -2; }
+  else
+    echo "typer CLI not importable here: scripts/train_lib.py (the same library call)"
+    run() { n=$1; o=$2; shift 2; timeout 170 torchrun --standalone --nproc-per-node $n scripts/train_lib.py \
+      "$(python3 -c 'import json,sys; a=sys.argv[1:]; d={}; i=0
+while i<len(a):
+    k=a[i][2:].replace("-","_")
+    if k.startswith("no_"): d[k[3:]]=False; i+=1; continue
+    if k in ("fsdp","grad_checkpoint"): d[k]=True; i+=1; continue
+    v=a[i+1]; d[k]=int(v) if v.isdigit() else v; i+=2
+print(json.dumps(d))' "$@" --out $o)" 2>&1 | tail -2; }
+  fi
+  T="--model var-d16 --batch 64 --max-steps 50 --log-every 1 --synthetic-size 6400 --val-size 0 --workers 6 --no-save-final --vae random"
+  run 1 $OUT/ddp1 $T
+  run 2 $OUT/ddp2 $T
+  F="--model var-d30 --batch 64 --max-steps 12 --log-every 1 --synthetic-size 1280 --val-size 0 --workers 6 --no-save-final --vae random --fsdp"
+  run 2 $OUT/fsdp $F || true
+  [ -s $OUT/fsdp/metrics.jsonl ] || run 2 $OUT/fsdp-ckpt $F --grad-checkpoint
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 $B $OUT graphs 2>&1 | grep -v Warning | tail -3
+  CUDA_VISIBLE_DEVICES=0 timeout 120 python3 $B $OUT subset 2>&1 | grep -v Warning | tail -3
+  ;;
+esac
+ls -R $OUT | head -40
