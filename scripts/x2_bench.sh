@@ -13,7 +13,7 @@ git rev-parse HEAD 2>/dev/null
 B=scripts/h100_bench.py
 case "$1" in
 gen)
-  timeout 250 python3 $B $OUT grid --devices 0,1 2>&1 | grep -v Warning | tail -5
+  timeout 250 python3 $B $OUT grid --devices 0,1 2>&1 | grep -v Warning | tail -5; pkill -f varbench.sweep_worker; sleep 1
   ( CUDA_VISIBLE_DEVICES=0 timeout 270 python3 $B $OUT trace sensitivity maxbatch 2>&1 | grep -v Warning | tail -8 ) &
   ( export CUDA_VISIBLE_DEVICES=1
     for a in "--model var-d16 --batch 64" "--model var-d16 --batch 32" "--model var-d30 --batch 32" \
