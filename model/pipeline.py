@@ -169,6 +169,7 @@ class VARPipeline:
                     on_scale_begin(si, cache)
                 h_BlC = var.step(x_BlC, mods, schedule.layers[si], cache)
                 logits_2BlV = None
+            x_BlC = None                        # the scale's input is dead once its blocks ran
             kv_peak = max(kv_peak, cache.nbytes())
             idx_Bl, cond_logits = self._sample_scale(h_BlC, logits_2BlV, cond_BD, t, top_k, top_p, gen,
                                                      return_logits)

@@ -7,8 +7,9 @@ State-dict keys and shapes equal the official FoundationVision/VAR ones. Two ent
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -134,8 +135,14 @@ class AdaLNBeforeHead(nn.Module):
         return self.ln_wo_grad(h_BLC.float()).mul(1 + scale).add_(shift)
 
 
-def prefix_attention(ends: list[int]) -> Attend:
-    """Block-causal attention without a mask: queries of scale s see the prefix of keys up to the end of s."""
+def prefix_attention(ends: Sequence[int]) -> Attend:
+    """Block-causal attention without a mask: queries of scale s see the prefix of keys up to the end of s.
+    One function object per ``ends`` (cached), so a compiled block sees the same argument every step."""
+    return _prefix_attention(tuple(ends))
+
+
+@functools.lru_cache(maxsize=256)
+def _prefix_attention(ends: tuple[int, ...]) -> Attend:
 
     def attend(q, k, v, scale):
         if len(ends) == 1:

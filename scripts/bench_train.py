@@ -4,7 +4,8 @@ Speed and memory do not depend on the values, so the VQ-VAE is skipped: the teac
 latents and the targets random indices. The step is the trainer's: bf16 autocast (or fp16 + GradScaler), the
 block-causal prefix attention, cross-entropy over all tokens, grad clip 2.0, fused AdamW on CUDA.
 Usage: PYTHONPATH=. python3 scripts/bench_train.py --model var-d16 --batch 64 [--depth D --switch 6]
-       [--precision bf16|fp16|fp32] [--grad-checkpoint] [--steps 10] [--device cuda] [--out FILE.jsonl]
+       [--precision bf16|fp16|fp32] [--grad-checkpoint] [--compile] [--attn prefix|mask] [--profile N]
+       [--steps 10] [--device cuda] [--out FILE.jsonl]
 """
 from __future__ import annotations
 
@@ -37,12 +38,29 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile each block (static shapes)")
+    ap.add_argument("--attn", default="prefix", choices=["prefix", "mask"],
+                    help="prefix: per-scale SDPA without a mask (ours); mask: one SDPA with the additive "
+                         "block-causal mask (the official way), for comparison")
+    ap.add_argument("--profile", type=int, default=0, help="print the top N CUDA ops of one profiled step")
     a = ap.parse_args()
+    if a.attn == "mask":
+        import model.var as var_mod
+
+        def masked(ends):
+            def attend(q, k, v, scale):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            return attend
+        var_mod.prefix_attention = masked
     dev = torch.device(a.device)
     spec = specs.get(a.model)
     torch.manual_seed(0)
     with dev:
         var = VAR(spec).train()
+    mask = var.attn_bias_for_masking
+    if a.compile:
+        for blk in var.blocks:
+            blk.compile(dynamic=False)
     opt = build_adamw(var, lr=1e-4, weight_decay=0.05)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[a.precision]
     scaler = torch.amp.GradScaler(dev.type, enabled=a.precision == "fp16")
@@ -66,7 +84,8 @@ def main() -> None:
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     row = dict(model=a.model, weights="random", batch=B, depth=a.depth or spec.depth, switch=a.switch,
-               precision=a.precision, grad_checkpoint=a.grad_checkpoint, device=str(dev),
+               precision=a.precision, grad_checkpoint=a.grad_checkpoint, compile=a.compile, attn=a.attn,
+               device=str(dev),
                gpu=torch.cuda.get_device_name() if dev.type == "cuda" else None)
     try:
         for _ in range(a.warmup):
@@ -83,6 +102,13 @@ def main() -> None:
         ms = statistics.median(times)
         row.update(status="ok", step_ms_p50=ms, step_ms_samples=times, images_per_s=B * 1000 / ms,
                    peak_allocated_bytes=torch.cuda.max_memory_allocated() if dev.type == "cuda" else None)
+        if a.profile:
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step()
+                sync()
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.profile,
+                                            max_name_column_width=60), file=sys.stderr)
     except torch.cuda.OutOfMemoryError as e:
         row.update(status="oom", error=str(e).splitlines()[0])
     print(json.dumps(row), flush=True)

@@ -72,7 +72,7 @@ def _print_trace(s: dict) -> None:
 
 def maxbatch(out: Path, device: str, devices: list[str] | None) -> None:
     cfg = dict(COMMON, repeats=1, min_seconds=0.0, nvml_pass=False)
-    run_sweep(SweepConfig(depths=_depths(30), batches=[192, 224, 232, 240, 256, 272], device=device, devices=devices,
+    run_sweep(SweepConfig(depths=_depths(30), batches=[216, 224, 232, 240, 248], device=device, devices=devices,
                           **cfg), out / "maxbatch", progress=False)
 
 

@@ -14,11 +14,13 @@ B=scripts/h100_bench.py
 case "$1" in
 gen)
   timeout 250 python3 $B $OUT grid --devices 0,1 2>&1 | grep -v Warning | tail -5; pkill -f varbench.sweep_worker; sleep 1
-  ( CUDA_VISIBLE_DEVICES=0 timeout 270 python3 $B $OUT trace sensitivity maxbatch 2>&1 | grep -v Warning | tail -8 ) &
+  # one process per part: a part's cached CUDA memory must not shrink the next part's GPU
+  ( export CUDA_VISIBLE_DEVICES=0
+    for p in trace maxbatch; do timeout 150 python3 $B $OUT $p 2>&1 | grep -v Warning | tail -4; done ) &
   ( export CUDA_VISIBLE_DEVICES=1
-    for a in "--model var-d16 --batch 64" "--model var-d16 --batch 32" "--model var-d30 --batch 32" \
-             "--model var-d30 --batch 32 --grad-checkpoint"; do
-      timeout 65 python3 scripts/bench_train.py $a --steps 8 --out $OUT/train.jsonl 2>&1 | tail -1
+    for a in "--model var-d16 --batch 64 --profile 40" "--model var-d16 --batch 64 --attn mask" \
+             "--model var-d16 --batch 64 --compile"; do
+      timeout 200 python3 scripts/bench_train.py $a --steps 8 --out $OUT/train.jsonl 2>&1 | grep -v Warning | tail -48
     done ) &
   wait
   ;;
@@ -46,4 +48,4 @@ print(json.dumps(d))' "$@" --out $o)" 2>&1 | tail -2; }
   CUDA_VISIBLE_DEVICES=0 timeout 120 python3 $B $OUT subset 2>&1 | grep -v Warning | tail -3
   ;;
 esac
-ls -R $OUT | head -40
+cd $OUT && tar czf /tmp/all.tgz . && rm -rf $OUT/* && mv /tmp/all.tgz $OUT/results.tgz && ls -la $OUT
