@@ -23,13 +23,11 @@ from .spec import VARSpec
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth, timm semantics: per-sample keep mask scaled by 1/keep."""
-    if p == 0.0 or not training:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
+def drop_path(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Stochastic depth, timm semantics: per-sample keep mask scaled by 1/keep. ``keep`` is a 0-d tensor, not a
+    float, so a compiled block does not specialise (and recompile) on each block's rate."""
+    mask = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < keep
+    return x * (mask / keep).to(x.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -100,18 +98,30 @@ class AdaLNSelfAttn(nn.Module):
         return self.ada_lin(cond_BD_or_gss).view(-1, 1, 6, self.C).unbind(2)
 
     def forward(self, x_BLC: torch.Tensor, cond_BD_or_gss: torch.Tensor, attend: Attend,
-                mod: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+                mod: tuple[torch.Tensor, ...] | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep``: 1 − drop-path rate as a 0-d tensor (training; VAR.forward passes it), None = no drop path."""
         g1, g2, s1, s2, b1, b2 = mod if mod is not None else self.modulation(cond_BD_or_gss)
         eps, wdt = self.ln_wo_grad.eps, self.ffn.fc1.weight.dtype
         h = self.attn(K.ln_modulate(x_BLC, s1, b1, eps).to(wdt), attend)
-        x_BLC = self._residual(x_BLC, h, g1)
+        x_BLC = self._residual(x_BLC, h, g1, keep)
         h = self.ffn(K.ln_modulate(x_BLC, s2, b2, eps).to(wdt))
-        return self._residual(x_BLC, h, g2)
+        return self._residual(x_BLC, h, g2, keep)
 
-    def _residual(self, x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        if self.training and self.drop_path_rate > 0:
-            return x_BLC + drop_path(h_BLC * gamma, self.drop_path_rate, True)
+    @staticmethod
+    def _residual(x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma: torch.Tensor,
+                  keep: torch.Tensor | None) -> torch.Tensor:
+        if keep is not None:
+            return x_BLC + drop_path(h_BLC * gamma, keep)
         return K.gated_residual(x_BLC, h_BLC, gamma)
+
+    def keep_prob(self, device: torch.device) -> torch.Tensor | None:
+        """The drop-path keep probability as a 0-d tensor while training with a rate > 0, else None."""
+        if not (self.training and self.drop_path_rate > 0):
+            return None
+        cache = self.__dict__.setdefault("_keep_by_device", {})
+        if device not in cache:                 # one host-to-device copy per device, not one per step
+            cache[device] = torch.tensor(1.0 - self.drop_path_rate, device=device)
+        return cache[device]
 
 
 class SharedAdaLin(nn.Linear):
@@ -155,6 +165,38 @@ def _prefix_attention(ends: tuple[int, ...]) -> Attend:
         return torch.cat(outs, dim=2)
 
     return attend
+
+
+def masked_attention(ends: Sequence[int], device: torch.device) -> Attend:
+    """The same block-causal attention as one SDPA call with a boolean mask. Used when gradients flow: the
+    backward of ``prefix_attention``'s per-scale q/k/v slices materialises full-size zero gradients for every
+    slice (measured on an H100, var-d16 batch 64: 380 ms a step with prefix attention, 290 ms with the mask)."""
+    return _masked_attention(tuple(ends), torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _masked_attention(ends: tuple[int, ...], device: torch.device) -> Attend:
+    lvl = torch.repeat_interleave(torch.arange(len(ends)),
+                                  torch.diff(torch.tensor((0,) + ends)))
+    allowed_11LL = (lvl.view(-1, 1) >= lvl.view(1, -1)).view(1, 1, len(lvl), len(lvl)).to(device)
+
+    def attend(q, k, v, scale):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed_11LL, scale=scale)
+
+    return attend
+
+
+def block_causal(ends: Sequence[int], device: torch.device) -> Attend:
+    """Teacher-forcing attention: one masked SDPA while training (fast backward), per-scale prefix SDPA without
+    a mask otherwise (no L×L mask to read at inference)."""
+    return masked_attention(ends, device) if torch.is_grad_enabled() else prefix_attention(ends)
+
+
+def compile_blocks(var: nn.Module, backend: str = "inductor") -> None:
+    """torch.compile each block in place (static shapes): Inductor fuses the AdaLN, residual and GELU passes in
+    forward and backward. The blocks share compiled graphs (drop path is a tensor argument, not a guard)."""
+    for blk in var.blocks:
+        blk.compile(dynamic=False, backend=backend)
 
 
 def _maybe_checkpoint(blk: nn.Module, ckpt: bool, *args):
@@ -257,9 +299,9 @@ class VAR(nn.Module):
         ckpt = checkpoint_blocks and torch.is_grad_enabled()
         if schedule is None:
             full_ends = [e for _, e in s.begin_ends]
-            attend = prefix_attention(full_ends)
+            attend = block_causal(full_ends, x_BLC.device)
             for blk in self.blocks:
-                x_BLC = _maybe_checkpoint(blk, ckpt, x_BLC, cond, attend)
+                x_BLC = _maybe_checkpoint(blk, ckpt, x_BLC, cond, attend, None, blk.keep_prob(x_BLC.device))
         else:
             schedule.validate(s)
             for b, blk in enumerate(self.blocks):
@@ -276,10 +318,11 @@ class VAR(nn.Module):
         for si in scales:
             total += be[si][1] - be[si][0]
             ends.append(total)
+        attend, keep = block_causal(ends, x_BLC.device), blk.keep_prob(x_BLC.device)
         if total == self.spec.L:
-            return _maybe_checkpoint(blk, ckpt, x_BLC, cond, prefix_attention(ends))
+            return _maybe_checkpoint(blk, ckpt, x_BLC, cond, attend, None, keep)
         idx = torch.cat([torch.arange(*be[si], device=x_BLC.device) for si in scales])
-        out = _maybe_checkpoint(blk, ckpt, x_BLC.index_select(1, idx), cond, prefix_attention(ends))
+        out = _maybe_checkpoint(blk, ckpt, x_BLC.index_select(1, idx), cond, attend, None, keep)
         return x_BLC.index_copy(1, idx, out)
 
     # ---- cached generation: one scale -------------------------------------------------------------------

@@ -4,7 +4,7 @@ Speed and memory do not depend on the values, so the VQ-VAE is skipped: the teac
 latents and the targets random indices. The step is the trainer's: bf16 autocast (or fp16 + GradScaler), the
 block-causal prefix attention, cross-entropy over all tokens, grad clip 2.0, fused AdamW on CUDA.
 Usage: PYTHONPATH=. python3 scripts/bench_train.py --model var-d16 --batch 64 [--depth D --switch 6]
-       [--precision bf16|fp16|fp32] [--grad-checkpoint] [--compile] [--attn prefix|mask] [--profile N]
+       [--precision bf16|fp16|fp32] [--grad-checkpoint] [--compile] [--attn auto|prefix] [--profile N]
        [--steps 10] [--device cuda] [--out FILE.jsonl]
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import spec as specs  # noqa: E402
 from model.schedule import DepthSchedule  # noqa: E402
 from model.train.optim import build_adamw  # noqa: E402
-from model.var import VAR  # noqa: E402
+from model.var import VAR, compile_blocks  # noqa: E402
 
 
 def main() -> None:
@@ -39,28 +39,21 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile each block (static shapes)")
-    ap.add_argument("--attn", default="prefix", choices=["prefix", "mask"],
-                    help="prefix: per-scale SDPA without a mask (ours); mask: one SDPA with the additive "
-                         "block-causal mask (the official way), for comparison")
+    ap.add_argument("--attn", default="auto", choices=["auto", "prefix"],
+                    help="auto: the trainer's (one masked SDPA when gradients flow); prefix: per-scale SDPA "
+                         "slices (the inference path), for comparison")
     ap.add_argument("--profile", type=int, default=0, help="print the top N CUDA ops of one profiled step")
     a = ap.parse_args()
-    if a.attn == "mask":
+    if a.attn == "prefix":
         import model.var as var_mod
-
-        def masked(ends):
-            def attend(q, k, v, scale):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-            return attend
-        var_mod.prefix_attention = masked
+        var_mod.block_causal = lambda ends, device: var_mod.prefix_attention(ends)
     dev = torch.device(a.device)
     spec = specs.get(a.model)
     torch.manual_seed(0)
     with dev:
         var = VAR(spec).train()
-    mask = var.attn_bias_for_masking
     if a.compile:
-        for blk in var.blocks:
-            blk.compile(dynamic=False)
+        compile_blocks(var)
     opt = build_adamw(var, lr=1e-4, weight_decay=0.05)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[a.precision]
     scaler = torch.amp.GradScaler(dev.type, enabled=a.precision == "fp16")

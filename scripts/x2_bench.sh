@@ -9,7 +9,7 @@ set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=.:/tmp/site HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-git rev-parse HEAD 2>/dev/null
+echo "commit: ${VARBENCH_GIT_COMMIT:-unknown} (set by the caller; the copied .git may be stale)"
 B=scripts/h100_bench.py
 case "$1" in
 gen)
@@ -44,8 +44,20 @@ print(json.dumps(d))' "$@" --out $o)" 2>&1 | tail -2; }
   F="--model var-d30 --batch 64 --max-steps 12 --log-every 1 --synthetic-size 1280 --val-size 0 --workers 6 --no-save-final --vae random --fsdp"
   run 2 $OUT/fsdp $F || true
   [ -s $OUT/fsdp/metrics.jsonl ] || run 2 $OUT/fsdp-ckpt $F --grad-checkpoint
-  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 $B $OUT graphs 2>&1 | grep -v Warning | tail -3
-  CUDA_VISIBLE_DEVICES=0 timeout 120 python3 $B $OUT subset 2>&1 | grep -v Warning | tail -3
+  ( export CUDA_VISIBLE_DEVICES=0
+    timeout 170 python3 $B $OUT graphs 2>&1 | grep -v Warning | tail -3
+    timeout 100 python3 $B $OUT subset 2>&1 | grep -v Warning | tail -3 ) &
+  ( export CUDA_VISIBLE_DEVICES=1
+    for a in "--model var-d16 --batch 64" "--model var-d16 --batch 64 --compile" \
+             "--model var-d16 --batch 64 --compile --profile 25" "--model var-d30 --batch 32 --grad-checkpoint"; do
+      timeout 150 python3 scripts/bench_train.py $a --steps 8 --out $OUT/train.jsonl 2>&1 | grep -v Warning | tail -33
+    done
+    # the same generation probe on this tree and on the tree before the float32 residual stream (e5324e3^)
+    mkdir -p $OUT/gen-compare
+    timeout 60 python3 scripts/bench_generate.py --cases b1,b64,b64-d2 --out $OUT/gen-compare/head 2>&1 | tail -5
+    [ -d .old ] && (cd .old && PYTHONPATH=. timeout 60 python3 scripts/bench_generate.py --cases b1,b64,b64-d2 \
+      --out $OUT/gen-compare/before-fp32-residual 2>&1 | tail -5) ) &
+  wait
   ;;
 esac
 cd $OUT && tar czf /tmp/all.tgz . && rm -rf $OUT/* && mv /tmp/all.tgz $OUT/results.tgz && ls -la $OUT

@@ -163,3 +163,62 @@ def test_cfg_follows_the_official_linear_ramp(pipe):
     # and guidance matters here: without it some tokens differ
     plain = pipe.generate(labels, cfg=0.0, top_k=1, seed=0, decode=False)
     assert not all(torch.equal(a, b) for a, b in zip(plain.indices, out.indices))
+
+
+@pytest.mark.parametrize("name,schedule", [s for s in schedules() if s[0] in
+                                           ("full", "variant-2-3-isometric", "skip-early", "per-scale")],
+                         ids=lambda x: x if isinstance(x, str) else "")
+def test_training_attention_equals_inference_attention(pipe, name, schedule, monkeypatch):
+    """With gradients on, teacher forcing takes one masked SDPA (fast backward); without, per-scale prefix SDPA.
+    Same logits and the same gradients."""
+    import model.var as var_mod
+
+    var = pipe.var.eval()
+    idx = pipe.generate([3, 7], seed=2, schedule=schedule, decode=False).indices
+    with torch.no_grad():
+        x = pipe.vae.quantize.idx_to_var_input(idx)
+    labels = torch.tensor([3, 7])
+    with torch.no_grad():
+        ref = var(labels, x, schedule)
+    outs, grads = [], []
+    for force_prefix in (False, True):
+        if force_prefix:
+            monkeypatch.setattr(var_mod, "block_causal", lambda ends, device: var_mod.prefix_attention(ends))
+        var.zero_grad()
+        out = var(labels, x, schedule)
+        out.logsumexp(-1).mean().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in var.parameters() if p.grad is not None]))
+    var.zero_grad()
+    assert rel_err(outs[0], ref) <= 1e-5 and rel_err(outs[1], ref) <= 1e-5
+    assert rel_err(grads[0], grads[1]) <= 1e-5
+
+
+def test_masked_attention_mask_is_block_causal():
+    from model.var import masked_attention
+
+    attend = masked_attention([1, 5, 14], torch.device("cpu"))
+    mask = attend.__closure__[0].cell_contents[0, 0]          # the cached boolean mask
+    lvl = torch.tensor([0] + [1] * 4 + [2] * 9)
+    assert torch.equal(mask, lvl.view(-1, 1) >= lvl.view(1, -1))
+
+
+def test_compiled_blocks_share_graphs_across_drop_path_rates():
+    """Each block has its own drop-path rate; passed as a tensor it must not make every block recompile."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from model.var import compile_blocks
+
+    torch._dynamo.reset()
+    counters.clear()
+    s = spec.var_spec(6, width=64, heads=2, patch_nums=(1, 2, 3), vae=spec.TINY_VAE, num_classes=10)
+    assert s.drop_path_rate > 0
+    var = VAR(s).train()
+    compile_blocks(var, backend="eager")
+    x = torch.randn(2, s.L - 1, s.vae.z_channels)
+    for _ in range(2):
+        var(torch.tensor([1, 2]), x).mean().backward()
+    # block 0 has rate 0 (no drop path), blocks 1-5 one graph: at most 2 distinct graphs, whatever the depth
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2
+    torch._dynamo.reset()

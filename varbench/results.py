@@ -26,7 +26,10 @@ MANIFEST_FILE = "manifest.json"
 
 
 def _git_commit() -> str | None:
-    """HEAD of the repo holding this package (None outside a repo or before the first commit)."""
+    """HEAD of the repo holding this package (None outside a repo or before the first commit).
+    ``VARBENCH_GIT_COMMIT`` overrides it: a copied working tree (a remote GPU machine) can carry a stale .git."""
+    if os.environ.get("VARBENCH_GIT_COMMIT"):
+        return os.environ["VARBENCH_GIT_COMMIT"]
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)

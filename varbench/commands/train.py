@@ -105,6 +105,8 @@ def train(
     log_every: Annotated[Optional[int], _opt("Metrics row every N steps.", "--log-every")] = None,
     val_every: Annotated[Optional[int], _opt("Validation every N steps (0 = at the end).", "--val-every")] = None,
     save_every: Annotated[Optional[int], _opt("Checkpoint every N steps (0 = at the end).", "--save-every")] = None,
+    compile: Annotated[Optional[bool], _opt("torch.compile each block (CUDA: fuses the element-wise passes; "
+                                            "compiles for ~1 min first).", "--compile/--no-compile")] = None,
     save_final: Annotated[Optional[bool], _opt("Write the checkpoint at the end (--no-save-final for "
                                                "benchmarks).", "--save-final/--no-save-final")] = None,
     seed: Annotated[Optional[int], _opt("Seed of init, data order and draws.", "--seed")] = None,
