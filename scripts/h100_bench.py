@@ -56,6 +56,12 @@ def graphs(out: Path, device: str, devices: list[str] | None) -> None:
                           devices=devices, **COMMON), out / "sweep-graphs", progress=False)
 
 
+def graphs_d2(out: Path, device: str, devices: list[str] | None) -> None:
+    """VARiant-d2 with graphs (the 4.5x target's numerator), into the same folder as ``graphs``."""
+    run_sweep(SweepConfig(depths=_depths(2), batches=[1, 16, 64], cuda_graphs=True, device=device,
+                          devices=devices, **COMMON), out / "sweep-graphs", progress=False)
+
+
 def trace(out: Path, device: str, devices: list[str] | None) -> None:
     for sampler in ("thread", "auto"):      # the old thread sampler first, then the default (a child process)
         s = run_trace(TraceConfig(model=COMMON["model"], depth=_depths(8)[0], switch=min(6, n_scales() - 1),
@@ -94,7 +100,7 @@ def sensitivity(out: Path, device: str, devices: list[str] | None) -> None:
                                                                  "events": stamps, "cell_seconds": secs}))
 
 
-PARTS = {"grid": grid, "subset": subset, "graphs": graphs, "trace": trace, "maxbatch": maxbatch, "sensitivity": sensitivity}
+PARTS = {"grid": grid, "subset": subset, "graphs_d2": graphs_d2, "graphs": graphs, "trace": trace, "maxbatch": maxbatch, "sensitivity": sensitivity}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
