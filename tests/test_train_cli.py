@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from varbench.cli import app
@@ -75,3 +76,27 @@ def test_two_gloo_processes_equal_one(tmp_path):
         assert a["depth"] == b["depth"]
         assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
     assert one[-1]["loss"] != one[0]["loss"]               # the steps really updated the model
+
+
+def _checksum_rank(rank: int, world: int, init_file: str, seeds: tuple[int, int], out: str) -> None:
+    import torch.distributed as dist
+
+    from model.train.distributed import DistEnv, same_on_all_ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(seeds[rank])
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+        same = same_on_all_ranks(model, DistEnv(rank=rank, world=world, device=torch.device("cpu")))
+        Path(out, f"rank{rank}").write_text(str(same))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("seeds,expect", [((0, 0), "True"), ((0, 1), "False")])
+def test_same_on_all_ranks_detects_different_weights(tmp_path, seeds, expect):
+    """DDP skips its start-up broadcast only when an all-reduced checksum proves the ranks already agree."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_checksum_rank, args=(2, str(tmp_path / "init"), seeds, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [expect, expect]
