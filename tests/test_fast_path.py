@@ -83,3 +83,21 @@ def test_compiled_kernels_equal_eager():
     finally:
         kernels.enable_compiled(False)
     assert rel_err(fused, ref) <= 2e-2
+
+
+def test_chunked_mlp_is_exact(monkeypatch):
+    """At inference a large MLP input runs in row chunks (bounded transient memory): same numbers as one pass."""
+    import model.var as var_mod
+    from model import spec as specs
+
+    torch.manual_seed(0)
+    ffn = var_mod.FFN(specs.get("var-tiny")).eval()
+    x = torch.randn(3, 7, ffn.fc1.in_features)
+    with torch.no_grad():
+        whole = ffn(x)
+        monkeypatch.setattr(var_mod, "FFN_CHUNK_ELEMS", 5 * ffn.fc1.out_features)   # 21 rows -> chunks of 5
+        chunked = ffn(x)
+    assert chunked.shape == whole.shape
+    assert torch.allclose(chunked, whole, rtol=1e-6, atol=1e-6)      # GEMM blocking may differ per row count
+    with torch.enable_grad():                                   # training never chunks (autograd keeps it simple)
+        assert ffn(x).requires_grad
