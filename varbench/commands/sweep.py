@@ -78,7 +78,9 @@ def sweep(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per worker "
                                                    "(torch.set_num_threads; default: torch's own).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="GPU ids to spread points over, one "
-                                                   "worker per GPU at a time (e.g. 0,1).")] = None,
+                                                   "worker per GPU at a time (e.g. 0,1). Concurrent workers share "
+                                                   "the host CPU: launch-bound points (batch 1, eager) run slower "
+                                                   "than alone; take latency baselines on one GPU.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per point before its worker "
                                                      "is killed (default: none).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/sweep/MODEL); "
