@@ -257,7 +257,48 @@ def process_used_bytes(pid: int | None = None) -> int | None:
     return default_nvml().process_used_bytes(pid)
 
 
-class NvmlSampler:
+class _SamplerBase:
+    """What both samplers share: the context manager, boundary marks and the results over ``_series()``."""
+
+    marks: list[tuple[int, str]]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def mark(self, label: str) -> int:
+        """Record a boundary (e.g. 'scale 3 end') on the sampler's clock (perf_counter_ns); returns it."""
+        t = time.perf_counter_ns()
+        self.marks.append((t, str(label)))
+        return t
+
+    def _series(self) -> tuple[list[int], list[int | None], list[int | None]]:
+        raise NotImplementedError
+
+    def samples(self) -> list[tuple[int, int | None, int | None]]:
+        """(t_ns, device_used, process_used) in time order."""
+        return list(zip(*self._series()))
+
+    def achieved_hz(self) -> float:
+        """Sampling rate actually reached (first to last sample)."""
+        t = self._series()[0]
+        if len(t) < 2:
+            return 0.0
+        span = t[-1] - t[0]
+        return (len(t) - 1) * 1e9 / span if span > 0 else 0.0
+
+    def peak_device_used(self) -> int | None:
+        vals = [v for v in self._series()[1] if v is not None]
+        return max(vals) if vals else None
+
+    def peak_process_used(self) -> int | None:
+        vals = [v for v in self._series()[2] if v is not None]
+        return max(vals) if vals else None
+
+
+class NvmlSampler(_SamplerBase):
     """Background thread reading NVML every ``interval_ms`` into preallocated lists; ``mark`` stamps boundaries.
 
     Timestamps are ``time.perf_counter_ns`` (the same clock ``mark`` uses). While sampling, the interpreter's
@@ -342,39 +383,9 @@ class NvmlSampler:
             self._old_switch = None
         self.t_stop_ns = time.perf_counter_ns()
 
-    def __enter__(self) -> "NvmlSampler":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    def mark(self, label: str) -> int:
-        """Record a boundary (e.g. 'scale 3 end') on the sampler's clock; returns its timestamp."""
-        t = time.perf_counter_ns()
-        self.marks.append((t, str(label)))
-        return t
-
-    # ---- results ----------------------------------------------------------------------------------------
-    def samples(self) -> list[tuple[int, int | None, int | None]]:
-        """(t_ns, device_used, process_used) in time order."""
+    def _series(self) -> tuple[list[int], list[int | None], list[int | None]]:
         n = self.n
-        return list(zip(self.t_ns[:n], self.device_used[:n], self.process_used[:n]))
-
-    def achieved_hz(self) -> float:
-        """Sampling rate actually reached (first to last sample)."""
-        n = self.n
-        if n < 2:
-            return 0.0
-        span = self.t_ns[n - 1] - self.t_ns[0]
-        return (n - 1) * 1e9 / span if span > 0 else 0.0
-
-    def peak_device_used(self) -> int | None:
-        vals = [v for v in self.device_used[:self.n] if v is not None]
-        return max(vals) if vals else None
-
-    def peak_process_used(self) -> int | None:
-        vals = [v for v in self.process_used[:self.n] if v is not None]
-        return max(vals) if vals else None
+        return self.t_ns[:n], self.device_used[:n], self.process_used[:n]
 
 
 # ---- process sampler ----------------------------------------------------------------------------------------
@@ -503,7 +514,7 @@ def _first_sample_ok(t_first: int, t_before: int, t_after: int) -> bool:
     return t_before <= t_first <= t_after
 
 
-class NvmlProcessSampler:
+class NvmlProcessSampler(_SamplerBase):
     """NVML sampler in a spawned child process: same interface and output as ``NvmlSampler``.
 
     Why a process: a sampling thread needs the GIL ~1000 times a second, which preempts the measured main
@@ -667,54 +678,14 @@ class NvmlProcessSampler:
                 log.warning("NVML process sampler: child ended with %s", self.child_status)
         self.t_stop_ns = time.perf_counter_ns()
 
-    def __enter__(self) -> "NvmlProcessSampler":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    def mark(self, label: str) -> int:
-        """Record a boundary (e.g. 'scale 3 end') on the shared clock; returns its timestamp."""
-        t = time.perf_counter_ns()
-        self.marks.append((t, str(label)))
-        return t
-
     # ---- results ----------------------------------------------------------------------------------------
-    def _live(self) -> None:
+    def _series(self) -> tuple[list[int], list[int | None], list[int | None]]:
+        """The samples so far (a live copy while running), or the fallback thread sampler's."""
+        if self._thread is not None:
+            return self._thread._series()
         if self._shm is not None:
             self._copy_out()
-
-    def samples(self) -> list[tuple[int, int | None, int | None]]:
-        """(t_ns, device_used, process_used) in time order (a live copy while running)."""
-        if self._thread is not None:
-            return self._thread.samples()
-        self._live()
-        return list(zip(self.t_ns, self.device_used, self.process_used))
-
-    def achieved_hz(self) -> float:
-        """Sampling rate actually reached (first to last sample)."""
-        if self._thread is not None:
-            return self._thread.achieved_hz()
-        self._live()
-        n = self._n
-        if n < 2:
-            return 0.0
-        span = self.t_ns[n - 1] - self.t_ns[0]
-        return (n - 1) * 1e9 / span if span > 0 else 0.0
-
-    def peak_device_used(self) -> int | None:
-        if self._thread is not None:
-            return self._thread.peak_device_used()
-        self._live()
-        vals = [v for v in self.device_used if v is not None]
-        return max(vals) if vals else None
-
-    def peak_process_used(self) -> int | None:
-        if self._thread is not None:
-            return self._thread.peak_process_used()
-        self._live()
-        vals = [v for v in self.process_used if v is not None]
-        return max(vals) if vals else None
+        return self.t_ns, self.device_used, self.process_used
 
 
 def make_sampler(nvml: Nvml | None = None, interval_ms: float = 1.0, mode: str = "auto", *,
