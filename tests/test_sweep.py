@@ -109,9 +109,12 @@ def test_points_spread_over_devices_give_the_same_rows(tmp_path, monkeypatch):
     seen = []
     real = sweep_mod.run_point
 
-    def spy(point, timeout_s=None, gpu=None):
+    cpus_seen = {}
+
+    def spy(point, timeout_s=None, gpu=None, cpus=None):
         seen.append(gpu)
-        return real(point, timeout_s, gpu)
+        cpus_seen[gpu] = cpus
+        return real(point, timeout_s, gpu, cpus)
 
     monkeypatch.setattr(sweep_mod, "run_point", spy)
     cfg = SweepConfig(**{**TINY, "repeats": 1, "devices": ["0", "1"]})
@@ -121,6 +124,11 @@ def test_points_spread_over_devices_give_the_same_rows(tmp_path, monkeypatch):
     assert len(seen) == 4 and set(seen) <= {"0", "1"}
     assert {r["gpu_index"] for r in rows} <= {"0", "1"}
     assert len(read_rows(tmp_path / "sweep.jsonl")) == 4
+    slices = sweep_mod.cpu_slices(2)
+    if slices:                 # concurrent workers get disjoint CPU sets, and each worker really is pinned to its own
+        assert all(cpus_seen[g] in slices for g in cpus_seen)
+        assert all(set(cpus_seen[g]).isdisjoint(cpus_seen[h]) for g in cpus_seen for h in cpus_seen if g != h)
+        assert all(r["cpu_affinity_count"] == len(slices[0]) and r["cpu_threads"] == len(slices[0]) for r in rows)
     assert all(r["status"] == "ok" for r in run_sweep(SweepConfig(**{**TINY, "repeats": 1}), tmp_path, False))
     assert len(read_rows(tmp_path / "sweep.jsonl")) == 4          # same keys as a 1-device sweep: all skipped
 

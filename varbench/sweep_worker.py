@@ -205,12 +205,28 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in msg or "can't allocate" in msg)
 
 
+def _pin_cpus() -> list[int] | None:
+    """Apply VARBENCH_CPUS (set by a sweep spread over several GPUs) before torch starts its thread pools."""
+    spec = os.environ.get("VARBENCH_CPUS")
+    if not spec:
+        return None
+    cpus = [int(c) for c in spec.split(",") if c.strip()]
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError):
+        return None
+    return cpus
+
+
 def main() -> int:
     real_stdout = sys.stdout
     sys.stdout = sys.stderr                 # anything printed by libraries stays off the result channel
     try:
+        cpus = _pin_cpus()
         point = json.loads(sys.stdin.read())
         result = measure_point(point)
+        if cpus is not None:
+            result["cpu_affinity_count"] = len(os.sched_getaffinity(0))
     except BaseException as e:  # noqa: BLE001 - every failure becomes a result the parent can record
         if isinstance(e, KeyboardInterrupt):
             raise

@@ -78,9 +78,10 @@ def sweep(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per worker "
                                                    "(torch.set_num_threads; default: torch's own).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="GPU ids to spread points over, one "
-                                                   "worker per GPU at a time (e.g. 0,1). Concurrent workers share "
-                                                   "the host CPU: launch-bound points (batch 1, eager) run slower "
-                                                   "than alone; take latency baselines on one GPU.")] = None,
+                                                   "worker per GPU at a time (e.g. 0,1), each pinned to its own "
+                                                   "share of the CPUs. Launch-bound points (batch 1, eager) can "
+                                                   "still run slower than alone: take latency baselines on one "
+                                                   "GPU.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per point before its worker "
                                                      "is killed (default: none).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/sweep/MODEL); "
