@@ -4,7 +4,9 @@
 #         GPU1: training-step benchmarks
 #   dist  issue 10: DDP d16 1 GPU vs 2 GPUs (same global batch), FSDP d30 batch 32/GPU; graph sweep and
 #         a 1-GPU sweep subset on GPU0
-# Usage: bash scripts/x2_bench.sh gen|dist   (needs nvidia-ml-py wheel in .whl)
+#   next  what is still unmeasured (see the phase)
+# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/x2_bench.sh gen|dist|next  (needs the nvidia-ml-py
+#        wheel in .whl; results come back as $OUT/results.tgz)
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=.:/tmp/site HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -49,6 +51,17 @@ print(json.dumps(d))' "$@" --out $o)" 2>&1 | tail -2; }
   # CPU and slow the launch-bound points), VARiant-d2 graph replay (CPU-light) on GPU1
   ( CUDA_VISIBLE_DEVICES=0 timeout 270 python3 $B $OUT grid 2>&1 | grep -v Warning | tail -2 ) &
   ( CUDA_VISIBLE_DEVICES=1 timeout 120 python3 $B $OUT graphs_d2 2>&1 | grep -v Warning | tail -2 ) &
+  wait
+  ;;
+next)
+  # what the 2026-11-25 session could not finish: 2-GPU DDP (start-up broadcast now skipped), the grid on one GPU,
+  # VARiant-d2 graph replay and the largest batch with the chunked MLP. Timeouts sum to well under a call's limit.
+  T="--model var-d16 --batch 64 --max-steps 30 --log-every 1 --synthetic-size 3200 --val-size 0 --workers 6 --no-save-final --vae random"
+  timeout 120 torchrun --standalone --nproc-per-node 2 -m varbench train $T --out $OUT/ddp2 > $OUT/ddp2.log 2>&1; tail -2 $OUT/ddp2.log
+  ( CUDA_VISIBLE_DEVICES=0 timeout 240 python3 $B $OUT grid 2>&1 | grep -v Warning | tail -2 ) &
+  ( export CUDA_VISIBLE_DEVICES=1
+    timeout 100 python3 $B $OUT graphs_d2 2>&1 | grep -v Warning | tail -2
+    timeout 130 python3 $B $OUT maxbatch 2>&1 | grep -v Warning | tail -2 ) &
   wait
   ;;
 esac
