@@ -12,19 +12,24 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=.:/tmp/site HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "commit: ${VARBENCH_GIT_COMMIT:-unknown} (set by the caller; the copied .git may be stale)"
+# Rows go to /tmp/o and are packed into $OUT/results.tgz after every step: one file comes back even when the call
+# is cut at its time limit (the device returns at most 8 files, and nothing that was still unpacked).
+O=/tmp/o; mkdir -p $O
+pack() { tar czf $OUT/results.tgz.tmp -C $O . 2>/dev/null && mv $OUT/results.tgz.tmp $OUT/results.tgz; }
+( while sleep 30; do pack; done ) & PACKER=$!; disown $PACKER      # also mid-step (a bare `wait` skips it)
 B=scripts/h100_bench.py
 case "$1" in
 gen)
-  timeout 250 python3 $B $OUT grid --devices 0,1 2>&1 | grep -v Warning | tail -5; pkill -f varbench.sweep_worker; sleep 1
+  timeout 250 python3 $B $O grid --devices 0,1 2>&1 | grep -v Warning | tail -5; pkill -f varbench.sweep_worker; sleep 1
   # one process per part: a part's cached CUDA memory must not shrink the next part's GPU
   ( export CUDA_VISIBLE_DEVICES=0
-    for p in trace maxbatch; do timeout 150 python3 $B $OUT $p 2>&1 | grep -v Warning | tail -4; done ) &
+    for p in trace maxbatch; do timeout 150 python3 $B $O $p 2>&1 | grep -v Warning | tail -4; done ) &
   ( export CUDA_VISIBLE_DEVICES=1
     for a in "--model var-d16 --batch 64 --profile 40" "--model var-d16 --batch 64 --attn mask" \
              "--model var-d16 --batch 64 --compile"; do
-      timeout 200 python3 scripts/bench_train.py $a --steps 8 --out $OUT/train.jsonl 2>&1 | grep -v Warning | tail -48
+      timeout 200 python3 scripts/bench_train.py $a --steps 8 --out $O/train.jsonl 2>&1 | grep -v Warning | tail -48
     done ) &
-  wait
+  wait; pack
   ;;
 dist)
   if python3 -c "import typer, varbench.cli" 2>/dev/null; then
@@ -41,28 +46,28 @@ while i<len(a):
 print(json.dumps(d))' "$@" --out $o)" 2>&1 | tail -2; }
   fi
   T="--model var-d16 --batch 64 --max-steps 50 --log-every 1 --synthetic-size 6400 --val-size 0 --workers 6 --no-save-final --vae random"
-  run 1 $OUT/ddp1 $T
-  run 2 $OUT/ddp2 $T
+  run 1 $O/ddp1 $T
+  run 2 $O/ddp2 $T; pack
   F="--model var-d30 --batch 64 --max-steps 12 --log-every 1 --synthetic-size 1280 --val-size 0 --workers 6 --no-save-final --vae random --fsdp"
   # d30 batch 32/GPU: fp32 params + AdamW sharded over 2 GPUs (16 GB each); activations need checkpointing
-  run 2 $OUT/fsdp $F --grad-checkpoint
-  ls $OUT/ddp1 $OUT/ddp2 $OUT/fsdp
+  run 2 $O/fsdp $F --grad-checkpoint
+  ls $O/ddp1 $O/ddp2 $O/fsdp
   # one-GPU runs after the distributed ones: the grid on GPU0 alone (concurrent eager workers share the host
   # CPU and slow the launch-bound points), VARiant-d2 graph replay (CPU-light) on GPU1
-  ( CUDA_VISIBLE_DEVICES=0 timeout 270 python3 $B $OUT grid 2>&1 | grep -v Warning | tail -2 ) &
-  ( CUDA_VISIBLE_DEVICES=1 timeout 120 python3 $B $OUT graphs_d2 2>&1 | grep -v Warning | tail -2 ) &
-  wait
+  ( CUDA_VISIBLE_DEVICES=0 timeout 270 python3 $B $O grid 2>&1 | grep -v Warning | tail -2 ) &
+  ( CUDA_VISIBLE_DEVICES=1 timeout 120 python3 $B $O graphs_d2 2>&1 | grep -v Warning | tail -2 ) &
+  wait; pack
   ;;
 next)
   # what the 2026-11-25 session could not finish: 2-GPU DDP (start-up broadcast now skipped), the grid on one GPU,
   # VARiant-d2 graph replay and the largest batch with the chunked MLP. Timeouts sum to well under a call's limit.
   T="--model var-d16 --batch 64 --max-steps 30 --log-every 1 --synthetic-size 3200 --val-size 0 --workers 6 --no-save-final --vae random"
-  timeout 120 torchrun --standalone --nproc-per-node 2 -m varbench train $T --out $OUT/ddp2 > $OUT/ddp2.log 2>&1; tail -2 $OUT/ddp2.log
-  ( CUDA_VISIBLE_DEVICES=0 timeout 240 python3 $B $OUT grid 2>&1 | grep -v Warning | tail -2 ) &
+  timeout 120 torchrun --standalone --nproc-per-node 2 -m varbench train $T --out $O/ddp2 > $O/ddp2.log 2>&1; tail -2 $O/ddp2.log; pack
+  ( CUDA_VISIBLE_DEVICES=0 timeout 240 python3 $B $O grid 2>&1 | grep -v Warning | tail -2 ) &
   ( export CUDA_VISIBLE_DEVICES=1
-    timeout 100 python3 $B $OUT graphs_d2 2>&1 | grep -v Warning | tail -2
-    timeout 130 python3 $B $OUT maxbatch 2>&1 | grep -v Warning | tail -2 ) &
-  wait
+    timeout 100 python3 $B $O graphs_d2 2>&1 | grep -v Warning | tail -2
+    timeout 130 python3 $B $O maxbatch 2>&1 | grep -v Warning | tail -2 ) &
+  wait; pack
   ;;
 esac
-cd $OUT && tar czf /tmp/all.tgz . && rm -rf $OUT/* && mv /tmp/all.tgz $OUT/results.tgz && ls -la $OUT
+kill $PACKER 2>/dev/null; pack; ls -la $OUT
