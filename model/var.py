@@ -98,6 +98,7 @@ class AdaLNSelfAttn(nn.Module):
         C = spec.width
         self.C, self.shared = C, spec.shared_aln
         self.drop_path_rate = drop_path_rate
+        self._keep_by_device: dict[torch.device, torch.Tensor] = {}   # keep_prob's tensors (not state)
         self.ln_wo_grad = nn.LayerNorm(C, eps=spec.norm_eps, elementwise_affine=False)
         self.attn = SelfAttention(spec)
         self.ffn = FFN(spec)
@@ -132,10 +133,9 @@ class AdaLNSelfAttn(nn.Module):
         """The drop-path keep probability as a 0-d tensor while training with a rate > 0, else None."""
         if not (self.training and self.drop_path_rate > 0):
             return None
-        cache = self.__dict__.setdefault("_keep_by_device", {})
-        if device not in cache:                 # one host-to-device copy per device, not one per step
-            cache[device] = torch.tensor(1.0 - self.drop_path_rate, device=device)
-        return cache[device]
+        if device not in self._keep_by_device:  # one host-to-device copy per device, not one per step
+            self._keep_by_device[device] = torch.tensor(1.0 - self.drop_path_rate, device=device)
+        return self._keep_by_device[device]
 
 
 class SharedAdaLin(nn.Linear):

@@ -23,21 +23,14 @@ from varbench.trace import TraceConfig, run_trace
 COMMON = dict(model="var-d30", dtype="bf16", repeats=3, min_seconds=0.5, warmup=1, timeout_s=240)
 
 
+def _spec():
+    from model import spec as specs
+    return specs.get(COMMON["model"])
+
+
 def _depths(*ds: int) -> list[int]:
     """The asked depths that the model has (all of them for var-d30; a CPU smoke test uses var-tiny)."""
-    from model import spec as specs
-    D = specs.get(COMMON["model"]).depth
-    return sorted({min(d, D) for d in ds}, reverse=True)
-
-
-def specs_depth() -> int:
-    from model import spec as specs
-    return specs.get(COMMON["model"]).depth
-
-
-def n_scales() -> int:
-    from model import spec as specs
-    return specs.get(COMMON["model"]).num_scales
+    return sorted({min(d, _spec().depth) for d in ds}, reverse=True)
 
 
 def grid(out: Path, device: str, devices: list[str] | None) -> None:
@@ -64,8 +57,9 @@ def graphs_d2(out: Path, device: str, devices: list[str] | None) -> None:
 
 def trace(out: Path, device: str, devices: list[str] | None) -> None:
     for sampler in ("thread", "auto"):      # the old thread sampler first, then the default (a child process)
-        s = run_trace(TraceConfig(model=COMMON["model"], depth=_depths(8)[0], switch=min(6, n_scales() - 1),
-                                  batch=64, device=device, overhead_repeats=10, sampler=sampler), out / "trace")
+        s = run_trace(TraceConfig(model=COMMON["model"], depth=_depths(8)[0],
+                                  switch=min(6, _spec().num_scales - 1), batch=64, device=device,
+                                  overhead_repeats=10, sampler=sampler), out / "trace")
         _print_trace(s)
 
 
@@ -87,7 +81,9 @@ def sensitivity(out: Path, device: str, devices: list[str] | None) -> None:
 
     t0 = time.perf_counter()
     stamps: list[tuple[str, float]] = []
-    rows = run_sensitivity(SensitivityConfig(model=COMMON["model"], depths=[d for d in _depths(2, 8, 16) if d < specs_depth()], scales=",".join(str(min(s, n_scales() - 1)) for s in (0, 5, 9)), mode="single",
+    S, D = _spec().num_scales, _spec().depth
+    rows = run_sensitivity(SensitivityConfig(model=COMMON["model"], depths=[d for d in _depths(2, 8, 16) if d < D],
+                                             scales=",".join(str(min(s, S - 1)) for s in (0, 5, 9)), mode="single",
                                              samples=16, batch=16, metric="fidelity", allow_random=True,
                                              device=device),
                            out / "sensitivity",
@@ -100,7 +96,8 @@ def sensitivity(out: Path, device: str, devices: list[str] | None) -> None:
                                                                  "events": stamps, "cell_seconds": secs}))
 
 
-PARTS = {"grid": grid, "subset": subset, "graphs_d2": graphs_d2, "graphs": graphs, "trace": trace, "maxbatch": maxbatch, "sensitivity": sensitivity}
+PARTS = {"grid": grid, "subset": subset, "graphs": graphs, "graphs_d2": graphs_d2, "trace": trace,
+         "maxbatch": maxbatch, "sensitivity": sensitivity}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

@@ -7,7 +7,7 @@
 - missing: names among {"v3", "v2", "v1"} whose process-info function is absent from the module;
   not_supported: names whose function exists but raises NVMLError_FunctionNotFound (old driver, new binding).
 - hide_pids: process list holds only foreign PIDs (container PID namespace).
-``nvml_factory`` builds the same fake inside a spawned sampler child (``memory.NvmlProcessSampler``).
+``nvml_factory`` builds the same fake inside a spawned sampler child (``samplers.NvmlProcessSampler``).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests import fake_pynvml
-from varbench import memory
+from varbench import memory, samplers
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_no_driver(fake):
     assert nv.reason.startswith("NVML unavailable") and "Driver Not Loaded" in nv.reason
     assert nv.device_used_bytes() is None and nv.process_used_bytes() is None
     assert mod.calls.get("nvmlDeviceGetMemoryInfo", 0) == 0
-    with memory.NvmlSampler(nv, interval_ms=1.0) as s:   # a sampler without NVML records nothing, no error
+    with samplers.NvmlSampler(nv, interval_ms=1.0) as s:   # a sampler without NVML records nothing, no error
         time.sleep(0.01)
     assert s.n == 0 and s.samples() == [] and s.peak_device_used() is None
 
@@ -91,7 +91,7 @@ def test_sampler_timeline_ordering_and_marks(fake):
     mod = fake(base_used=0, step=1)
     nv = memory.Nvml()
     old = sys.getswitchinterval()
-    with memory.NvmlSampler(nv, interval_ms=1.0, capacity=8, process_every=4) as s:   # tiny capacity: the buffer must grow
+    with samplers.NvmlSampler(nv, interval_ms=1.0, capacity=8, process_every=4) as s:   # tiny capacity: the buffer must grow
         time.sleep(0.03)
         s.mark("scale 0 end")
         time.sleep(0.03)
@@ -119,7 +119,7 @@ def test_sampler_timeline_ordering_and_marks(fake):
 def test_sampler_rejects_bad_interval(fake):
     fake()
     with pytest.raises(ValueError):
-        memory.NvmlSampler(memory.Nvml(), interval_ms=0)
+        samplers.NvmlSampler(memory.Nvml(), interval_ms=0)
 
 
 def test_probe_cpu_reports_rss_and_null_nvml(fake):
@@ -160,7 +160,7 @@ def test_process_sampler_timeline_and_marks(fake):
     fake()
     nv = memory.Nvml()                                     # the parent's (fake) handle
     old = sys.getswitchinterval()
-    s = memory.NvmlProcessSampler(nv, interval_ms=1.0, process_every=4,
+    s = samplers.NvmlProcessSampler(nv, interval_ms=1.0, process_every=4,
                                   nvml_factory=_factory(base_used=0, step=1))
     with s:
         assert s.n >= 1                                    # start() returned only after the first sample
@@ -196,7 +196,7 @@ def test_process_sampler_timeline_and_marks(fake):
 def test_process_sampler_without_nvml_records_nothing(fake):
     fake(mode="no_driver")
     nv = memory.Nvml()
-    with memory.NvmlProcessSampler(nv, interval_ms=1.0, nvml_factory=_factory()) as s:
+    with samplers.NvmlProcessSampler(nv, interval_ms=1.0, nvml_factory=_factory()) as s:
         time.sleep(0.01)
     assert s.n == 0 and s.samples() == [] and s.peak_device_used() is None and s.achieved_hz() == 0.0
     assert s.shm_name is None                              # no child, no shared memory
@@ -206,7 +206,7 @@ def test_process_sampler_without_nvml_records_nothing(fake):
 def test_process_sampler_falls_back_to_thread_when_child_has_no_nvml(fake):
     fake(base_used=0, step=1)
     nv = memory.Nvml()                                     # the parent sees NVML, the child does not
-    with memory.NvmlProcessSampler(nv, interval_ms=1.0, nvml_factory=_factory(mode="no_driver")) as s:
+    with samplers.NvmlProcessSampler(nv, interval_ms=1.0, nvml_factory=_factory(mode="no_driver")) as s:
         time.sleep(0.03)
     assert s.kind == "thread" and "NVML unavailable" in s.fallback_reason
     assert s.n >= 5 and s.peak_device_used() is not None
@@ -215,8 +215,8 @@ def test_process_sampler_falls_back_to_thread_when_child_has_no_nvml(fake):
 
 def test_process_sampler_falls_back_when_clocks_disagree(fake, monkeypatch):
     fake(base_used=0, step=1)
-    monkeypatch.setattr(memory, "_first_sample_ok", lambda *a: False)
-    with memory.NvmlProcessSampler(memory.Nvml(), interval_ms=1.0, nvml_factory=_factory()) as s:
+    monkeypatch.setattr(samplers, "_first_sample_ok", lambda *a: False)
+    with samplers.NvmlProcessSampler(memory.Nvml(), interval_ms=1.0, nvml_factory=_factory()) as s:
         time.sleep(0.02)
     assert s.kind == "thread" and "clocks" in s.fallback_reason
     assert s.n >= 3 and not _shm_exists(s.shm_name)
@@ -224,7 +224,7 @@ def test_process_sampler_falls_back_when_clocks_disagree(fake, monkeypatch):
 
 def test_process_sampler_capacity_full(fake):
     fake()
-    with memory.NvmlProcessSampler(memory.Nvml(), interval_ms=1.0, capacity=5, nvml_factory=_factory()) as s:
+    with samplers.NvmlProcessSampler(memory.Nvml(), interval_ms=1.0, capacity=5, nvml_factory=_factory()) as s:
         time.sleep(0.05)
         assert s.n == 5                                    # stopped sampling at capacity (no growth across processes)
     assert s.full and s.child_status == "capacity reached" and len(s.samples()) == 5
@@ -233,19 +233,19 @@ def test_process_sampler_capacity_full(fake):
 def test_process_sampler_rejects_bad_interval(fake):
     fake()
     with pytest.raises(ValueError):
-        memory.NvmlProcessSampler(memory.Nvml(), interval_ms=0)
+        samplers.NvmlProcessSampler(memory.Nvml(), interval_ms=0)
 
 
 def test_make_sampler_modes(fake):
     fake()
     nv = memory.Nvml()
-    assert isinstance(memory.make_sampler(nv, 1.0, "thread"), memory.NvmlSampler)
-    assert isinstance(memory.make_sampler(nv, 1.0, "process"), memory.NvmlProcessSampler)
-    assert memory.make_sampler(nv, 1.0).kind == "thread"                    # auto: a fake NVML stays in-thread
-    assert memory.make_sampler(nv, 1.0, nvml_factory=_factory()).kind == "process"
-    assert memory.make_sampler(memory.Nvml.from_uuid(None), 1.0).kind == "thread"   # no NVML: thread
+    assert isinstance(samplers.make_sampler(nv, 1.0, "thread"), samplers.NvmlSampler)
+    assert isinstance(samplers.make_sampler(nv, 1.0, "process"), samplers.NvmlProcessSampler)
+    assert samplers.make_sampler(nv, 1.0).kind == "thread"                    # auto: a fake NVML stays in-thread
+    assert samplers.make_sampler(nv, 1.0, nvml_factory=_factory()).kind == "process"
+    assert samplers.make_sampler(memory.Nvml.from_uuid(None), 1.0).kind == "thread"   # no NVML: thread
     with pytest.raises(ValueError):
-        memory.make_sampler(nv, 1.0, "fork")
+        samplers.make_sampler(nv, 1.0, "fork")
 
 
 def test_process_sampler_cleans_up_when_interrupted(tmp_path):
@@ -256,9 +256,9 @@ def test_process_sampler_cleans_up_when_interrupted(tmp_path):
     script.write_text(
         "import functools, sys\n"
         "from tests import fake_pynvml\n"
-        "from varbench import memory\n"
+        "from varbench import memory, samplers\n"
         "sys.modules['pynvml'] = fake_pynvml.make()\n"
-        "s = memory.NvmlProcessSampler(memory.Nvml(), nvml_factory=functools.partial(fake_pynvml.nvml_factory))\n"
+        "s = samplers.NvmlProcessSampler(memory.Nvml(), nvml_factory=functools.partial(fake_pynvml.nvml_factory))\n"
         "s.start()\n"
         "assert s.kind == 'process', s.fallback_reason\n"
         "print(s.shm_name, s._proc.pid, flush=True)\n"

@@ -292,13 +292,11 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, progress: bool | Pro
         with lock:
             report("start", i, points[i])
         cpus = slices[devices.index(gpu)] if slices and gpu in devices else None
-        res = run_point(points[i], cfg.timeout_s, gpu, cpus) if cpus else run_point(points[i], cfg.timeout_s, gpu)
+        res = run_point(points[i], cfg.timeout_s, gpu, cpus)
         row = base_row(points[i], weights)
         row.update(res)
         if gpu is not None:
             row["gpu_index"] = gpu
-        if cpus:
-            row["cpu_affinity"] = [cpus[0], cpus[-1]]
         with lock:                    # rows are appended whole, one line each, as each point finishes
             results.append_row(rows_path, row)
             rows[i] = row

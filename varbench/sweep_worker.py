@@ -177,7 +177,8 @@ def _nvml_pass(pipe: Any, gen_kw: dict[str, Any], device: Any) -> dict[str, Any]
     """One generate + decode with the 1 kHz sampler on (kept apart from the latency runs it would perturb)."""
     import torch
 
-    from varbench.memory import Nvml, make_sampler
+    from varbench.memory import Nvml
+    from varbench.samplers import make_sampler
 
     nv = Nvml(index=device.index)
     if not nv.available:

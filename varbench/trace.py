@@ -48,7 +48,7 @@ class TraceConfig:
     keep_skipped: bool = False
     allow_random: bool = True
     overhead_repeats: int = 10       # plain/sampled generation pairs for the overhead check (0 = skip)
-    sampler: str = "auto"            # auto | process | thread (memory.make_sampler)
+    sampler: str = "auto"            # auto | process | thread (samplers.make_sampler)
 
 
 def _torch_dtype(name: str) -> Any:
@@ -98,7 +98,8 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     from model import DepthSchedule, VARPipeline, spec as spec_mod
     from model.schedule import subnet_layers
     from varbench import analytic
-    from varbench.memory import MemoryProbe, Nvml, make_sampler
+    from varbench.memory import MemoryProbe, Nvml
+    from varbench.samplers import make_sampler
     from varbench.sweep import resolve_weights
 
     out = Path(out_dir)

@@ -119,9 +119,12 @@ def same_on_all_ranks(model: nn.Module, env: DistEnv) -> bool:
     tensors = list(model.parameters()) + list(model.buffers())
     if not tensors:
         return True
-    sums = torch.stack([t.detach().double().nan_to_num(posinf=1e300, neginf=-1e300).sum() for t in tensors] +
-                       [t.detach().double().nan_to_num(posinf=1e300, neginf=-1e300).square().sum()
-                        for t in tensors])
+    firsts, seconds = [], []
+    for t in tensors:                 # one float64 copy at a time (all at once would double d30's memory)
+        f = t.detach().double().nan_to_num(posinf=1e300, neginf=-1e300)
+        firsts.append(f.sum())
+        seconds.append(f.square().sum())
+    sums = torch.stack(firsts + seconds)
     lo, hi = sums.clone(), sums.clone()
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
