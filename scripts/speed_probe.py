@@ -1,0 +1,209 @@
+"""Issue 9 speed probe: the generation fast-path variants timed side by side in ONE process on ONE GPU, plus the
+two ceilings (a large bf16 matmul, a device copy), a kernel-time breakdown and per-scale times.
+
+Variants (each eager and with per-scale CUDA graphs, full depth and VARiant-d2 switch 6):
+  base       bias+GELU as two kernels, element-wise pieces eager
+  epi        fc1 through cuBLASLt's bias+GELU epilogue (``K.linear_gelu``, the CUDA default)
+  epi+fuse   epi, and the element-wise pieces fused by torch.compile (``kernels.enable_compiled``)
+Checks per variant: teacher-forcing logits against base (relative error, top-1 agreement) on identical weights.
+
+Usage: PYTHONPATH=. python3 scripts/speed_probe.py OUT [--model var-d30] [--batch 64] [--parts ...]
+(``--model var-tiny --device cpu --parts timing`` is the CPU smoke test.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model import kernels  # noqa: E402
+from model import spec as specs  # noqa: E402
+from model.pipeline import VARPipeline  # noqa: E402
+from model.schedule import DepthSchedule  # noqa: E402
+from varbench.timing import measure  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def emit(out: Path, row: dict) -> None:
+    ROWS.append(row)
+    with (out / "probe.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def unfused_linear_gelu(x, w, b):
+    return kernels.gelu_tanh(F.linear(x, w, b))
+
+
+def set_variant(name: str) -> None:
+    kernels.enable_compiled("fuse" in name)
+    kernels.K.linear_gelu = kernels.linear_gelu if "epi" in name else unfused_linear_gelu
+
+
+def ceilings(out: Path, dev: torch.device) -> None:
+    a = torch.randn(32768, 1920, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(7680, 1920, device=dev, dtype=torch.bfloat16)
+    ms = statistics.median(measure(lambda: F.linear(a, w), warmup=3, min_repeats=20, device=dev))
+    emit(out, {"part": "ceiling", "what": "bf16 matmul 32768x1920x7680", "ms": ms,
+               "tflops": 2 * 32768 * 1920 * 7680 / ms / 1e9})
+    x = torch.randn(1 << 28, device=dev)
+    y = torch.empty_like(x)
+    ms = statistics.median(measure(lambda: y.copy_(x), warmup=3, min_repeats=20, device=dev))
+    emit(out, {"part": "ceiling", "what": "fp32 copy 1 GiB", "ms": ms, "gb_per_s": 2 * x.numel() * 4 / ms / 1e6})
+
+
+def timing(out: Path, pipe: VARPipeline, batch: int, variants: list[str], dev: torch.device) -> None:
+    spec = pipe.spec
+    labels = torch.arange(batch) % spec.num_classes
+    scheds = {"d%d" % spec.depth: DepthSchedule.full(spec),
+              "d2": DepthSchedule.variant(spec, min(2, spec.depth), min(6, spec.num_scales - 1))}
+    g = torch.Generator().manual_seed(1)
+    idx = [torch.randint(0, spec.vae.vocab_size, (4, pn * pn), generator=g) for pn in spec.patch_nums]
+    ref = None
+    for v in variants:
+        set_variant(v)
+        t0 = time.perf_counter()
+        tf = pipe.teacher_forcing(torch.arange(4), idx).float()
+        if ref is None:
+            ref = tf
+        rel = float((tf - ref).norm() / ref.norm())
+        agree = float((tf.argmax(-1) == ref.argmax(-1)).float().mean())
+        emit(out, {"part": "check", "variant": v, "tf_rel_err_vs_base": rel, "tf_top1_agree_vs_base": agree,
+                   "first_call_s": time.perf_counter() - t0})
+        for sname, sched in scheds.items():
+            for graphs in (False, True):
+                if graphs and dev.type != "cuda":
+                    continue
+                pipe._graphed.clear()
+                t0 = time.perf_counter()
+
+                def gen():
+                    pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=graphs)
+
+                samples = measure(gen, warmup=2, min_repeats=5, device=dev)
+                emit(out, {"part": "timing", "variant": v, "schedule": sname, "graphs": graphs, "batch": batch,
+                           "ms_p50": statistics.median(samples), "ms_min": min(samples), "n": len(samples),
+                           "wall_s": time.perf_counter() - t0})
+    pipe._graphed.clear()
+
+
+def per_scale(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.device) -> None:
+    """GPU time of each scale (blocks + head + sampling + next input), graphs on, for d30 and d2."""
+    set_variant(variant)
+    spec = pipe.spec
+    labels = torch.arange(batch) % spec.num_classes
+    for sname, sched in (("d%d" % spec.depth, DepthSchedule.full(spec)),
+                         ("d2", DepthSchedule.variant(spec, 2, 6))):
+        pipe._graphed.clear()
+        for _ in range(2):
+            pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=True)
+        evs = [torch.cuda.Event(enable_timing=True) for _ in range(spec.num_scales + 1)]
+        evs[0].record()
+        pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=True,
+                      on_scale_end=lambda si, c: evs[si + 1].record())
+        torch.cuda.synchronize(dev)
+        ms = [evs[i].elapsed_time(evs[i + 1]) for i in range(spec.num_scales)]
+        emit(out, {"part": "per_scale", "variant": variant, "schedule": sname, "batch": batch,
+                   "scale_ms": [round(m, 2) for m in ms], "total_ms": sum(ms)})
+    pipe._graphed.clear()
+
+
+CATS = (("gemm", ("gemm", "sm90", "cutlass", "nvjet", "gemv", "matmul")), ("attention", ("flash", "fmha", "attention")),
+        ("triton", ("triton",)), ("norm", ("norm",)), ("sampling", ("topk", "sort", "radix", "scan", "cumsum", "gather")),
+        ("copy", ("copy", "cat")), ("elementwise", ("elementwise", "vectorized", "unrolled", "reduce")))
+
+
+def profile(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.device, decode: bool) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+    set_variant(variant)
+    labels = torch.arange(batch) % pipe.spec.num_classes
+    for _ in range(2):
+        pipe.generate(labels, decode=decode)
+    torch.cuda.synchronize(dev)
+    with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+        pipe.generate(labels, decode=decode)
+        torch.cuda.synchronize(dev)
+    kernels_ms: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels_ms[e.name] = kernels_ms.get(e.name, 0.0) + e.device_time / 1e3
+            counts[e.name] = counts.get(e.name, 0) + 1
+    cats: dict[str, float] = {}
+    for name, ms in kernels_ms.items():
+        low = name.lower()
+        cat = next((c for c, keys in CATS if any(k in low for k in keys)), "other")
+        cats[cat] = cats.get(cat, 0.0) + ms
+    top = sorted(kernels_ms.items(), key=lambda kv: -kv[1])[:25]
+    emit(out, {"part": "profile", "variant": variant, "batch": batch, "decode": decode,
+               "gpu_ms_total": sum(kernels_ms.values()), "by_category_ms": {k: round(v, 1) for k, v in cats.items()},
+               "top": [[n[:110], round(ms, 2), counts[n]] for n, ms in top]})
+
+
+def decode_part(out: Path, pipe: VARPipeline, batch: int, dev: torch.device) -> None:
+    spec = pipe.spec
+    f = torch.randn(batch, spec.vae.z_channels, spec.patch_nums[-1], spec.patch_nums[-1], device=dev)
+    for chunk in (16, 64):
+        ms = statistics.median(measure(lambda: pipe.decode(f, chunk=chunk), warmup=2, min_repeats=5, device=dev))
+        emit(out, {"part": "decode", "variant": "eager", "chunk": chunk, "batch": batch, "ms_p50": ms})
+    dec = pipe.vae.decoder
+    pipe.vae.decoder = torch.compile(dec)
+    t0 = time.perf_counter()
+    ms = statistics.median(measure(lambda: pipe.decode(f, chunk=16), warmup=2, min_repeats=5, device=dev))
+    emit(out, {"part": "decode", "variant": "compiled", "chunk": 16, "batch": batch, "ms_p50": ms,
+               "wall_s": time.perf_counter() - t0})
+    pipe.vae.decoder = dec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--model", default="var-d30")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--variants", default="base,epi,epi+fuse")
+    ap.add_argument("--parts", default="ceilings,timing,per_scale,profile,decode")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(a.device)
+    parts = a.parts.split(",")
+    variants = a.variants.split(",")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        emit(a.out, {"part": "device", "name": torch.cuda.get_device_name(dev), "torch": torch.__version__,
+                     "weights": "random"})
+    if "ceilings" in parts and dev.type == "cuda":
+        ceilings(a.out, dev)
+    pipe = VARPipeline.from_spec(a.model, device=dev, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    for part in parts:
+        t0 = time.perf_counter()
+        if part == "timing":
+            timing(a.out, pipe, a.batch, variants, dev)
+        elif part == "per_scale" and dev.type == "cuda":
+            for v in (variants[0], variants[-1]):
+                per_scale(a.out, pipe, a.batch, v, dev)
+        elif part == "profile" and dev.type == "cuda":
+            for v in (variants[0], variants[-1]):
+                profile(a.out, pipe, a.batch, v, dev, decode=False)
+        elif part == "decode" and dev.type == "cuda":
+            decode_part(a.out, pipe, a.batch, dev)
+        print(f"[{part}] {time.perf_counter() - t0:.0f} s", flush=True)
+    print("\nvariant    schedule graphs  ms_p50")
+    for r in ROWS:
+        if r["part"] == "timing":
+            print(f"{r['variant']:<10} {r['schedule']:<8} {str(r['graphs']):<6} {r['ms_p50']:8.1f}")
+        elif r["part"] in ("check", "decode", "ceiling"):
+            print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+if __name__ == "__main__":
+    main()
