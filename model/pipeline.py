@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from . import kernels
 from .kv_cache import KVCache
 from .sampling import sample_tokens
 from .schedule import DepthSchedule
@@ -38,6 +39,7 @@ class VARPipeline:
         self.spec, self.var, self.vae = spec, var, vae
         self.device, self.dtype, self.weights = device, dtype, weights
         self._graphed: dict[tuple, object] = {}
+        self.compiled = False
 
     # ---- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -137,8 +139,15 @@ class VARPipeline:
         """Class-conditional samples under ``schedule`` (default full depth).
 
         ``cuda_graphs`` replays per-scale CUDA graphs (small batches; captured once per schedule and batch; the
-        cache then keeps every block's buffers, i.e. the keep_skipped accounting).
+        cache then keeps every block's buffers, i.e. the keep_skipped accounting). After ``compile()`` the blocks'
+        element-wise pieces run fused (and are captured fused into the graphs).
         """
+        with kernels.use_compiled(self.compiled):
+            return self._generate(labels_B, cfg, top_k, top_p, seed, schedule, keep_skipped, k_dtype, decode,
+                                  return_logits, on_scale_end, cuda_graphs, on_scale_begin)
+
+    def _generate(self, labels_B, cfg, top_k, top_p, seed, schedule, keep_skipped, k_dtype, decode, return_logits,
+                  on_scale_end, cuda_graphs, on_scale_begin) -> GenerateOutput:
         spec, var, quant = self.spec, self.var, self.vae.quantize
         schedule = (schedule or DepthSchedule.full(spec)).validate(spec)
         labels = self._labels(labels_B)
@@ -213,11 +222,20 @@ class VARPipeline:
 
     def _graph_runner(self, schedule: DepthSchedule, batch: int, k_dtype: torch.dtype | None):
         from .cuda_graphs import GraphedScales
-        key = (schedule, batch, k_dtype, self.dtype)
+        key = (schedule, batch, k_dtype, self.dtype, self.compiled)
         if key not in self._graphed:
             self._graphed.clear()                   # one captured configuration at a time bounds the memory
             self._graphed[key] = GraphedScales(self.var, schedule, batch, self.dtype, self.device, k_dtype)
         return self._graphed[key]
+
+    def compile(self, enabled: bool = True) -> "VARPipeline":
+        """The CUDA fast path through torch.compile: fused element-wise pieces in the blocks during ``generate``
+        (eager and inside CUDA graphs) and a compiled VQ-VAE decoder. The first calls compile (tens of seconds);
+        numbers are the same function to bf16 rounding (tests/test_fast_path.py). No-op on CPU."""
+        self.compiled = bool(enabled) and self.device.type == "cuda"
+        if self.compiled:
+            self.vae.decoder.compile()
+        return self
 
     def set_decode_dtype(self, dtype: torch.dtype, channels_last: bool = False) -> "VARPipeline":
         """Run the VQ-VAE decoder in ``dtype`` (bf16 is the fast decode path), optionally channels-last."""

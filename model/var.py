@@ -292,7 +292,7 @@ class VAR(nn.Module):
     def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """Head in float32 whatever the weight dtype: greedy/top-k choices hinge on small logit gaps."""
         h = self.head_nm(h_BLC, cond_BD)
-        return F.linear(h, self.head.weight.float(), self.head.bias.float()).float()   # float32 under autocast too
+        return K.head_logits(h, self.head.weight, self.head.bias).float()   # float32 under autocast too
 
     # ---- teacher forcing --------------------------------------------------------------------------------
     def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor, schedule: DepthSchedule | None = None,

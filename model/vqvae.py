@@ -6,6 +6,7 @@ Phi_k (0.5·h + 0.5·conv3x3(h)) and added to f_hat. The VAR transformer predict
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Mapping, Sequence
 
@@ -33,6 +34,24 @@ def phi_index_map(num_scales: int, num_phi: int) -> tuple[int, ...]:
     ticks = np.linspace(1 / 3 / k, 1 - 1 / 3 / k, k) if k == 4 else np.linspace(1 / 2 / k, 1 - 1 / 2 / k, k)
     ratios = [si / (num_scales - 1) for si in range(num_scales)] if num_scales > 1 else [1.0]
     return tuple(int(np.argmin(np.abs(ticks - r))) for r in ratios)
+
+
+@functools.lru_cache(maxsize=64)
+def _bicubic_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(n_out, n_in): row j holds the weights F.interpolate(mode="bicubic", align_corners=False) gives output j,
+    border clamping included, read off by interpolating the identity basis (bicubic is linear and separable)."""
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, 1, n_in)
+    return F.interpolate(eye, size=(1, n_out), mode="bicubic").view(n_in, n_out).t().to(device, dtype).contiguous()
+
+
+def bicubic_up(x_BChw: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic upsampling as two small matmuls, A_h · x · A_wᵀ. Same function as F.interpolate (to rounding);
+    PyTorch's CUDA bicubic kernel loops over batch × channels inside each of the size² output threads (1.6 ms a
+    call at batch 64, 14 ms per d30 generation on the H100)."""
+    h, w = x_BChw.shape[-2:]
+    a_h = _bicubic_matrix(h, size, x_BChw.device, x_BChw.dtype)
+    a_w = a_h if w == h else _bicubic_matrix(w, size, x_BChw.device, x_BChw.dtype)
+    return torch.matmul(torch.matmul(a_h, x_BChw), a_w.t())
 
 
 class Phi(nn.Conv2d):
@@ -84,7 +103,7 @@ class MultiScaleQuantizer(nn.Module):
         """Bicubic (align_corners=False) to the latent size, except at the last scale."""
         if si == self.S - 1:
             return h_BChw
-        return F.interpolate(h_BChw, size=(size, size), mode="bicubic")
+        return bicubic_up(h_BChw, size)
 
     def _down(self, f_BChw: torch.Tensor, si: int) -> torch.Tensor:
         """Area (adaptive average) pooling to pn×pn, except at the last scale."""
@@ -139,7 +158,7 @@ class MultiScaleQuantizer(nn.Module):
         nexts: list[torch.Tensor] = []
         for si in range(self.S - 1):
             h_BChw = self.embed_idx(idx_list[si], self.patch_nums[si]).float()
-            f_hat = f_hat + self.phi(si)(F.interpolate(h_BChw, size=(pn_last, pn_last), mode="bicubic"))
+            f_hat = f_hat + self.phi(si)(bicubic_up(h_BChw, pn_last))
             pn_next = self.patch_nums[si + 1]
             nxt_BCl = F.interpolate(f_hat, size=(pn_next, pn_next), mode="area").view(B, self.Cvae, -1)
             nexts.append(nxt_BCl.transpose(1, 2))

@@ -2,10 +2,12 @@
 two ceilings (a large bf16 matmul, a device copy), a kernel-time breakdown and per-scale times.
 
 Variants (each eager and with per-scale CUDA graphs, full depth and VARiant-d2 switch 6):
-  base       bias+GELU as two kernels, element-wise pieces eager
-  epi        fc1 through cuBLASLt's bias+GELU epilogue (``K.linear_gelu``, the CUDA default)
-  epi+fuse   epi, and the element-wise pieces fused by torch.compile (``kernels.enable_compiled``)
-Checks per variant: teacher-forcing logits against base (relative error, top-1 agreement) on identical weights.
+  prev       the previous session's path: bias+GELU as two kernels, float32 head matmul, F.interpolate bicubic
+  epi        the current eager default: fc1 through cuBLASLt's bias+GELU epilogue (``K.linear_gelu``), the head as
+             one bf16 matmul over [h_hi | h_lo] with float32 output (``K.head_logits``), bicubic as two matmuls
+  epi+fuse   epi after ``pipe.compile()``: element-wise pieces fused by torch.compile (automatic dynamic shapes)
+Checks per variant: teacher-forcing logits against the first variant (relative error, top-1 agreement) on
+identical weights.
 
 Usage: PYTHONPATH=. python3 scripts/speed_probe.py OUT [--model var-d30] [--batch 64] [--parts ...]
 (``--model var-tiny --device cpu --parts timing`` is the CPU smoke test.)
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import kernels  # noqa: E402
+from model import kernels, vqvae  # noqa: E402
 from model import spec as specs  # noqa: E402
 from model.pipeline import VARPipeline  # noqa: E402
 from model.schedule import DepthSchedule  # noqa: E402
@@ -43,9 +45,23 @@ def unfused_linear_gelu(x, w, b):
     return kernels.gelu_tanh(F.linear(x, w, b))
 
 
-def set_variant(name: str) -> None:
-    kernels.enable_compiled("fuse" in name)
-    kernels.K.linear_gelu = kernels.linear_gelu if "epi" in name else unfused_linear_gelu
+def fp32_head(h, w, b):
+    return F.linear(h.float(), w.float(), b.float())
+
+
+def interpolate_bicubic(x, size):
+    return F.interpolate(x, size=(size, size), mode="bicubic")
+
+
+BICUBIC_UP = vqvae.bicubic_up
+
+
+def set_variant(pipe: VARPipeline, name: str) -> None:
+    new = "epi" in name
+    pipe.compiled = "fuse" in name and pipe.device.type == "cuda"
+    kernels.K.linear_gelu = kernels.linear_gelu if new else unfused_linear_gelu
+    kernels.K.head_logits = kernels.head_logits if new else fp32_head
+    vqvae.bicubic_up = BICUBIC_UP if new else interpolate_bicubic
 
 
 def ceilings(out: Path, dev: torch.device) -> None:
@@ -54,6 +70,15 @@ def ceilings(out: Path, dev: torch.device) -> None:
     ms = statistics.median(measure(lambda: F.linear(a, w), warmup=3, min_repeats=20, device=dev))
     emit(out, {"part": "ceiling", "what": "bf16 matmul 32768x1920x7680", "ms": ms,
                "tflops": 2 * 32768 * 1920 * 7680 / ms / 1e9})
+    h = torch.randn(16384, 1920, device=dev)
+    wh = (torch.randn(4096, 1920, device=dev) * 0.02).bfloat16()
+    bh = torch.zeros(4096, device=dev, dtype=torch.bfloat16)
+    ref = F.linear(h.double(), wh.double())
+    for name, fn in (("split bf16 head", kernels.head_logits), ("fp32 head", fp32_head)):
+        got = fn(h, wh, bh)
+        ms = statistics.median(measure(lambda: fn(h, wh, bh), warmup=3, min_repeats=20, device=dev))
+        emit(out, {"part": "ceiling", "what": name + " 16384x1920x4096", "ms": ms,
+                   "rel_err_vs_fp64": float((got.double() - ref).norm() / ref.norm()), "split_ok": kernels._SPLIT_HEAD_OK[0]})
     x = torch.randn(1 << 28, device=dev)
     y = torch.empty_like(x)
     ms = statistics.median(measure(lambda: y.copy_(x), warmup=3, min_repeats=20, device=dev))
@@ -69,7 +94,7 @@ def timing(out: Path, pipe: VARPipeline, batch: int, variants: list[str], dev: t
     idx = [torch.randint(0, spec.vae.vocab_size, (4, pn * pn), generator=g) for pn in spec.patch_nums]
     ref = None
     for v in variants:
-        set_variant(v)
+        set_variant(pipe, v)
         t0 = time.perf_counter()
         tf = pipe.teacher_forcing(torch.arange(4), idx).float()
         if ref is None:
@@ -97,7 +122,7 @@ def timing(out: Path, pipe: VARPipeline, batch: int, variants: list[str], dev: t
 
 def per_scale(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.device) -> None:
     """GPU time of each scale (blocks + head + sampling + next input), graphs on, for d30 and d2."""
-    set_variant(variant)
+    set_variant(pipe, variant)
     spec = pipe.spec
     labels = torch.arange(batch) % spec.num_classes
     for sname, sched in (("d%d" % spec.depth, DepthSchedule.full(spec)),
@@ -124,7 +149,7 @@ CATS = (("gemm", ("gemm", "sm90", "cutlass", "nvjet", "gemv", "matmul")), ("atte
 def profile(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.device, decode: bool) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
-    set_variant(variant)
+    set_variant(pipe, variant)
     labels = torch.arange(batch) % pipe.spec.num_classes
     for _ in range(2):
         pipe.generate(labels, decode=decode)
@@ -155,13 +180,11 @@ def decode_part(out: Path, pipe: VARPipeline, batch: int, dev: torch.device) -> 
     for chunk in (16, 64):
         ms = statistics.median(measure(lambda: pipe.decode(f, chunk=chunk), warmup=2, min_repeats=5, device=dev))
         emit(out, {"part": "decode", "variant": "eager", "chunk": chunk, "batch": batch, "ms_p50": ms})
-    dec = pipe.vae.decoder
-    pipe.vae.decoder = torch.compile(dec)
+    pipe.compile()
     t0 = time.perf_counter()
     ms = statistics.median(measure(lambda: pipe.decode(f, chunk=16), warmup=2, min_repeats=5, device=dev))
     emit(out, {"part": "decode", "variant": "compiled", "chunk": 16, "batch": batch, "ms_p50": ms,
                "wall_s": time.perf_counter() - t0})
-    pipe.vae.decoder = dec
 
 
 def main() -> None:
@@ -170,7 +193,7 @@ def main() -> None:
     ap.add_argument("--model", default="var-d30")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--variants", default="base,epi,epi+fuse")
+    ap.add_argument("--variants", default="prev,epi,epi+fuse")
     ap.add_argument("--parts", default="ceilings,timing,per_scale,profile,decode")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
