@@ -25,15 +25,23 @@ def gated_residual(x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma_B1C: torch.Te
     return torch.addcmul(x_BLC, h_BLC, gamma_B1C)
 
 
+def residual_ln_modulate(x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma_B1C: torch.Tensor, scale_B1C: torch.Tensor,
+                         shift_B1C: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x' = x + γ·h and the next sub-layer's input AdaLN(x'): compiled, one pass reads x once instead of twice."""
+    x_BLC = gated_residual(x_BLC, h_BLC, gamma_B1C)
+    return x_BLC, ln_modulate(x_BLC, scale_B1C, shift_B1C, eps, out_dtype)
+
+
 def unit_norm(x: torch.Tensor) -> torch.Tensor:
     """x / ||x|| over the last dim (F.normalize, eps 1e-12) as one fused RMS-norm kernel: rms_norm(x)/sqrt(c)."""
     c = x.shape[-1]
     return F.rms_norm(x, (c,), eps=1e-24 / c).mul_(1.0 / math.sqrt(c))
 
 
-def qk_norm(q_BHLc: torch.Tensor, k_BHLc: torch.Tensor, mul_1H11: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine attention inputs: unit q times the clamped per-head scale, unit k."""
-    return unit_norm(q_BHLc).mul(mul_1H11), unit_norm(k_BHLc)
+def qk_norm(q: torch.Tensor, k: torch.Tensor, mul: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine attention inputs: unit q times the clamped per-head scale (``mul`` broadcast to q's layout), unit k."""
+    return unit_norm(q).mul(mul), unit_norm(k)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -74,12 +82,14 @@ def head_logits(h_BLC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
 _SPLIT_HEAD_OK = [True]
 
 
-EAGER = {"ln_modulate": ln_modulate, "gated_residual": gated_residual, "qk_norm": qk_norm, "gelu_tanh": gelu_tanh}
+EAGER = {"ln_modulate": ln_modulate, "gated_residual": gated_residual, "qk_norm": qk_norm, "gelu_tanh": gelu_tanh,
+         "residual_ln_modulate": residual_ln_modulate}
 
 
 class Kernels:
     ln_modulate = staticmethod(ln_modulate)
     gated_residual = staticmethod(gated_residual)
+    residual_ln_modulate = staticmethod(residual_ln_modulate)
     qk_norm = staticmethod(qk_norm)
     gelu_tanh = staticmethod(gelu_tanh)
     linear_gelu = staticmethod(linear_gelu)

@@ -233,7 +233,8 @@ class VARPipeline:
         (eager and inside CUDA graphs) and a compiled VQ-VAE decoder. The first calls compile (tens of seconds);
         numbers are the same function to bf16 rounding (tests/test_fast_path.py). No-op on CPU."""
         self.compiled = bool(enabled) and self.device.type == "cuda"
-        if self.compiled:
+        if self.compiled:       # compiled, channels-last is the faster decoder (H100 d30 b64: 97 -> 90 ms; eager 154)
+            self.set_decode_dtype(self.vae.decoder.conv_in.weight.dtype, channels_last=True)
             self.vae.decoder.compile()
         return self
 

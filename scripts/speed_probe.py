@@ -6,6 +6,7 @@ Variants (each eager and with per-scale CUDA graphs, full depth and VARiant-d2 s
   epi        the current eager default: fc1 through cuBLASLt's bias+GELU epilogue (``K.linear_gelu``), the head as
              one bf16 matmul over [h_hi | h_lo] with float32 output (``K.head_logits``), bicubic as two matmuls
   epi+fuse   epi after ``pipe.compile()``: element-wise pieces fused by torch.compile (automatic dynamic shapes)
+  +flash     the same with SDPA restricted to the FlashAttention-2 backend (default: cuDNN on the H100)
 Checks per variant: teacher-forcing logits against the first variant (relative error, top-1 agreement) on
 identical weights.
 
@@ -15,6 +16,7 @@ Usage: PYTHONPATH=. python3 scripts/speed_probe.py OUT [--model var-d30] [--batc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -54,6 +56,13 @@ def interpolate_bicubic(x, size):
 
 
 BICUBIC_UP = vqvae.bicubic_up
+
+
+def sdpa_backend(variant: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if "flash" in variant:
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    return contextlib.nullcontext()
 
 
 def set_variant(pipe: VARPipeline, name: str) -> None:
@@ -111,7 +120,8 @@ def timing(out: Path, pipe: VARPipeline, batch: int, variants: list[str], dev: t
                 t0 = time.perf_counter()
 
                 def gen():
-                    pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=graphs)
+                    with sdpa_backend(v):
+                        pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=graphs)
 
                 samples = measure(gen, warmup=2, min_repeats=5, device=dev)
                 emit(out, {"part": "timing", "variant": v, "schedule": sname, "graphs": graphs, "batch": batch,
@@ -181,10 +191,15 @@ def decode_part(out: Path, pipe: VARPipeline, batch: int, dev: torch.device) -> 
         ms = statistics.median(measure(lambda: pipe.decode(f, chunk=chunk), warmup=2, min_repeats=5, device=dev))
         emit(out, {"part": "decode", "variant": "eager", "chunk": chunk, "batch": batch, "ms_p50": ms})
     pipe.compile()
-    t0 = time.perf_counter()
-    ms = statistics.median(measure(lambda: pipe.decode(f, chunk=16), warmup=2, min_repeats=5, device=dev))
-    emit(out, {"part": "decode", "variant": "compiled", "chunk": 16, "batch": batch, "ms_p50": ms,
-               "wall_s": time.perf_counter() - t0})
+    for variant in ("compiled", "compiled+channels_last"):
+        if "channels_last" in variant:
+            pipe.set_decode_dtype(torch.bfloat16, channels_last=True)
+        t0 = time.perf_counter()
+        for chunk in (16, 64):
+            ms = statistics.median(measure(lambda: pipe.decode(f, chunk=chunk), warmup=2, min_repeats=5, device=dev))
+            emit(out, {"part": "decode", "variant": variant, "chunk": chunk, "batch": batch, "ms_p50": ms,
+                       "wall_s": time.perf_counter() - t0})
+    pipe.set_decode_dtype(torch.bfloat16)
 
 
 def main() -> None:

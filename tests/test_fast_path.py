@@ -101,3 +101,78 @@ def test_chunked_mlp_is_exact(monkeypatch):
     assert torch.allclose(chunked, whole, rtol=1e-6, atol=1e-6)      # GEMM blocking may differ per row count
     with torch.enable_grad():                                   # training never chunks (autograd keeps it simple)
         assert ffn(x).requires_grad
+
+
+# ---- the fused pieces of the 2026-11-25 speed work: the same function as the plain ops ------------------------------
+
+@pytest.mark.parametrize("n,size", [(1, 16), (2, 16), (3, 16), (5, 16), (10, 16), (13, 16), (4, 7), (6, 6)])
+def test_bicubic_matmuls_equal_interpolate(n, size):
+    from model.vqvae import bicubic_up
+    x = torch.randn(3, 5, n, n)
+    want = F.interpolate(x, size=(size, size), mode="bicubic")
+    assert torch.allclose(bicubic_up(x, size), want, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_ln_modulate_equals_two_steps():
+    x, h = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    g, s, b = torch.randn(2, 1, 32), torch.randn(2, 1, 32), torch.randn(2, 1, 32)
+    x2, y = kernels.residual_ln_modulate(x, h, g, s, b, 1e-6, torch.bfloat16)
+    want_x = x + g * h
+    assert torch.allclose(x2, want_x, atol=1e-6)
+    assert y.dtype == torch.bfloat16
+    want_y = F.layer_norm(want_x, (32,), eps=1e-6) * (1 + s) + b
+    assert torch.allclose(y.float(), want_y, rtol=1e-2, atol=1e-2)
+
+
+def test_cpu_fallbacks_of_cuda_fused_ops():
+    """On CPU (and with autograd) the epilogue GELU and the split head take the plain path: tanh GELU (the CPU
+    fused op would use erf) and a float32 head."""
+    x, w, b = torch.randn(6, 16), torch.randn(24, 16), torch.randn(24)
+    assert torch.allclose(kernels.linear_gelu(x, w, b), F.gelu(F.linear(x, w, b), approximate="tanh"), atol=1e-6)
+    wb, bb = w.bfloat16(), b.bfloat16()
+    assert torch.allclose(kernels.head_logits(x, wb, bb), F.linear(x, wb.float(), bb.float()), atol=1e-6)
+
+
+def test_compile_is_a_noop_on_cpu():
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    assert p.compile().compiled is False
+
+
+def test_use_compiled_restores_the_eager_pieces():
+    before = {n: getattr(kernels.K, n) for n in kernels.EAGER}
+    with kernels.use_compiled(False):
+        assert all(getattr(kernels.K, n) is f for n, f in before.items())
+    assert all(getattr(kernels.K, n) is f for n, f in before.items())
+
+
+@pytest.mark.gpu
+def test_split_head_matches_float32_head():
+    h = torch.randn(300, 128, device="cuda") * 3
+    w = (torch.randn(512, 128, device="cuda") * 0.05).bfloat16()
+    b = torch.randn(512, device="cuda").bfloat16()
+    ref = F.linear(h.double(), w.double(), b.double())
+    with torch.no_grad():
+        got = kernels.head_logits(h, w, b)
+    assert got.dtype == torch.float32 and rel_err(got.double(), ref) <= 1e-5
+
+
+@pytest.mark.gpu
+def test_epilogue_gelu_is_the_tanh_form():
+    x = torch.randn(64, 128, device="cuda").bfloat16()
+    w, b = (torch.randn(256, 128, device="cuda") * 0.1).bfloat16(), torch.randn(256, device="cuda").bfloat16()
+    with torch.no_grad():
+        got = kernels.linear_gelu(x, w, b).float()
+    pre = F.linear(x.float(), w.float(), b.float())
+    assert rel_err(got, F.gelu(pre, approximate="tanh")) <= 1e-2
+    assert rel_err(got, F.gelu(pre, approximate="tanh")) < rel_err(got, F.gelu(pre))
+
+
+@pytest.mark.gpu
+def test_compiled_pipeline_generates_the_same_tokens():
+    p = VARPipeline.from_spec(SPEC, device="cuda", seed=0, dtype=torch.bfloat16)
+    a = p.generate([1, 2, 3], seed=0, top_k=1, decode=False, return_logits=True)
+    p.compile()
+    for graphs in (False, True):
+        b = p.generate([1, 2, 3], seed=0, top_k=1, decode=False, return_logits=True, cuda_graphs=graphs)
+        agree = torch.cat([(x == y).float().flatten() for x, y in zip(a.indices, b.indices)]).mean()
+        assert agree >= 0.99 and rel_err(torch.cat(b.logits, 1), torch.cat(a.logits, 1)) <= 2e-2

@@ -1,6 +1,7 @@
 """Sweep: isolated workers, complete rows, resume, fault containment (OOM, SIGKILL); timing rules; CLI bad input."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -173,3 +174,16 @@ def test_cli_unwritable_out(tmp_path):
     res = CliRunner().invoke(app, ["sweep", "--model", "var-tiny", "--switch", "2", "--device", "cpu",
                                    "--out", str(blocker / "d")])
     assert res.exit_code == 2 and "--out" in res.output and "Traceback" not in res.output
+
+
+def test_compile_is_a_key_field_and_old_rows_resume(tmp_path):
+    """--compile is part of a point's identity; rows written before the field existed count as compile=False."""
+    cfg = SweepConfig(**{**TINY, "depths": [2], "batches": [1], "repeats": 1, "compile": True})
+    rows = run_sweep(cfg, tmp_path, progress=False)
+    assert rows[0]["status"] == "ok" and rows[0]["compile"] is True
+    old = {k: v for k, v in rows[0].items() if k != "compile"}          # a pre-compile row: plain point now
+    (tmp_path / "sweep.jsonl").write_text(json.dumps(old) + "\n")
+    seen = []
+    run_sweep(SweepConfig(**{**TINY, "depths": [2], "batches": [1], "repeats": 1}), tmp_path,
+              progress=lambda ev, i, n, obj: seen.append(ev))
+    assert seen[0] == "skip"

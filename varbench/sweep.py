@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 ROWS_FILE = "sweep.jsonl"
 RESULT_MARK = "VARBENCH_RESULT "
 KEY_FIELDS = ("model", "weights", "depth", "switch", "select", "batch", "dtype", "device", "keep_skipped",
-              "cuda_graphs")
+              "cuda_graphs", "compile")
+KEY_DEFAULTS = {"cuda_graphs": False, "compile": False}     # key fields rows written before they existed lack
 DONE_STATUSES = ("ok", "oom")
 MEASURED_FIELDS = ("n", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
                    "decode_ms_p50", "latency_incl_decode_ms_p50", "images_per_s", "scale_ms_p50", "kv_bytes",
@@ -68,6 +69,7 @@ class SweepConfig:
     timeout_s: float | None = None      # per point; None = no limit
     nvml_pass: bool = True              # one extra pass with the NVML sampler (GPU only)
     cuda_graphs: bool = False           # generate(cuda_graphs=True): per-scale graph replay (keeps every KV buffer)
+    compile: bool = False               # pipe.compile(): fused element-wise kernels + compiled decoder (CUDA)
     devices: list[str] | None = None    # GPU ids, one concurrent worker each (CUDA_VISIBLE_DEVICES); None = one
     threads: int | None = None          # torch intra-op CPU threads per worker; None = torch's default (all cores)
 
@@ -123,6 +125,7 @@ def expand_grid(cfg: SweepConfig, weights: Weights) -> list[dict[str, Any]]:
                     "model": cfg.model, "weights": weights.label, "depth": int(depth), "switch": int(switch),
                     "select": cfg.select, "batch": int(batch), "dtype": cfg.dtype, "device": cfg.device,
                     "keep_skipped": bool(cfg.keep_skipped), "cuda_graphs": bool(cfg.cuda_graphs),
+                    "compile": bool(cfg.compile),
                     "var_path": weights.var_path, "vae_path": weights.vae_path,
                     "repeats": cfg.repeats, "min_seconds": cfg.min_seconds, "warmup": cfg.warmup,
                     "cfg": cfg.cfg, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
@@ -227,7 +230,7 @@ def _latest_by_key(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     latest: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         if r.get("kind", "sweep") == "sweep":
-            latest[results.row_key({"cuda_graphs": False, **r}, KEY_FIELDS)] = r
+            latest[results.row_key({**KEY_DEFAULTS, **r}, KEY_FIELDS)] = r
     return latest
 
 

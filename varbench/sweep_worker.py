@@ -117,6 +117,8 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     gen_kw = dict(labels_B=labels, cfg=point["cfg"], top_k=point["top_k"], top_p=point["top_p"],
                   seed=point["seed"], schedule=schedule, keep_skipped=point["keep_skipped"], decode=False)
     graphs = bool(point.get("cuda_graphs")) and cuda
+    if point.get("compile") and cuda:
+        pipe.compile()                    # compiles during the warm-up generation(s), which are not timed
     if graphs:
         gen_kw["cuda_graphs"] = True      # the graphed cache keeps every block's buffers (keep_skipped accounting)
     if cuda:

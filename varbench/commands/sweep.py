@@ -75,6 +75,9 @@ def sweep(
                                                "(the paper's accounting).")] = False,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Replay per-scale CUDA graphs (GPU; "
                                               "keeps every block's KV buffers).")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the fast path (GPU): fused "
+                                          "element-wise kernels in the blocks (inside the graphs with "
+                                          "--cuda-graphs) and the VQ-VAE decoder; compiles during warm-up.")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per worker "
                                                    "(torch.set_num_threads; default: torch's own).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="GPU ids to spread points over, one "
@@ -122,7 +125,8 @@ def sweep(
     cfg = SweepConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depths=ds,
                       batches=bs, switches=sws, select=sel, dtype=dtype.strip().lower(), device=dev,
                       repeats=repeats, min_seconds=min_seconds, warmup=warmup, keep_skipped=keep_skipped,
-                      timeout_s=timeout, cuda_graphs=cuda_graphs, threads=threads, devices=gpus)
+                      timeout_s=timeout, cuda_graphs=cuda_graphs, compile=compile, threads=threads,
+                      devices=gpus)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         task = bar.add_task(f"sweep {s.name}", total=len(ds) * len(bs) * len(sws))
