@@ -39,9 +39,9 @@ def unit_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (c,), eps=1e-24 / c).mul_(1.0 / math.sqrt(c))
 
 
-def qk_norm(q: torch.Tensor, k: torch.Tensor, mul: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine attention inputs: unit q times the clamped per-head scale (``mul`` broadcast to q's layout), unit k."""
-    return unit_norm(q).mul(mul), unit_norm(k)
+def qk_norm(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine attention inputs from the qkv rows: unit q times the clamped per-head scale, unit k; (rows, H, c)."""
+    return unit_norm(qkv_R3Hc[:, 0]).mul(mul_1H1), unit_norm(qkv_R3Hc[:, 1])
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

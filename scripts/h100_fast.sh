@@ -2,7 +2,7 @@
 # One device call (nvidia-h100-x1) for the issue-9 fast path: the A/B probe (eager default vs compiled, each eager
 # and with CUDA graphs), the graphs+compile sweep (d30, VARiant-d2 x batch 1/16/64, decode included), and the
 # largest batch. Results are packed into $OUT/results.tgz after every step.
-# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh
+# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second]
 set -u
 export PYTHONPATH=. HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -10,10 +10,18 @@ echo "commit: ${VARBENCH_GIT_COMMIT:-unknown}"
 O=/tmp/o; mkdir -p $O
 pack() { tar czf $OUT/results.tgz.tmp -C $O . 2>/dev/null && mv $OUT/results.tgz.tmp $OUT/results.tgz; }
 ( while sleep 20; do pack; done ) & PACKER=$!; disown $PACKER
-timeout 170 python3 scripts/speed_probe.py $O/probe --variants epi,epi+fuse --parts ceilings,timing,per_scale,profile \
-  2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -14; pack
-timeout 260 python3 scripts/h100_bench.py $O fast 2>&1 | grep -v -i warn | tail -3; pack
-timeout 130 python3 scripts/h100_bench.py $O maxbatch 2>&1 | grep -v -i warn | tail -2; pack
+if [ "${1:-first}" = first ]; then
+  timeout 170 python3 scripts/speed_probe.py $O/probe --variants epi,epi+fuse --parts ceilings,timing,per_scale,profile \
+    2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -14; pack
+  timeout 260 python3 scripts/h100_bench.py $O fast 2>&1 | grep -v -i warn | tail -3; pack
+  timeout 130 python3 scripts/h100_bench.py $O maxbatch 2>&1 | grep -v -i warn | tail -2; pack
+else   # "second": after the q/k-norm input change, the same measurements and the largest batch again
+  timeout 110 python3 scripts/speed_probe.py $O/probe --variants epi+fuse --parts timing,per_scale,profile \
+    2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -8; pack
+  timeout 230 python3 scripts/h100_bench.py $O fast 2>&1 | grep -v -i warn | tail -3; pack
+  timeout 110 python3 scripts/h100_bench.py $O maxbatch_x 2>&1 | grep -v -i warn | tail -2; pack
+  timeout 80 python3 scripts/h100_bench.py $O fast_eager 2>&1 | grep -v -i warn | tail -2; pack
+fi
 kill $PACKER 2>/dev/null; pack
 python3 - <<'PY'
 import json, glob
