@@ -120,6 +120,18 @@ def test_pareto_figure_front_matches_hand_example():
     assert list(front.x) == [1.0, 2.0, 2.0, 4.0, 4.0] and list(front.y) == [0.9, 0.9, 0.5, 0.5, 0.1]
 
 
+def test_pareto_fronts_are_per_execution_path():
+    """Eager and graphs+compile rows of the same model/batch are different systems: one front each."""
+    sweep = [{"model": "m", "depth": d, "switch": 2, "batch": 1, "status": "ok", "latency_ms_p50": lat,
+              "cuda_graphs": fast, "compile": fast}
+             for d, lat, fast in ((2, 1.0, False), (4, 2.0, False), (2, 0.5, True), (4, 0.8, True))]
+    sens = [{"model": "m", "mode": "from", "scale": 2, "depth": d, "metric": "kl", "value": v}
+            for d, v in ((2, 0.9), (4, 0.1))]
+    fig = dict(pareto_figures(sweep, sens))["Quality vs latency"]
+    fronts = sorted(t.name for t in fig.data if (t.name or "").startswith("Pareto front"))
+    assert len(fronts) == 2 and any("graphs+compile" in n for n in fronts) and any("eager" in n for n in fronts)
+
+
 def test_cli_report_and_bad_input(tmp_path):
     res_dir = write_results(tmp_path / "res")
     res = CliRunner().invoke(app, ["report", str(res_dir), "-o", str(tmp_path / "x.html")])

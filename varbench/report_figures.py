@@ -97,12 +97,19 @@ def sweep_points(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Ma
 def _hover(p: Mapping[str, Any], metric: str | None) -> str:
     keys = ("model", "weights", "depth", "switch", "select", "batch", "dtype", "device", "layers")
     lines = [f"{k}: {esc(p.get(k))}" for k in keys if p.get(k) is not None]
+    lines.append(f"path: {_path_label(p)}")
     lines += [f"latency p50: {p['latency_ms']:.3f} ms" if p.get("latency_ms") is not None else "",
               f"throughput: {p['throughput']:.2f} img/s" if p.get("throughput") is not None else "",
               f"KV: {p['kv_mib']:.3f} MiB" if p.get("kv_mib") is not None else "",
               f"peak: {p['peak_mib']:.3f} MiB" if p.get("peak_mib") is not None else "",
               f"{esc(metric)}: {p['quality']:.4g}" if metric and p.get("quality") is not None else ""]
     return "<br>".join(s for s in lines if s)
+
+
+def _path_label(p: Mapping[str, Any]) -> str:
+    """How a sweep point was run: eager, CUDA graphs and/or compiled (older rows lack the fields: eager)."""
+    parts = [name for name, key in (("graphs", "cuda_graphs"), ("compile", "compile")) if p.get(key)]
+    return "+".join(parts) or "eager"
 
 
 def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_label: str, y_higher: bool,
@@ -117,7 +124,7 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_la
     sym_vals = sorted({p.get(sym_key) for p in points}, key=str)
     groups = defaultdict(list)
     for p in points:
-        groups[(p.get("model"), p.get("batch"), p.get("dtype"), p.get("device"))].append(p)
+        groups[(p.get("model"), p.get("batch"), p.get("dtype"), p.get("device"), _path_label(p))].append(p)
     multi = len(groups) > 1
 
     def xy_for(opt: str) -> tuple[list[list], list[list]]:
