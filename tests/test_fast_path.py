@@ -153,26 +153,34 @@ def test_split_head_matches_float32_head():
     ref = F.linear(h.double(), w.double(), b.double())
     with torch.no_grad():
         got = kernels.head_logits(h, w, b)
-    assert got.dtype == torch.float32 and rel_err(got.double(), ref) <= 1e-5
+    # h = hi + lo to ~2^-17 relative: ~5e-6 expected; a bf16 head would be ~2e-3
+    assert got.dtype == torch.float32 and rel_err(got.double(), ref) <= 2e-5
 
 
 @pytest.mark.gpu
 def test_epilogue_gelu_is_the_tanh_form():
+    """Pre-activations near -3, where the tanh and erf forms differ by ~10% and bf16 rounds by ~0.4%."""
     x = torch.randn(64, 128, device="cuda").bfloat16()
-    w, b = (torch.randn(256, 128, device="cuda") * 0.1).bfloat16(), torch.randn(256, device="cuda").bfloat16()
+    w = (torch.randn(256, 128, device="cuda") * 0.01).bfloat16()
+    b = torch.full((256,), -3.0, device="cuda").bfloat16()
     with torch.no_grad():
         got = kernels.linear_gelu(x, w, b).float()
     pre = F.linear(x.float(), w.float(), b.float())
-    assert rel_err(got, F.gelu(pre, approximate="tanh")) <= 1e-2
-    assert rel_err(got, F.gelu(pre, approximate="tanh")) < rel_err(got, F.gelu(pre))
+    assert rel_err(got, F.gelu(pre, approximate="tanh")) <= 2e-2
+    assert rel_err(got, F.gelu(pre)) >= 5e-2
 
 
 @pytest.mark.gpu
-def test_compiled_pipeline_generates_the_same_tokens():
-    p = VARPipeline.from_spec(SPEC, device="cuda", seed=0, dtype=torch.bfloat16)
-    a = p.generate([1, 2, 3], seed=0, top_k=1, decode=False, return_logits=True)
-    p.compile()
+def test_compiled_pipeline_computes_the_same_function():
+    """pipe.compile(), eager and inside CUDA graphs: the logits of a generation equal the plain bf16 path's
+    teacher-forcing logits on the same tokens (no cascade of flipped tokens to blur the comparison)."""
+    p = VARPipeline.from_spec(SPEC, device="cuda", seed=0, dtype=torch.bfloat16).compile()
+    labels = list(range(8))
     for graphs in (False, True):
-        b = p.generate([1, 2, 3], seed=0, top_k=1, decode=False, return_logits=True, cuda_graphs=graphs)
-        agree = torch.cat([(x == y).float().flatten() for x, y in zip(a.indices, b.indices)]).mean()
-        assert agree >= 0.99 and rel_err(torch.cat(b.logits, 1), torch.cat(a.logits, 1)) <= 2e-2
+        out = p.generate(labels, seed=0, decode=False, return_logits=True, cuda_graphs=graphs)
+        p.compiled = False
+        ref = p.teacher_forcing(labels, out.indices)
+        p.compiled = True
+        got = torch.cat(out.logits, 1)
+        assert rel_err(got, ref) <= 2e-2
+        assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.99

@@ -38,7 +38,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name", ["ci", "quick", "paper", "sensitivity"])
+@pytest.mark.parametrize("name", ["ci", "quick", "paper", "sensitivity", "fast"])
 def test_shipped_suites_load(name):
     s = load_suite(SUITES / f"{name}.toml")
     assert s.name == name
@@ -49,6 +49,13 @@ def test_paper_suite_is_the_paper_protocol():
     assert s.model["name"] == "var-d30"
     assert s.sweep["batches"] == [64] and s.sweep["switches"] == [6]
     assert s.sweep["depths"] == [2, 8, 16, 30] and s.sweep["dtype"] == "fp16"
+
+
+def test_fast_suite_is_the_readme_fast_path():
+    from varbench.sweep import SweepConfig
+    s = load_suite(SUITES / "fast.toml")
+    sw = build_config(SweepConfig, {**s._model_fields(), **s.sweep}, s.path, "sweep")   # no GPU needed here
+    assert sw.cuda_graphs and sw.compile and list(sw.depths) == [2, 30] and list(sw.batches) == [1, 16, 64]
 
 
 def test_ci_suite_maps_onto_library_configs():
