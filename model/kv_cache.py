@@ -27,12 +27,26 @@ def segment_ends(spec: VARSpec, schedule: DepthSchedule, keep_skipped: bool) -> 
     return sorted(releases | {S - 1})
 
 
+KV_LAYOUTS = ("head", "token")
+KV_LAYOUT = "head"      # the default memory layout of new caches (see KVCache)
+
+
 class KVCache:
-    """Per-block K/V buffers of shape (rows, H, capacity, head_dim); rows = 2·batch with CFG."""
+    """Per-block K/V buffers seen as (rows, H, capacity, head_dim); rows = 2·batch with CFG.
+
+    ``layout`` is the memory behind that view. "head" (the default) is that shape, contiguous. "token" is
+    (rows, capacity, H, head_dim) memory, transposed: then an append is one contiguous block per row, where the
+    (B, H, l, c) views of the projections otherwise need a strided copy (32 ms of a d30 batch-64 generation on the
+    H100, ~2.4x what its bytes need). Attention reads FlashAttention's native layout. It is an option, not the
+    default, because its speed has not been measured on a GPU yet (docs/speed_notes.md, session 3).
+    """
 
     def __init__(self, spec: VARSpec, schedule: DepthSchedule, batch: int, dtype: torch.dtype,
                  device: torch.device | str, keep_skipped: bool = False, k_dtype: torch.dtype | None = None,
-                 cfg: bool = True):
+                 cfg: bool = True, layout: str | None = None):
+        self.layout = layout or KV_LAYOUT
+        if self.layout not in KV_LAYOUTS:
+            raise ValueError(f"KV layout {self.layout!r} is not one of {', '.join(KV_LAYOUTS)}")
         self.spec, self.schedule = spec, schedule.validate(spec)
         self.rows = batch * (2 if cfg else 1)
         self.dtype, self.k_dtype = dtype, (k_dtype or dtype)
@@ -73,9 +87,7 @@ class KVCache:
         have = 0 if old_k is None else old_k.shape[2]
         if cap <= have:
             return
-        shape = (self.rows, self.spec.heads, cap, self.spec.head_dim)
-        new_k = torch.empty(shape, dtype=self.k_dtype, device=self.device)
-        new_v = torch.empty(shape, dtype=self.dtype, device=self.device)
+        new_k, new_v = self._empty(cap, self.k_dtype), self._empty(cap, self.dtype)
         n = self.filled[b]
         if old_k is not None and n:
             new_k[:, :, :n].copy_(old_k[:, :, :n])
@@ -83,6 +95,12 @@ class KVCache:
         self.k[b] = self.v[b] = None
         del old_k, old_v
         self.k[b], self.v[b] = new_k, new_v
+
+    def _empty(self, cap: int, dtype: torch.dtype) -> torch.Tensor:
+        H, c = self.spec.heads, self.spec.head_dim
+        if self.layout == "token":
+            return torch.empty((self.rows, cap, H, c), dtype=dtype, device=self.device).transpose(1, 2)
+        return torch.empty((self.rows, H, cap, c), dtype=dtype, device=self.device)
 
     # ---- use ---------------------------------------------------------------------------------------------
     def append(self, b: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

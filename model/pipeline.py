@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from . import kernels
+from . import kernels, kv_cache
 from .kv_cache import KVCache
 from .sampling import sample_tokens
 from .schedule import DepthSchedule
@@ -222,7 +222,7 @@ class VARPipeline:
 
     def _graph_runner(self, schedule: DepthSchedule, batch: int, k_dtype: torch.dtype | None):
         from .cuda_graphs import GraphedScales
-        key = (schedule, batch, k_dtype, self.dtype, self.compiled)
+        key = (schedule, batch, k_dtype, self.dtype, self.compiled, kv_cache.KV_LAYOUT)
         if key not in self._graphed:
             self._graphed.clear()                   # one captured configuration at a time bounds the memory
             self._graphed[key] = GraphedScales(self.var, schedule, batch, self.dtype, self.device, k_dtype)

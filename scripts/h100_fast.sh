@@ -2,7 +2,7 @@
 # One device call (nvidia-h100-x1) for the issue-9 fast path: the A/B probe (eager default vs compiled, each eager
 # and with CUDA graphs), the graphs+compile sweep (d30, VARiant-d2 x batch 1/16/64, decode included), and the
 # largest batch. Results are packed into $OUT/results.tgz after every step.
-# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second]
+# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second|third]
 set -u
 export PYTHONPATH=. HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -15,6 +15,9 @@ if [ "${1:-first}" = first ]; then
     2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -14; pack
   timeout 260 python3 scripts/h100_bench.py $O fast 2>&1 | grep -v -i warn | tail -3; pack
   timeout 130 python3 scripts/h100_bench.py $O maxbatch 2>&1 | grep -v -i warn | tail -2; pack
+elif [ "$1" = third ]; then   # the next session: the token-major KV cache against the default, same process
+  timeout 200 python3 scripts/speed_probe.py $O/probe --variants epi+fuse,epi+fuse+tokkv --parts timing,per_scale,profile \
+    2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -14; pack
 else   # "second": after the q/k-norm input change, the same measurements and the largest batch again
   timeout 110 python3 scripts/speed_probe.py $O/probe --variants epi+fuse --parts timing,per_scale,profile \
     2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -8; pack

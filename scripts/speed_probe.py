@@ -7,6 +7,7 @@ Variants (each eager and with per-scale CUDA graphs, full depth and VARiant-d2 s
              one bf16 matmul over [h_hi | h_lo] with float32 output (``K.head_logits``), bicubic as two matmuls
   epi+fuse   epi after ``pipe.compile()``: element-wise pieces fused by torch.compile (automatic dynamic shapes)
   +flash     the same with SDPA restricted to the FlashAttention-2 backend (default: cuDNN on the H100)
+  +tokkv     the same with the token-major KV cache (``model.kv_cache.KV_LAYOUT = "token"``)
 Checks per variant: teacher-forcing logits against the first variant (relative error, top-1 agreement) on
 identical weights.
 
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import kernels, vqvae  # noqa: E402
+from model import kernels, kv_cache, vqvae  # noqa: E402
 from model import spec as specs  # noqa: E402
 from model.pipeline import VARPipeline  # noqa: E402
 from model.schedule import DepthSchedule  # noqa: E402
@@ -71,6 +72,7 @@ def set_variant(pipe: VARPipeline, name: str) -> None:
     kernels.K.linear_gelu = kernels.linear_gelu if new else unfused_linear_gelu
     kernels.K.head_logits = kernels.head_logits if new else fp32_head
     vqvae.bicubic_up = BICUBIC_UP if new else interpolate_bicubic
+    kv_cache.KV_LAYOUT = "token" if "tokkv" in name else "head"
 
 
 def ceilings(out: Path, dev: torch.device) -> None:

@@ -61,3 +61,23 @@ def test_full_schedule_is_one_static_allocation():
 def test_d30_full_kv_per_image_bf16():
     s = spec.SPECS["var-d30"]
     assert analytic.kv_peak_bytes(s, DepthSchedule.full(s), batch=1, dtype=torch.bfloat16) == 313_344_000
+
+
+def test_token_major_layout_is_the_same_cache(monkeypatch):
+    """layout="token" changes only the memory behind the (rows, H, capacity, c) view: same bytes, same samples."""
+    import model.kv_cache as kv_mod
+    s = spec.var_spec(4, name="kvl", width=64, heads=2, patch_nums=(1, 2, 3), vae=spec.TINY_VAE, num_classes=10)
+    p = VARPipeline.from_spec(s, seed=0)
+    sched = DepthSchedule.variant(s, 2, 1)
+    a = p.generate([1, 2], seed=4, schedule=sched, return_logits=True, decode=False)
+    monkeypatch.setattr(kv_mod, "KV_LAYOUT", "token")
+    seen = []
+    b = p.generate([1, 2], seed=4, schedule=sched, return_logits=True, decode=False,
+                   on_scale_end=lambda si, c: seen.append((c.layout, c.nbytes(), c.k[0].stride())))
+    assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices))
+    assert torch.allclose(torch.cat(a.logits, 1), torch.cat(b.logits, 1), rtol=1e-5, atol=1e-6)
+    assert a.kv_peak_bytes == b.kv_peak_bytes and all(lay == "token" for lay, _, _ in seen)
+    H, c = 2, 32
+    assert seen[-1][2][1:] == (c, H * c, 1)                     # (rows, cap, H, c) memory behind the view
+    with pytest.raises(ValueError, match="layout"):
+        KVCache(s, sched, 1, torch.float32, "cpu", layout="rows")
