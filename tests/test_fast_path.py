@@ -32,14 +32,15 @@ def test_bf16_teacher_forcing_close_to_fp32():
                        p32.teacher_forcing([1, 2, 3, 4], out.indices, s)) <= 2e-2
 
 
-def greedy_agreement(spec_, batch=2):
-    """Identical weights: the fp32 reference holds the bf16 values, so only the arithmetic differs."""
-    p32 = VARPipeline.from_spec(spec_, seed=0)
-    p16 = VARPipeline.from_spec(spec_, seed=0, dtype=torch.bfloat16)
+def greedy_agreement(spec_, batch=2, device="cpu", fast=False):
+    """Identical weights: the fp32 reference holds the bf16 values, so only the arithmetic differs. ``fast``: the
+    bf16 side runs the GPU fast path (compiled pieces, CUDA graphs, epilogue GELU, split head)."""
+    p32 = VARPipeline.from_spec(spec_, seed=0, device=device)
+    p16 = VARPipeline.from_spec(spec_, seed=0, device=device, dtype=torch.bfloat16).compile(fast)
     p32.var.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in p16.var.state_dict().items()})
     labels = list(range(batch))
     a = torch.cat(p32.generate(labels, top_k=1, decode=False).indices, 1)
-    b = torch.cat(p16.generate(labels, top_k=1, decode=False).indices, 1)
+    b = torch.cat(p16.generate(labels, top_k=1, decode=False, cuda_graphs=fast).indices, 1)
     return (a == b).float().mean().item()
 
 
@@ -50,6 +51,11 @@ def test_bf16_greedy_tokens_agree_small():
 @pytest.mark.slow
 def test_bf16_greedy_tokens_agree_var_d16():
     assert greedy_agreement(spec.SPECS["var-d16"], batch=1) >= 0.99
+
+
+@pytest.mark.gpu
+def test_fast_path_greedy_tokens_agree_var_d16_gpu():
+    assert greedy_agreement(spec.SPECS["var-d16"], batch=2, device="cuda", fast=True) >= 0.99
 
 
 def test_chunked_sampling_is_exact(monkeypatch):
