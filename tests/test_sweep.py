@@ -187,3 +187,15 @@ def test_compile_is_a_key_field_and_old_rows_resume(tmp_path):
     run_sweep(SweepConfig(**{**TINY, "depths": [2], "batches": [1], "repeats": 1}), tmp_path,
               progress=lambda ev, i, n, obj: seen.append(ev))
     assert seen[0] == "skip"
+
+
+def test_cli_compile_on_cpu_warns_and_runs(tmp_path):
+    from varbench.cli import app
+
+    res = CliRunner().invoke(app, ["sweep", "--model", "var-tiny", "--depths", "2", "--switch", "2", "--device",
+                                   "cpu", "--compile", "--repeats", "1", "--min-seconds", "0", "--threads", "1",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "CUDA only" in res.output
+    rows = results.read_rows(tmp_path / "sweep.jsonl")
+    assert rows and rows[0]["status"] == "ok" and rows[0]["compile"] is True

@@ -119,6 +119,9 @@ def sweep(
         if not dev.startswith("cuda"):
             raise UsageError("--devices needs --device cuda (it spreads points over GPUs)")
     out_dir = ensure_out_dir(out if out is not None else Path("out") / "sweep" / s.name)
+    if dev == "cpu" and (cuda_graphs or compile):
+        err_console.print("[yellow]warning: --cuda-graphs and --compile act on CUDA only; on the CPU every point "
+                          "runs the plain eager path (the rows still carry the flags as asked)[/]")
     if dev == "cpu" and s.depth >= 16:
         err_console.print(f"[yellow]warning: {s.name} on CPU is slow (minutes per point); var-toy is the small "
                           "model (--model var-toy)[/]")
