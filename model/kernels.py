@@ -55,8 +55,9 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     """GELU(tanh)(x Wᵀ + b). On CUDA without autograd, one cuBLASLt matmul with a bias+GELU epilogue
     (``torch._addmm_activation``; its CUDA GELU is the tanh form, applied to the float32 accumulator): the
     separate GELU pass over the 4C-wide hidden activation disappears. Elsewhere (CPU, whose fused op uses the erf
-    form; training) the plain two-kernel version."""
-    if x.is_cuda and not torch.is_grad_enabled() and x.dtype == weight.dtype == bias.dtype:
+    form; training; autocast, where F.linear runs in the autocast dtype) the plain two-kernel version."""
+    if x.is_cuda and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cuda") \
+            and x.dtype == weight.dtype == bias.dtype:     # under autocast (fp32 weights) the plain path casts
         rows = x.numel() // x.shape[-1]
         out = torch._addmm_activation(bias, x.reshape(rows, x.shape[-1]), weight.t(), use_gelu=True)
         return out.view(*x.shape[:-1], weight.shape[0])

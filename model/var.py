@@ -87,8 +87,8 @@ class FFN(nn.Module):
         hidden = rows * self.fc1.out_features
         if torch.is_grad_enabled() or hidden <= FFN_CHUNK_ELEMS:
             return self.fc2(K.linear_gelu(x, self.fc1.weight, self.fc1.bias))
-        # inference on a large batch: the hidden activation (twice: fc1 out, GELU out) is the biggest transient of
-        # the last scale (2 x 1.64 GiB at d30 batch 224); row chunks bound it, written straight into the output
+        # inference on a large batch: the hidden activation (fc1 out, and GELU out where the epilogue is not used)
+        # is the biggest transient of the last scale (1.64 GiB each at d30 batch 224); row chunks bound it
         x2 = x.reshape(rows, x.shape[-1])
         out = x.new_empty(rows, self.fc2.out_features)
         step = max(1, FFN_CHUNK_ELEMS // self.fc1.out_features)

@@ -177,6 +177,15 @@ def test_epilogue_gelu_is_the_tanh_form():
 
 
 @pytest.mark.gpu
+def test_linear_gelu_under_autocast_takes_the_autocast_path():
+    """Validation under autocast with fp32 weights: the matmul runs in the autocast dtype, not a fused fp32 one."""
+    x, w, b = (torch.randn(8, 16, device="cuda"), torch.randn(32, 16, device="cuda"),
+               torch.randn(32, device="cuda"))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        assert kernels.linear_gelu(x, w, b).dtype == torch.bfloat16
+
+
+@pytest.mark.gpu
 def test_compiled_pipeline_computes_the_same_function():
     """pipe.compile(), eager and inside CUDA graphs: the logits of a generation equal the plain bf16 path's
     teacher-forcing logits on the same tokens (no cascade of flipped tokens to blur the comparison)."""
