@@ -51,7 +51,8 @@ def bicubic_up(x_BChw: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x_BChw.shape[-2:]
     a_h = _bicubic_matrix(h, size, x_BChw.device, x_BChw.dtype)
     a_w = a_h if w == h else _bicubic_matrix(w, size, x_BChw.device, x_BChw.dtype)
-    return torch.matmul(torch.matmul(a_h, x_BChw), a_w.t())
+    with torch.autocast(x_BChw.device.type, enabled=False):     # in x's dtype, as F.interpolate, autocast or not
+        return torch.matmul(torch.matmul(a_h, x_BChw), a_w.t())
 
 
 class Phi(nn.Conv2d):

@@ -119,6 +119,14 @@ def test_bicubic_matmuls_equal_interpolate(n, size):
     assert torch.allclose(bicubic_up(x, size), want, rtol=1e-5, atol=1e-5)
 
 
+def test_bicubic_matmuls_ignore_autocast():
+    from model.vqvae import bicubic_up
+    x = torch.randn(2, 3, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = bicubic_up(x, 16)
+    assert y.dtype == torch.float32 and torch.allclose(y, F.interpolate(x, size=(16, 16), mode="bicubic"), atol=1e-5)
+
+
 def test_residual_ln_modulate_equals_two_steps():
     x, h = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     g, s, b = torch.randn(2, 1, 32), torch.randn(2, 1, 32), torch.randn(2, 1, 32)
