@@ -85,19 +85,21 @@ def _print_trace(s: dict) -> None:
     print("trace:", json.dumps({k: s.get(k) for k in keep}), flush=True)
 
 
-def maxbatch(out: Path, device: str, devices: list[str] | None) -> None:
+def _largest_batch(out: Path, folder: str, batches: list[int], device: str, devices: list[str] | None) -> None:
     cfg = dict(COMMON, repeats=1, min_seconds=0.0, nvml_pass=False)
-    run_sweep(SweepConfig(depths=_depths(30), batches=[216, 224, 232, 240, 248], device=device, devices=devices,
-                          **cfg), out / "maxbatch", progress=False)
+    run_sweep(SweepConfig(depths=_depths(30), batches=batches, device=device, devices=devices, **cfg), out / folder,
+              progress=False)
+
+
+def maxbatch(out: Path, device: str, devices: list[str] | None) -> None:
+    _largest_batch(out, "maxbatch", [216, 224, 232, 240, 248], device, devices)
 
 
 def maxbatch_x(out: Path, device: str, devices: list[str] | None) -> None:
     """The largest batch again with the allocator's expandable segments (less fragmentation at ~79 GB in use)."""
     import os
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"     # inherited by the sweep workers
-    cfg = dict(COMMON, repeats=1, min_seconds=0.0, nvml_pass=False)
-    run_sweep(SweepConfig(depths=_depths(30), batches=[232, 240, 224], device=device, devices=devices, **cfg),
-              out / "maxbatch-expandable", progress=False)
+    _largest_batch(out, "maxbatch-expandable", [232, 240, 224], device, devices)
 
 
 def sensitivity(out: Path, device: str, devices: list[str] | None) -> None:
