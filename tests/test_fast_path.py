@@ -153,9 +153,15 @@ def test_compile_is_a_noop_on_cpu():
 
 
 def test_use_compiled_restores_the_eager_pieces():
+    """Inside, every piece is the compiled one (torch.compile wraps lazily: nothing compiles here); after, even on
+    an exception, the eager ones are back; disabled, nothing is swapped."""
     before = {n: getattr(kernels.K, n) for n in kernels.EAGER}
     with kernels.use_compiled(False):
         assert all(getattr(kernels.K, n) is f for n, f in before.items())
+    with pytest.raises(KeyError):
+        with kernels.use_compiled(True):
+            assert all(getattr(kernels.K, n) is not f for n, f in before.items())
+            raise KeyError("leave the block by an exception")
     assert all(getattr(kernels.K, n) is f for n, f in before.items())
 
 
