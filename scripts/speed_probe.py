@@ -186,6 +186,74 @@ def profile(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.d
                "top": [[n[:110], round(ms, 2), counts[n]] for n, ms in top]})
 
 
+def diag(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.device) -> None:
+    """Where the graphed generation's wall time goes: host syncs (sync-debug mode), and a CUDA+CPU trace of one
+    generation per schedule whose kernel intervals give GPU-busy time and the idle gaps between kernels."""
+    import gzip
+    import shutil
+    import warnings
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+    set_variant(pipe, variant)
+    spec = pipe.spec
+    labels = torch.arange(batch) % spec.num_classes
+    for sname, sched in (("d%d" % spec.depth, DepthSchedule.full(spec)),
+                         ("d2", DepthSchedule.variant(spec, 2, 6))):
+        pipe._graphed.clear()
+        for _ in range(2):
+            pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=True)
+        torch.cuda.synchronize(dev)
+        torch.cuda.set_sync_debug_mode(1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=True)
+        torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message)[:160] for w in caught if "synchroniz" in str(w.message).lower()]
+        torch.cuda.synchronize(dev)
+        with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=True)
+            torch.cuda.synchronize(dev)
+        trace = out / f"trace_{sname}_{variant}.json"
+        prof.export_chrome_trace(str(trace))
+        with open(trace, "rb") as fi, gzip.open(str(trace) + ".gz", "wb") as fo:
+            shutil.copyfileobj(fi, fo)
+        trace.unlink()
+        iv = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                    if e.device_type == torch.autograd.DeviceType.CUDA)
+        busy, gaps, big, end = 0.0, 0.0, [], iv[0][0]
+        for a, b in iv:
+            if a > end:
+                gaps += a - end
+                if a - end > 50:
+                    big.append(round((a - end) / 1e3, 2))
+            busy += max(0.0, b - max(a, end))
+            end = max(end, b)
+        emit(out, {"part": "diag", "variant": variant, "schedule": sname, "batch": batch, "host_syncs": len(syncs),
+                   "sync_examples": syncs[:3], "kernels": len(iv), "span_ms": (iv[-1][1] - iv[0][0]) / 1e3,
+                   "busy_ms": busy / 1e3, "idle_ms": gaps / 1e3, "idle_gaps_over_50us_ms": big[:40]})
+    pipe._graphed.clear()
+
+
+def gemm_small(out: Path, dev: torch.device) -> None:
+    """bf16 block matmuls (with bias) at the row counts of each scale of a batch of 64 (x2 for CFG), graphed."""
+    C = 1920
+    for name, (n, k) in (("qkv", (3 * C, C)), ("proj", (C, C)), ("fc1", (4 * C, C)), ("fc2", (C, 4 * C))):
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+        b = torch.zeros(n, device=dev, dtype=torch.bfloat16)
+        for pn in (1, 2, 3, 4, 5, 6, 8, 10, 13, 16):
+            m = 128 * pn * pn
+            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            F.linear(x, w, b)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(10):
+                    F.linear(x, w, b)
+            ms = statistics.median(measure(g.replay, warmup=2, min_repeats=10, device=dev)) / 10
+            emit(out, {"part": "gemm", "what": name, "m": m, "n": n, "k": k, "ms": round(ms, 4),
+                       "tflops": round(2 * m * n * k / ms / 1e9, 1),
+                       "weight_gb_per_s": round(n * k * 2 / ms / 1e6, 1)})
+
+
 def decode_part(out: Path, pipe: VARPipeline, batch: int, dev: torch.device) -> None:
     spec = pipe.spec
     f = torch.randn(batch, spec.vae.z_channels, spec.patch_nums[-1], spec.patch_nums[-1], device=dev)
@@ -234,6 +302,11 @@ def main() -> None:
         elif part == "profile" and dev.type == "cuda":
             for v in (variants[0], variants[-1]):
                 profile(a.out, pipe, a.batch, v, dev, decode=False)
+        elif part == "diag" and dev.type == "cuda":
+            for v in variants:
+                diag(a.out, pipe, a.batch, v, dev)
+        elif part == "gemm" and dev.type == "cuda":
+            gemm_small(a.out, dev)
         elif part == "decode" and dev.type == "cuda":
             decode_part(a.out, pipe, a.batch, dev)
         print(f"[{part}] {time.perf_counter() - t0:.0f} s", flush=True)
