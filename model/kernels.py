@@ -47,6 +47,21 @@ def qk_norm(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor) -> tuple[torch.Tensor
     return unit_norm(qkv_R3Hc[:, 0]).mul(mul_1H1), unit_norm(qkv_R3Hc[:, 1])
 
 
+def qk_norm_into(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, k_dst: torch.Tensor, v_dst: torch.Tensor
+                 ) -> torch.Tensor:
+    """``qk_norm`` that also writes unit k and v into ``k_dst``/``v_dst`` (KV-cache slots shaped (B, L, H, c)) and
+    returns q (rows, H, c). Compiled, the norms and both cache writes are one kernel; its inputs' offsets and
+    strides vary with the scale and the block's capacity (automatic dynamic, a few compilations in all)."""
+    k_dst.copy_(unit_norm(qkv_R3Hc[:, 1]).view(k_dst.shape))
+    v_dst.copy_(qkv_R3Hc[:, 2].view(v_dst.shape))
+    return unit_norm(qkv_R3Hc[:, 0]).mul(mul_1H1)
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise from uniform samples: −log(−log u), u clamped away from 0 and 1 (one pass compiled)."""
+    return -torch.log(-torch.log(u.clamp(min=1e-20, max=1.0 - 1e-7)))
+
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
@@ -88,7 +103,7 @@ _SPLIT_HEAD_OK = [True]
 
 
 EAGER = {"ln_modulate": ln_modulate, "gated_residual": gated_residual, "qk_norm": qk_norm, "gelu_tanh": gelu_tanh,
-         "residual_ln_modulate": residual_ln_modulate}
+         "residual_ln_modulate": residual_ln_modulate, "qk_norm_into": qk_norm_into, "gumbel": gumbel}
 
 
 class Kernels:
@@ -96,6 +111,8 @@ class Kernels:
     gated_residual = staticmethod(gated_residual)
     residual_ln_modulate = staticmethod(residual_ln_modulate)
     qk_norm = staticmethod(qk_norm)
+    qk_norm_into = staticmethod(qk_norm_into)
+    gumbel = staticmethod(gumbel)
     gelu_tanh = staticmethod(gelu_tanh)
     linear_gelu = staticmethod(linear_gelu)
     head_logits = staticmethod(head_logits)

@@ -28,17 +28,17 @@ def segment_ends(spec: VARSpec, schedule: DepthSchedule, keep_skipped: bool) -> 
 
 
 KV_LAYOUTS = ("head", "token")
-KV_LAYOUT = "head"      # the default memory layout of new caches (see KVCache)
+KV_LAYOUT = "token"     # the default memory layout of new caches (see KVCache)
 
 
 class KVCache:
     """Per-block K/V buffers seen as (rows, H, capacity, head_dim); rows = 2·batch with CFG.
 
-    ``layout`` is the memory behind that view. "head" (the default) is that shape, contiguous. "token" is
-    (rows, capacity, H, head_dim) memory, transposed: then an append is one contiguous block per row, where the
-    (B, H, l, c) views of the projections otherwise need a strided copy (32 ms of a d30 batch-64 generation on the
-    H100, ~2.4x what its bytes need). Attention reads FlashAttention's native layout. It is an option, not the
-    default, because its speed has not been measured on a GPU yet (docs/speed_notes.md, session 3).
+    ``layout`` is the memory behind that view. "token" (the default) is (rows, capacity, H, head_dim) memory,
+    transposed: a scale's slots are one contiguous block per row, which the fused q/k-norm kernel writes unit k and
+    v into directly (``CachedAttend.from_qkv_rows``), and attention reads FlashAttention's native layout. "head"
+    is the (rows, H, capacity, c) shape contiguous; appends are then strided copies from the projections (32 ms
+    of a d30 batch-64 generation on the H100, ~2.4x what their bytes need). docs/speed_notes.md, session 4.
     """
 
     def __init__(self, spec: VARSpec, schedule: DepthSchedule, batch: int, dtype: torch.dtype,
@@ -103,25 +103,36 @@ class KVCache:
         return torch.empty((self.rows, H, cap, c), dtype=dtype, device=self.device)
 
     # ---- use ---------------------------------------------------------------------------------------------
-    def append(self, b: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this scale's K/V at the block's running offset; return views of everything cached so far."""
+    def reserve(self, b: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Claim the next ``n`` token slots of block ``b``: K/V views of them in memory order ((rows, n, H, c) for
+        the token layout, (rows, H, n, c) for the head layout), to be written by the caller."""
         n0 = self.filled[b]
-        n1 = n0 + k_BHlc.shape[2]
+        n1 = n0 + n
         k_buf, v_buf = self.k[b], self.v[b]
         if k_buf is None or n1 > k_buf.shape[2]:
             raise RuntimeError(f"KV cache overflow in block {b}: begin_scale() was not called for this scale")
-        k_buf[:, :, n0:n1].copy_(k_BHlc)
-        v_buf[:, :, n0:n1].copy_(v_BHlc)
         self.filled[b] = n1
-        return k_buf[:, :, :n1], v_buf[:, :, :n1]
+        k_slot, v_slot = k_buf[:, :, n0:n1], v_buf[:, :, n0:n1]
+        if self.layout == "token":
+            return k_slot.transpose(1, 2), v_slot.transpose(1, 2)
+        return k_slot, v_slot
 
-    def attend_fn(self, b: int):
-        def attend(q, k, v, scale):
-            k_all, v_all = self.append(b, k, v)
-            if k_all.dtype != q.dtype:
-                k_all = k_all.to(q.dtype)
-            return F.scaled_dot_product_attention(q, k_all, v_all, scale=scale)
-        return attend
+    def prefix(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, H, n, c) views of everything block ``b`` has cached."""
+        n = self.filled[b]
+        return self.k[b][:, :, :n], self.v[b][:, :, :n]
+
+    def append(self, b: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this scale's K/V at the block's running offset; return views of everything cached so far."""
+        k_slot, v_slot = self.reserve(b, k_BHlc.shape[2])
+        if self.layout == "token":
+            k_slot, v_slot = k_slot.transpose(1, 2), v_slot.transpose(1, 2)
+        k_slot.copy_(k_BHlc)
+        v_slot.copy_(v_BHlc)
+        return self.prefix(b)
+
+    def attend_fn(self, b: int) -> "CachedAttend":
+        return CachedAttend(self, b)
 
     def nbytes(self) -> int:
         """Bytes held by the cache's buffers right now."""
@@ -130,3 +141,50 @@ class KVCache:
     def release(self) -> None:
         self.k = [None] * self.spec.depth
         self.v = [None] * self.spec.depth
+
+
+SMALL_ATTN_MAX_KEYS = 91    # inference attention over at most this many keys (the first six scales) and
+SMALL_ATTN_MIN_PAIRS = 512  # at least this many (row, head) pairs runs as float32 matmuls (cached_attention)
+
+
+def cached_attention(q_BHLc: torch.Tensor, k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, scale: float) -> torch.Tensor:
+    """Unmasked attention of this scale's queries over the cached keys. One key (the first scale): the output is
+    that key's value, exactly what softmax over one score gives, without a kernel that pays a fixed cost per
+    (row, head). Up to ``SMALL_ATTN_MAX_KEYS`` keys over at least ``SMALL_ATTN_MIN_PAIRS`` (row, head) pairs:
+    float32 matmuls and softmax (cuDNN's fused kernel cost ~70 us a call on the H100 at batch 64 however few the
+    keys; at a small batch its one kernel beats several). Otherwise SDPA (cuDNN / FlashAttention)."""
+    n = k_BHnc.shape[2]
+    if k_BHnc.dtype != q_BHLc.dtype:
+        k_BHnc = k_BHnc.to(q_BHLc.dtype)
+    if n == 1:
+        return v_BHnc.expand(q_BHLc.shape)
+    if n <= SMALL_ATTN_MAX_KEYS and q_BHLc.shape[0] * q_BHLc.shape[1] >= SMALL_ATTN_MIN_PAIRS \
+            and not torch.is_grad_enabled():
+        s_BHLn = torch.matmul(q_BHLc.float(), k_BHnc.float().transpose(-1, -2)).mul_(scale)
+        return torch.matmul(s_BHLn.softmax(dim=-1), v_BHnc.float()).to(q_BHLc.dtype)
+    return F.scaled_dot_product_attention(q_BHLc, k_BHnc, v_BHnc, scale=scale)
+
+
+class CachedAttend:
+    """Block ``b``'s attention against the cache: called with this scale's (q, k, v) it appends k/v and attends;
+    ``from_qkv_rows`` is the fused form for cosine attention, where the q/k norms write unit k and v straight into
+    the cache slots (token layout, one pass instead of a norm and two strided copies)."""
+
+    def __init__(self, cache: KVCache, b: int):
+        self.cache, self.b = cache, b
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        k_all, v_all = self.cache.append(self.b, k, v)
+        return cached_attention(q, k_all, v_all, scale)
+
+    def fuses_qkv(self) -> bool:
+        return self.cache.layout == "token"
+
+    def from_qkv_rows(self, qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, B: int, L: int, scale: float
+                      ) -> torch.Tensor:
+        from .kernels import K
+        k_slot, v_slot = self.cache.reserve(self.b, L)           # (rows, L, H, c) token-major views
+        q_RHc = K.qk_norm_into(qkv_R3Hc, mul_1H1, k_slot, v_slot)
+        H, c = q_RHc.shape[1:]
+        k_all, v_all = self.cache.prefix(self.b)
+        return cached_attention(q_RHc.view(B, L, H, c).transpose(1, 2), k_all, v_all, scale)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from .kernels import K
+
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
-    return -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
+    return K.gumbel(torch.rand(shape, generator=generator, device=device, dtype=torch.float32))
 
 
 def top_p_keep(sorted_logits: torch.Tensor, top_p: float) -> torch.Tensor:

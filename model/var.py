@@ -48,6 +48,31 @@ class SelfAttention(nn.Module):
             self.scale = 0.25 / math.sqrt(self.head_dim)
         self.proj = nn.Linear(C, C)
 
+    def _consts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The qkv bias [q_bias, 0, v_bias] and the clamped per-head scale exp(min(s, log 100)) as (1, H, 1).
+        At inference they are cached until a parameter changes (``_version``): recomputed per block and scale they
+        were ~100 tiny kernels a scale, a fixed cost that dominates the small scales."""
+        H = self.heads
+        if torch.is_grad_enabled():
+            return self._make_consts(H)
+        key = (self.q_bias._version, self.v_bias._version, self.q_bias.data_ptr(), self.q_bias.dtype,
+               self.scale_mul_1H11._version if self.l2 else 0)
+        cached = self.__dict__.get("_consts_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self._make_consts(H))
+            self.__dict__["_consts_cache"] = cached
+        return cached[1]
+
+    def _make_consts(self, H: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        mul = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp().view(1, H, 1) if self.l2 else None
+        return bias, mul
+
+    def _qkv_rows(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, L, C = x_BLC.shape
+        bias, mul_1H1 = self._consts()
+        return F.linear(x_BLC, self.mat_qkv.weight, bias).view(B * L, 3, self.heads, self.head_dim), mul_1H1
+
     def qkv(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v as (B, H, L, c) views of (B, L, H, c) memory (FlashAttention's native layout); with L2 norm, q
         carries the head scale and k is unit-norm (what is cached). The norms run on the (B, L, H, c) slices of the
@@ -55,11 +80,9 @@ class SelfAttention(nn.Module):
         instead gave a fused kernel that ran up to 6x slower than its bandwidth on the H100."""
         B, L, C = x_BLC.shape
         H, c = self.heads, self.head_dim
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv_R3Hc = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B * L, 3, H, c)
+        qkv_R3Hc, mul_1H1 = self._qkv_rows(x_BLC)
         v_BLHc = qkv_R3Hc[:, 2].view(B, L, H, c)
         if self.l2:     # one (rows, 3, H, c) input whose only varying size is the row count: compiler-friendly
-            mul_1H1 = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp().view(1, H, 1)
             q_RHc, k_RHc = K.qk_norm(qkv_R3Hc, mul_1H1)
             q_BLHc, k_BLHc = q_RHc.view(B, L, H, c), k_RHc.view(B, L, H, c)
         else:
@@ -67,10 +90,15 @@ class SelfAttention(nn.Module):
         return q_BLHc.transpose(1, 2), k_BLHc.transpose(1, 2), v_BLHc.transpose(1, 2)
 
     def forward(self, x_BLC: torch.Tensor, attend: Attend) -> torch.Tensor:
-        q, k, v = self.qkv(x_BLC)
-        o_BHLc = attend(q, k, v, self.scale)
-        B, H, L, c = o_BHLc.shape
-        return self.proj(o_BHLc.transpose(1, 2).reshape(B, L, H * c))
+        B, L, C = x_BLC.shape
+        fuses = getattr(attend, "fuses_qkv", None)
+        if self.l2 and fuses is not None and fuses() and not torch.is_grad_enabled():
+            qkv_R3Hc, mul_1H1 = self._qkv_rows(x_BLC)      # cached generation: k/v written into the cache
+            o_BHLc = attend.from_qkv_rows(qkv_R3Hc, mul_1H1, B, L, self.scale)
+        else:
+            q, k, v = self.qkv(x_BLC)
+            o_BHLc = attend(q, k, v, self.scale)
+        return self.proj(o_BHLc.transpose(1, 2).reshape(B, L, C))
 
 
 FFN_CHUNK_ELEMS = 1 << 28     # hidden elements per MLP chunk at inference (512 MiB in bf16); below: one pass

@@ -7,7 +7,9 @@ Variants (each eager and with per-scale CUDA graphs, full depth and VARiant-d2 s
              one bf16 matmul over [h_hi | h_lo] with float32 output (``K.head_logits``), bicubic as two matmuls
   epi+fuse   epi after ``pipe.compile()``: element-wise pieces fused by torch.compile (automatic dynamic shapes)
   +flash     the same with SDPA restricted to the FlashAttention-2 backend (default: cuDNN on the H100)
-  +tokkv     the same with the token-major KV cache (``model.kv_cache.KV_LAYOUT = "token"``)
+  +tokkv     the same with the token-major KV cache (``model.kv_cache.KV_LAYOUT = "token"``): q/k norms write unit k
+             and v straight into the cache slots
+  +small     attention over <= 91 keys (the first six scales) as float32 matmuls instead of cuDNN SDPA
 Checks per variant: teacher-forcing logits against the first variant (relative error, top-1 agreement) on
 identical weights.
 
@@ -73,6 +75,7 @@ def set_variant(pipe: VARPipeline, name: str) -> None:
     kernels.K.head_logits = kernels.head_logits if new else fp32_head
     vqvae.bicubic_up = BICUBIC_UP if new else interpolate_bicubic
     kv_cache.KV_LAYOUT = "token" if "tokkv" in name else "head"
+    kv_cache.SMALL_ATTN_MAX_KEYS = 91 if "small" in name else 0     # the default is the +tokkv+small variant
 
 
 def ceilings(out: Path, dev: torch.device) -> None:
@@ -103,16 +106,19 @@ def timing(out: Path, pipe: VARPipeline, batch: int, variants: list[str], dev: t
               "d2": DepthSchedule.variant(spec, min(2, spec.depth), min(6, spec.num_scales - 1))}
     g = torch.Generator().manual_seed(1)
     idx = [torch.randint(0, spec.vae.vocab_size, (4, pn * pn), generator=g) for pn in spec.patch_nums]
-    ref = None
+    ref = ref_gen = None
     for v in variants:
         set_variant(pipe, v)
         t0 = time.perf_counter()
         tf = pipe.teacher_forcing(torch.arange(4), idx).float()
+        gen_idx = torch.cat(pipe.generate(torch.arange(4), seed=3, decode=False, cuda_graphs=dev.type == "cuda",
+                                          schedule=scheds["d2"]).indices, 1)
         if ref is None:
-            ref = tf
+            ref, ref_gen = tf, gen_idx
         rel = float((tf - ref).norm() / ref.norm())
         agree = float((tf.argmax(-1) == ref.argmax(-1)).float().mean())
         emit(out, {"part": "check", "variant": v, "tf_rel_err_vs_base": rel, "tf_top1_agree_vs_base": agree,
+                   "generated_d2_token_agree_vs_base": float((gen_idx == ref_gen).float().mean()),
                    "first_call_s": time.perf_counter() - t0})
         for sname, sched in scheds.items():
             for graphs in (False, True):
@@ -254,6 +260,48 @@ def gemm_small(out: Path, dev: torch.device) -> None:
                        "weight_gb_per_s": round(n * k * 2 / ms / 1e6, 1)})
 
 
+def attn_small(out: Path, dev: torch.device) -> None:
+    """Attention of each scale's queries over the cached keys (d30: H=30, c=64), graphed: cuDNN, FlashAttention,
+    memory-efficient SDPA and the float32-matmul path, to choose where the small path pays."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    H, c = 30, 64
+    toks = [pn * pn for pn in (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)]
+    for rows, si in [(r, si) for r in (128, 32, 2) for si in range(1, 10)]:
+        L, n = toks[si], sum(toks[:si + 1])
+        q = torch.randn(rows, L, H, c, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+        kb = torch.randn(rows, 680, H, c, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+        vb = torch.randn_like(kb)
+        k, v = kb[:, :, :n], vb[:, :, :n]
+        ref = F.scaled_dot_product_attention(q, k, v, scale=1.0).float()
+        for name in ("cudnn", "flash", "efficient", "f32matmul"):
+            if name == "f32matmul":
+                def fn():
+                    s_ = torch.matmul(q.float(), k.float().transpose(-1, -2))
+                    return torch.matmul(s_.softmax(-1), v.float()).to(q.dtype)
+                ctx = contextlib.nullcontext()
+            else:
+                be = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                      "efficient": SDPBackend.EFFICIENT_ATTENTION}[name]
+                ctx = sdpa_kernel([be])
+
+                def fn():
+                    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            try:
+                with ctx:
+                    got = fn()
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g):
+                        for _ in range(10):
+                            fn()
+                ms = statistics.median(measure(g.replay, warmup=2, min_repeats=10, device=dev)) / 10
+                err = float((got.float() - ref).abs().max())
+            except RuntimeError as e:
+                emit(out, {"part": "attn", "what": name, "scale": si, "error": str(e)[:120]})
+                continue
+            emit(out, {"part": "attn", "what": name, "scale": si, "rows": rows, "q": L, "keys": n,
+                       "us": round(ms * 1e3, 1), "max_abs_diff_vs_default": err})
+
+
 def decode_part(out: Path, pipe: VARPipeline, batch: int, dev: torch.device) -> None:
     spec = pipe.spec
     f = torch.randn(batch, spec.vae.z_channels, spec.patch_nums[-1], spec.patch_nums[-1], device=dev)
@@ -303,8 +351,9 @@ def main() -> None:
             for v in (variants[0], variants[-1]):
                 profile(a.out, pipe, a.batch, v, dev, decode=False)
         elif part == "diag" and dev.type == "cuda":
-            for v in variants:
-                diag(a.out, pipe, a.batch, v, dev)
+            diag(a.out, pipe, a.batch, variants[-1], dev)
+        elif part == "attn" and dev.type == "cuda":
+            attn_small(a.out, dev)
         elif part == "gemm" and dev.type == "cuda":
             gemm_small(a.out, dev)
         elif part == "decode" and dev.type == "cuda":

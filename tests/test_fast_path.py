@@ -213,3 +213,42 @@ def test_compiled_pipeline_computes_the_same_function():
         got = torch.cat(out.logits, 1)
         assert rel_err(got, ref) <= 2e-2
         assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.99
+
+
+def test_cached_qkv_constants_follow_parameter_updates():
+    """The inference cache of the qkv bias and head scale is rebuilt when a parameter changes in place (an
+    optimizer step, load_state_dict), and never used under autograd."""
+    s = spec.var_spec(1, name="cst", width=32, heads=2, patch_nums=(1, 2), vae=spec.TINY_VAE, num_classes=4)
+    attn = VARPipeline.from_spec(s, seed=0).var.blocks[0].attn
+    with torch.no_grad():
+        b0, m0 = attn._consts()
+        assert attn._consts()[0] is b0                           # cached
+        attn.q_bias.add_(1.0)
+        attn.scale_mul_1H11.sub_(0.5)
+        b1, m1 = attn._consts()
+    assert torch.equal(b1[:32], b0[:32] + 1) and torch.allclose(m1, m0 * torch.exp(torch.tensor(-0.5)))
+    b2, _ = attn._consts()
+    assert b2.requires_grad and b2 is not b1                     # training: built in the graph, not cached
+
+
+def test_compiled_qk_norm_into_writes_cache_views_like_eager():
+    """torch.compile of the fused q/k norm + cache write (CPU inductor): the same values land in the slots of
+    token-major buffers whose offsets and capacities vary, in a few compilations."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    fn = kernels._compiled()["qk_norm_into"]
+    B, H, c = 2, 3, 8
+    for cap in (14, 9):
+        kb, vb = torch.zeros(B, cap, H, c), torch.zeros(B, cap, H, c)
+        n0 = 0
+        for L in (1, 4, 9):
+            if n0 + L > cap:
+                break
+            qkv = torch.randn(B * L, 3, H, c)
+            mul = torch.rand(1, H, 1) + 0.5
+            q = fn(qkv, mul, kb[:, n0:n0 + L], vb[:, n0:n0 + L])
+            k_ref, v_ref = torch.empty(B, L, H, c), torch.empty(B, L, H, c)
+            q_ref = kernels.qk_norm_into(qkv, mul, k_ref, v_ref)
+            assert torch.allclose(q, q_ref, atol=1e-6)
+            assert torch.allclose(kb[:, n0:n0 + L], k_ref, atol=1e-6) and torch.equal(vb[:, n0:n0 + L], v_ref)
+            n0 += L

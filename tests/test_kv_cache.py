@@ -81,3 +81,54 @@ def test_token_major_layout_is_the_same_cache(monkeypatch):
     assert seen[-1][2][1:] == (c, H * c, 1)                     # (rows, cap, H, c) memory behind the view
     with pytest.raises(ValueError, match="layout"):
         KVCache(s, sched, 1, torch.float32, "cpu", layout="rows")
+
+
+def test_token_layout_writes_unit_k_and_v_straight_into_the_cache():
+    """The fused form (token layout): the cached k is unit-norm and v is the projection, as the unfused path
+    caches them, and the block output equals the head-layout block's."""
+    import model.kv_cache as kv_mod
+    s = spec.var_spec(2, name="kvf", width=64, heads=2, patch_nums=(1, 2, 3), vae=spec.TINY_VAE, num_classes=10)
+    p = VARPipeline.from_spec(s, seed=1)
+    blk = p.var.blocks[0]
+    sched = DepthSchedule.full(s)
+    outs, caches = [], []
+    with torch.no_grad():
+        x = torch.randn(4, 4, 64)
+        cond = torch.randn(4, 64)
+        for layout in ("head", "token"):
+            cache = KVCache(s, sched, 2, torch.float32, "cpu", layout=layout)
+            cache.begin_scale(0)
+            cache.filled[0] = 1                                   # one earlier token, as after scale 0
+            cache.k[0][:, :, :1] = torch.nn.functional.normalize(torch.randn(4, 2, 1, 32), dim=-1)
+            cache.v[0][:, :, :1] = 0.5
+            if caches:
+                cache.k[0][:, :, :1], cache.v[0][:, :, :1] = caches[0].k[0][:, :, :1], caches[0].v[0][:, :, :1]
+            attend = cache.attend_fn(0)
+            assert attend.fuses_qkv() == (layout == "token")
+            outs.append(blk(x, cond, attend))
+            caches.append(cache)
+    assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    k_tok = caches[1].k[0][:, :, 1:5]
+    assert torch.allclose(k_tok.norm(dim=-1), torch.ones(4, 2, 4), atol=1e-5)
+    assert torch.allclose(caches[0].k[0][:, :, :5], caches[1].k[0][:, :, :5], atol=1e-6)
+    assert torch.allclose(caches[0].v[0][:, :, :5], caches[1].v[0][:, :, :5], atol=1e-6)
+    assert caches[1].filled[0] == 5 and caches[1].k[0].stride()[1:] == (32, 64, 1)
+    kv_mod.CachedAttend(caches[1], 0)         # the class is public: the pipeline's graphs hold instances
+
+
+def test_cached_attention_one_key_and_small_path_equal_sdpa(monkeypatch):
+    """One key: the output is that key's value. Up to SMALL_ATTN_MAX_KEYS keys: float32 matmuls; both equal SDPA."""
+    import torch.nn.functional as F
+    import model.kv_cache as kv_mod
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 4, 16, generator=g) for _ in range(3))
+    one = kv_mod.cached_attention(q, k[:, :, :1], v[:, :, :1], 1.0)
+    assert torch.equal(one, v[:, :, :1].expand(q.shape))
+    ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    monkeypatch.setattr(kv_mod, "SMALL_ATTN_MAX_KEYS", 4)
+    monkeypatch.setattr(kv_mod, "SMALL_ATTN_MIN_PAIRS", 6)
+    with torch.no_grad():
+        small = kv_mod.cached_attention(q, k, v, 0.3)
+    assert torch.allclose(small, ref, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(kv_mod, "SMALL_ATTN_MAX_KEYS", 3)      # above the threshold: SDPA itself
+    assert torch.equal(kv_mod.cached_attention(q, k, v, 0.3), ref)
