@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .schedule import DepthSchedule
 from .spec import VARSpec
@@ -143,26 +144,28 @@ class KVCache:
         self.v = [None] * self.spec.depth
 
 
-SMALL_ATTN_MAX_KEYS = 91    # inference attention over at most this many keys (the first six scales) and
-SMALL_ATTN_MIN_PAIRS = 512  # at least this many (row, head) pairs runs as float32 matmuls (cached_attention)
+SMALL_ATTN_MAX_KEYS = 64    # CUDA inference attention over at most this many keys: the memory-efficient SDPA kernel
 
 
 def cached_attention(q_BHLc: torch.Tensor, k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, scale: float) -> torch.Tensor:
     """Unmasked attention of this scale's queries over the cached keys. One key (the first scale): the output is
     that key's value, exactly what softmax over one score gives, without a kernel that pays a fixed cost per
-    (row, head). Up to ``SMALL_ATTN_MAX_KEYS`` keys over at least ``SMALL_ATTN_MIN_PAIRS`` (row, head) pairs:
-    float32 matmuls and softmax (cuDNN's fused kernel cost ~70 us a call on the H100 at batch 64 however few the
-    keys; at a small batch its one kernel beats several). Otherwise SDPA (cuDNN / FlashAttention)."""
+    (row, head). Up to ``SMALL_ATTN_MAX_KEYS`` keys on CUDA (scales 1-4): the memory-efficient SDPA kernel, which
+    took 44-48 us a call at batch 64 on the H100 where cuDNN's took 67-77 us (and 5.3 vs 6.5 us at batch 1);
+    from 91 keys on, cuDNN is faster (the SDPA default)."""
     n = k_BHnc.shape[2]
     if k_BHnc.dtype != q_BHLc.dtype:
         k_BHnc = k_BHnc.to(q_BHLc.dtype)
     if n == 1:
         return v_BHnc.expand(q_BHLc.shape)
-    if n <= SMALL_ATTN_MAX_KEYS and q_BHLc.shape[0] * q_BHLc.shape[1] >= SMALL_ATTN_MIN_PAIRS \
-            and not torch.is_grad_enabled():
-        s_BHLn = torch.matmul(q_BHLc.float(), k_BHnc.float().transpose(-1, -2)).mul_(scale)
-        return torch.matmul(s_BHLn.softmax(dim=-1), v_BHnc.float()).to(q_BHLc.dtype)
+    if n <= SMALL_ATTN_MAX_KEYS and q_BHLc.is_cuda:
+        with sdpa_kernel(_SMALL_BACKENDS, set_priority=True):
+            return F.scaled_dot_product_attention(q_BHLc, k_BHnc, v_BHnc, scale=scale)
     return F.scaled_dot_product_attention(q_BHLc, k_BHnc, v_BHnc, scale=scale)
+
+
+_SMALL_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                   SDPBackend.MATH]
 
 
 class CachedAttend:
@@ -182,9 +185,9 @@ class CachedAttend:
 
     def from_qkv_rows(self, qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, B: int, L: int, scale: float
                       ) -> torch.Tensor:
-        from .kernels import K
+        from .kernels import qk_norm_into_cuda
         k_slot, v_slot = self.cache.reserve(self.b, L)           # (rows, L, H, c) token-major views
-        q_RHc = K.qk_norm_into(qkv_R3Hc, mul_1H1, k_slot, v_slot)
+        q_RHc = qk_norm_into_cuda(qkv_R3Hc, mul_1H1, k_slot, v_slot)
         H, c = q_RHc.shape[1:]
         k_all, v_all = self.cache.prefix(self.b)
         return cached_attention(q_RHc.view(B, L, H, c).transpose(1, 2), k_all, v_all, scale)

@@ -2,7 +2,7 @@
 # One device call (nvidia-h100-x1) for the issue-9 fast path: the A/B probe (eager default vs compiled, each eager
 # and with CUDA graphs), the graphs+compile sweep (d30, VARiant-d2 x batch 1/16/64, decode included), and the
 # largest batch. Results are packed into $OUT/results.tgz after every step.
-# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second|third|diag|fourth]
+# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second|third|diag|fourth|fifth]
 set -u
 export PYTHONPATH=. HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -24,6 +24,12 @@ elif [ "$1" = fourth ]; then   # session 4: fused k/v cache writes + small atten
     --parts timing,attn,diag 2>&1 | grep -v -i warn | grep -v '"part": "attn"' | tail -14; pack
   timeout 240 python3 scripts/h100_bench.py $O fast 2>&1 | grep -v -i warn | tail -3; pack
   timeout 70 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -3 | tee $O/gpu_tests.txt; pack
+elif [ "$1" = fifth ]; then   # session 4: the Triton q/k-norm + cache-write kernel and the small-attention backend
+  timeout 200 python3 scripts/speed_probe.py $O/probe --variants epi+fuse+tokkv,epi+fuse+tokkv+tri,epi+fuse+tokkv+tri+eff \
+    --parts timing,diag 2>&1 | grep -v -i warn | tail -12; pack
+  timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -3 | tee $O/gpu_tests.txt; pack
+  timeout 230 python3 scripts/h100_bench.py $O fast 2>&1 | grep -v -i warn | tail -3; pack
+  timeout 100 python3 scripts/h100_bench.py $O maxbatch_x 2>&1 | grep -v -i warn | tail -2; pack
 elif [ "$1" = third ]; then   # the next session: the token-major KV cache against the default, same process
   timeout 200 python3 scripts/speed_probe.py $O/probe --variants epi+fuse,epi+fuse+tokkv --parts timing,per_scale,profile \
     2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -14; pack

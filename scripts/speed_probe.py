@@ -9,7 +9,9 @@ Variants (each eager and with per-scale CUDA graphs, full depth and VARiant-d2 s
   +flash     the same with SDPA restricted to the FlashAttention-2 backend (default: cuDNN on the H100)
   +tokkv     the same with the token-major KV cache (``model.kv_cache.KV_LAYOUT = "token"``): q/k norms write unit k
              and v straight into the cache slots
-  +small     attention over <= 91 keys (the first six scales) as float32 matmuls instead of cuDNN SDPA
+  +tri       the q/k norms and cache writes through the hand-written Triton kernel instead of Inductor's
+  +eff       attention over <= 64 keys (scales 1-4) through the memory-efficient SDPA kernel instead of cuDNN
+  (session 4 measured a float32-matmul path for <= 91 keys: 1.5-10x slower than cuDNN; removed)
 Checks per variant: teacher-forcing logits against the first variant (relative error, top-1 agreement) on
 identical weights.
 
@@ -75,7 +77,8 @@ def set_variant(pipe: VARPipeline, name: str) -> None:
     kernels.K.head_logits = kernels.head_logits if new else fp32_head
     vqvae.bicubic_up = BICUBIC_UP if new else interpolate_bicubic
     kv_cache.KV_LAYOUT = "token" if "tokkv" in name else "head"
-    kv_cache.SMALL_ATTN_MAX_KEYS = 91 if "small" in name else 0     # the default is the +tokkv+small variant
+    kv_cache.SMALL_ATTN_MAX_KEYS = 64 if "eff" in name else 0     # the default is the +tokkv+tri+eff variant
+    kernels.USE_TRITON_QKV = "tri" in name
 
 
 def ceilings(out: Path, dev: torch.device) -> None:

@@ -252,3 +252,32 @@ def test_compiled_qk_norm_into_writes_cache_views_like_eager():
             assert torch.allclose(q, q_ref, atol=1e-6)
             assert torch.allclose(kb[:, n0:n0 + L], k_ref, atol=1e-6) and torch.equal(vb[:, n0:n0 + L], v_ref)
             n0 += L
+
+
+@pytest.mark.gpu
+def test_triton_qkv_kernel_matches_the_torch_form():
+    """The Triton q/k-norm + cache-write kernel against the eager function, into token-major cache slots."""
+    B, L, H, c, cap, n0 = 3, 9, 30, 64, 20, 5
+    qkv = torch.randn(B * L, 3, H, c, device="cuda").bfloat16()
+    mul = (torch.rand(1, H, 1, device="cuda") * 9 + 1).bfloat16()
+    kb, vb = (torch.zeros(B, cap, H, c, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    kr, vr = torch.zeros(B, L, H, c, device="cuda"), torch.zeros(B, L, H, c, device="cuda")
+    with torch.no_grad():
+        q = kernels.qk_norm_into_cuda(qkv, mul, kb[:, n0:n0 + L], vb[:, n0:n0 + L])
+        qr = kernels.qk_norm_into(qkv.float(), mul.float(), kr, vr)
+    assert kernels._TRITON_QKV and kernels._TRITON_QKV[0] is not None, "Triton did not import on this GPU machine"
+    assert rel_err(q.float(), qr) < 4e-3 and rel_err(kb[:, n0:n0 + L].float(), kr) < 4e-3
+    assert torch.equal(vb[:, n0:n0 + L], vr.bfloat16())
+    assert kb[:, :n0].abs().max() == 0 and kb[:, n0 + L:].abs().max() == 0 and vb[:, n0 + L:].abs().max() == 0
+
+
+@pytest.mark.gpu
+def test_small_attention_backend_matches_default_sdpa():
+    """Attention over <= SMALL_ATTN_MAX_KEYS keys (the memory-efficient kernel) equals the default SDPA."""
+    from model import kv_cache
+    q = torch.randn(8, 30, 16, 64, device="cuda").bfloat16()
+    k, v = (torch.randn(8, 30, 30, 64, device="cuda").bfloat16() for _ in range(2))
+    with torch.no_grad():
+        got = kv_cache.cached_attention(q, k, v, 1.0).float()
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=1.0)
+    assert rel_err(got, ref) < 1e-2

@@ -116,19 +116,15 @@ def test_token_layout_writes_unit_k_and_v_straight_into_the_cache():
     kv_mod.CachedAttend(caches[1], 0)         # the class is public: the pipeline's graphs hold instances
 
 
-def test_cached_attention_one_key_and_small_path_equal_sdpa(monkeypatch):
-    """One key: the output is that key's value. Up to SMALL_ATTN_MAX_KEYS keys: float32 matmuls; both equal SDPA."""
+def test_cached_attention_one_key_is_the_value():
+    """One key: softmax over one score is 1, the output is that key's value (no kernel), and equals SDPA."""
     import torch.nn.functional as F
     import model.kv_cache as kv_mod
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 2, 4, 16, generator=g) for _ in range(3))
-    one = kv_mod.cached_attention(q, k[:, :, :1], v[:, :, :1], 1.0)
-    assert torch.equal(one, v[:, :, :1].expand(q.shape))
-    ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)
-    monkeypatch.setattr(kv_mod, "SMALL_ATTN_MAX_KEYS", 4)
-    monkeypatch.setattr(kv_mod, "SMALL_ATTN_MIN_PAIRS", 6)
-    with torch.no_grad():
-        small = kv_mod.cached_attention(q, k, v, 0.3)
-    assert torch.allclose(small, ref, rtol=1e-5, atol=1e-6)
-    monkeypatch.setattr(kv_mod, "SMALL_ATTN_MAX_KEYS", 3)      # above the threshold: SDPA itself
-    assert torch.equal(kv_mod.cached_attention(q, k, v, 0.3), ref)
+    q, k, v = (torch.randn(3, 2, 1, 16, generator=g) for _ in range(3))
+    one = kv_mod.cached_attention(q, k, v, 1.0)
+    assert torch.equal(one, v)
+    assert torch.allclose(one, F.scaled_dot_product_attention(q, k, v, scale=1.0), atol=1e-6)
+    q4 = torch.randn(3, 2, 4, 16, generator=g)
+    assert torch.allclose(kv_mod.cached_attention(q4, k, v, 0.3), F.scaled_dot_product_attention(q4, k, v, scale=0.3),
+                          atol=1e-6)
