@@ -56,6 +56,7 @@ class GraphedScales:
             self.logits.append(out)
 
     def start(self, cond_BD: torch.Tensor) -> None:
+        self.var.refresh_inference_consts()     # parameters changed in place since capture: derived caches follow
         self.cond_BD.copy_(cond_BD)
         self.mods_graph.replay()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,19 @@ def qk_norm_into(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, k_dst: torch.Ten
 
 
 USE_TRITON_QKV = True      # CUDA: the hand-written Triton kernel for qk_norm_into (model/triton_kernels.py)
-_TRITON_QKV: list = []
+_TRITON: dict = {}
+
+
+def triton_kernel(name: str):
+    """A function of model/triton_kernels.py, or None where Triton does not import (CPU-only torch builds)."""
+    if name not in _TRITON:
+        try:
+            from . import triton_kernels
+        except ImportError:
+            _TRITON[name] = None
+        else:
+            _TRITON[name] = getattr(triton_kernels, name)
+    return _TRITON[name]
 
 
 def qk_norm_into_cuda(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, k_dst: torch.Tensor, v_dst: torch.Tensor
@@ -66,14 +79,9 @@ def qk_norm_into_cuda(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, k_dst: torc
     """``K.qk_norm_into``, through the Triton kernel on CUDA where Triton imports (one pass at ~bandwidth: the
     Inductor-fused form ran at 1.2-1.5 TB/s on the H100's strided cache slots)."""
     if qkv_R3Hc.is_cuda and USE_TRITON_QKV and qkv_R3Hc.is_contiguous():
-        if not _TRITON_QKV:
-            try:
-                from .triton_kernels import qkv_norm_into_cache
-            except ImportError:           # no Triton in this torch build
-                qkv_norm_into_cache = None
-            _TRITON_QKV.append(qkv_norm_into_cache)
-        if _TRITON_QKV[0] is not None:
-            return _TRITON_QKV[0](qkv_R3Hc, mul_1H1, k_dst, v_dst)
+        fn = triton_kernel("qkv_norm_into_cache")
+        if fn is not None:
+            return fn(qkv_R3Hc, mul_1H1, k_dst, v_dst)
     return K.qk_norm_into(qkv_R3Hc, mul_1H1, k_dst, v_dst)
 
 
@@ -99,23 +107,56 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return gelu_tanh(F.linear(x, weight, bias))
 
 
+def split_hi_lo(h_RC: torch.Tensor) -> torch.Tensor:
+    """(rows, 2C + 8) bf16 = [h_hi | h_lo | 1 0 0 0 0 0 0 0] of a float32 h: h = hi + lo to ~2^-16 relative, and
+    the constant 1 that carries the head bias through the matmul (K stays a multiple of 8). One kernel compiled."""
+    hi = h_RC.to(torch.bfloat16)
+    lo = (h_RC - hi.float()).to(torch.bfloat16)
+    one = torch.ones_like(h_RC[:, :1])
+    return torch.cat((hi, lo, one.to(torch.bfloat16), torch.zeros_like(h_RC[:, :7]).to(torch.bfloat16)), dim=1)
+
+
+_HEAD_W: dict[int, list] = {}     # id(weight) -> [weakref to weight, version key, (V, 2C + 8) tensor]
+
+
+def head_weight(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """[W | W | b 0 0 0 0 0 0 0] (V, 2C + 8) for ``split_hi_lo`` rows, built once per weight tensor and refreshed
+    in place when the weight or bias change (so CUDA graphs that captured it stay valid)."""
+    key = (weight._version, bias._version, bias.data_ptr(), weight.data_ptr())
+    entry = _HEAD_W.get(id(weight))
+    if entry is not None and entry[0]() is not weight:            # a dead weight's id reused
+        entry = None
+    V, C = weight.shape
+    if entry is not None and (entry[2].shape != (V, 2 * C + 8) or entry[2].device != weight.device
+                              or entry[2].dtype != weight.dtype):
+        entry = None
+    if entry is None or entry[1] != key:
+        w = torch.zeros(V, 2 * C + 8, dtype=weight.dtype, device=weight.device) if entry is None else entry[2]
+        with torch.no_grad():
+            w[:, :C] = weight
+            w[:, C:2 * C] = weight
+            w[:, 2 * C] = bias
+        for k in [k for k, e in _HEAD_W.items() if e[0]() is None]:
+            del _HEAD_W[k]
+        _HEAD_W[id(weight)] = [weakref.ref(weight), key, w]
+        return w
+    return entry[2]
+
+
 def head_logits(h_BLC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Float32 logits of a float32 hidden state. With bf16 head weights on CUDA: one bf16 tensor-core matmul with
-    float32 output over [h_hi | h_lo] (h split into two bf16 parts, weights repeated), which is h·Wᵀ to ~2^-16
-    relative; the float32 matmul it replaces runs without tensor cores (26.5 ms of a d30 batch-64 generation on
-    the H100). Elsewhere the plain float32 linear."""
+    float32 output over [h_hi | h_lo | 1] against [W | W | b] (``split_hi_lo``, ``head_weight``): h·Wᵀ + b to
+    ~2^-16 relative, with the bias added in the matmul's float32 accumulator; the float32 matmul it replaces runs
+    without tensor cores (26.5 ms of a d30 batch-64 generation on the H100). Elsewhere the plain float32 linear."""
     if h_BLC.is_cuda and weight.dtype == torch.bfloat16 and not torch.is_grad_enabled() and _SPLIT_HEAD_OK[0]:
         rows, C = h_BLC.numel() // h_BLC.shape[-1], h_BLC.shape[-1]
-        h = h_BLC.reshape(rows, C).float()
-        hi = h.to(torch.bfloat16)
-        lo = (h - hi.float()).to(torch.bfloat16)
-        w2 = torch.cat((weight, weight), dim=1)
+        a = K.split_hi_lo(h_BLC.reshape(rows, C).float())
         try:
-            out = torch.mm(torch.cat((hi, lo), dim=1), w2.t(), out_dtype=torch.float32)
+            out = torch.mm(a, head_weight(weight, bias).t(), out_dtype=torch.float32)
         except (RuntimeError, TypeError, NotImplementedError):    # a torch without mm(out_dtype=) on CUDA
             _SPLIT_HEAD_OK[0] = False
         else:
-            return out.add_(bias.float()).view(*h_BLC.shape[:-1], weight.shape[0])
+            return out.view(*h_BLC.shape[:-1], weight.shape[0])
     return F.linear(h_BLC.float(), weight.float(), bias.float())
 
 
@@ -123,7 +164,7 @@ _SPLIT_HEAD_OK = [True]
 
 
 EAGER = {"ln_modulate": ln_modulate, "gated_residual": gated_residual, "qk_norm": qk_norm, "gelu_tanh": gelu_tanh,
-         "residual_ln_modulate": residual_ln_modulate, "qk_norm_into": qk_norm_into, "gumbel": gumbel}
+         "residual_ln_modulate": residual_ln_modulate, "qk_norm_into": qk_norm_into, "gumbel": gumbel, "split_hi_lo": split_hi_lo}
 
 
 class Kernels:
@@ -133,6 +174,7 @@ class Kernels:
     qk_norm = staticmethod(qk_norm)
     qk_norm_into = staticmethod(qk_norm_into)
     gumbel = staticmethod(gumbel)
+    split_hi_lo = staticmethod(split_hi_lo)
     gelu_tanh = staticmethod(gelu_tanh)
     linear_gelu = staticmethod(linear_gelu)
     head_logits = staticmethod(head_logits)

@@ -8,6 +8,8 @@ allocation; VARiant(d, N) reallocates once, at the switch, after freeing the ski
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -144,23 +146,35 @@ class KVCache:
         self.v = [None] * self.spec.depth
 
 
-SMALL_ATTN_MAX_KEYS = 64    # CUDA inference attention over at most this many keys: the memory-efficient SDPA kernel
+# CUDA bf16/fp16 inference over at most this many keys (<= 64 queries): the Triton kernel; VARBENCH_NO_TINY_ATTN=1
+# turns it off (the benchmark script does so where the kernel's GPU test fails)
+TINY_ATTN_MAX_KEYS = 0 if os.environ.get("VARBENCH_NO_TINY_ATTN") == "1" else 128
+SMALL_ATTN_MAX_KEYS = 64    # otherwise, up to this many keys on CUDA: the memory-efficient SDPA kernel
 
 
 def cached_attention(q_BHLc: torch.Tensor, k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, scale: float) -> torch.Tensor:
-    """Unmasked attention of this scale's queries over the cached keys. One key (the first scale): the output is
-    that key's value, exactly what softmax over one score gives, without a kernel that pays a fixed cost per
-    (row, head). Up to ``SMALL_ATTN_MAX_KEYS`` keys on CUDA (scales 1-4): the memory-efficient SDPA kernel, which
-    took 44-48 us a call at batch 64 on the H100 where cuDNN's took 67-77 us (and 5.3 vs 6.5 us at batch 1);
-    from 91 keys on, cuDNN is faster (the SDPA default)."""
-    n = k_BHnc.shape[2]
+    """Unmasked attention of this scale's queries over the cached keys, by size:
+    - one key (the first scale): the output is that key's value, exactly what softmax over one score gives;
+    - up to ``TINY_ATTN_MAX_KEYS`` keys on CUDA (VAR's first six scales): one Triton program per (row, head)
+      (``triton_kernels.tiny_attention``); SDPA's kernels pay a fixed cost per (row, head) tile that dominates
+      there: 44-77 us a call at d30 batch 64 on the H100;
+    - without Triton, up to ``SMALL_ATTN_MAX_KEYS``: the memory-efficient SDPA kernel (44-48 us where cuDNN took
+      67-77 us at batch 64; 5.3 vs 6.5 us at batch 1); from 91 keys on cuDNN is faster (the SDPA default)."""
+    n, L, c = k_BHnc.shape[2], q_BHLc.shape[2], q_BHLc.shape[3]
     if k_BHnc.dtype != q_BHLc.dtype:
         k_BHnc = k_BHnc.to(q_BHLc.dtype)
     if n == 1:
         return v_BHnc.expand(q_BHLc.shape)
-    if n <= SMALL_ATTN_MAX_KEYS and q_BHLc.is_cuda:
-        with sdpa_kernel(_SMALL_BACKENDS, set_priority=True):
-            return F.scaled_dot_product_attention(q_BHLc, k_BHnc, v_BHnc, scale=scale)
+    if q_BHLc.is_cuda and not torch.is_grad_enabled():
+        if n <= TINY_ATTN_MAX_KEYS and L <= 64 and c in (16, 32, 64, 128) \
+                and q_BHLc.dtype in (torch.bfloat16, torch.float16) and v_BHnc.dtype == q_BHLc.dtype:
+            from .kernels import triton_kernel
+            fn = triton_kernel("tiny_attention")
+            if fn is not None:
+                return fn(q_BHLc, k_BHnc, v_BHnc, scale)
+        if n <= SMALL_ATTN_MAX_KEYS:
+            with sdpa_kernel(_SMALL_BACKENDS, set_priority=True):
+                return F.scaled_dot_product_attention(q_BHLc, k_BHnc, v_BHnc, scale=scale)
     return F.scaled_dot_product_attention(q_BHLc, k_BHnc, v_BHnc, scale=scale)
 
 

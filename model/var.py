@@ -50,17 +50,23 @@ class SelfAttention(nn.Module):
 
     def _consts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The qkv bias [q_bias, 0, v_bias] and the clamped per-head scale exp(min(s, log 100)) as (1, H, 1).
-        At inference they are cached until a parameter changes (``_version``): recomputed per block and scale they
-        were ~100 tiny kernels a scale, a fixed cost that dominates the small scales."""
+        At inference they are cached and refreshed in place when a parameter changes (``_version``), so CUDA
+        graphs that captured them stay valid: recomputed per block and scale they were ~100 tiny kernels a scale,
+        a fixed cost that dominates the small scales."""
         H = self.heads
         if torch.is_grad_enabled():
             return self._make_consts(H)
         key = (self.q_bias._version, self.v_bias._version, self.q_bias.data_ptr(), self.q_bias.dtype,
                self.scale_mul_1H11._version if self.l2 else 0)
         cached = self.__dict__.get("_consts_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, self._make_consts(H))
+        if cached is None or cached[1][0].device != self.q_bias.device or cached[1][0].dtype != self.q_bias.dtype:
+            cached = [key, self._make_consts(H)]
             self.__dict__["_consts_cache"] = cached
+        elif cached[0] != key:
+            for old, new in zip(cached[1], self._make_consts(H)):
+                if old is not None:
+                    old.copy_(new)
+            cached[0] = key
         return cached[1]
 
     def _make_consts(self, H: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -326,6 +332,16 @@ class VAR(nn.Module):
 
     def cond_for_blocks(self, cond_BD: torch.Tensor) -> torch.Tensor:
         return self.shared_ada_lin(cond_BD) if self.spec.shared_aln else cond_BD
+
+    @torch.no_grad()
+    def refresh_inference_consts(self) -> None:
+        """Bring the inference caches derived from parameters (qkv biases, head scales, the split head weight) up
+        to date in place: CUDA graph replays read them without running the Python that would."""
+        for blk in self.blocks:
+            blk.attn._consts()
+        if self.head.weight.is_cuda and self.head.weight.dtype == torch.bfloat16:
+            from .kernels import head_weight
+            head_weight(self.head.weight, self.head.bias)
 
     def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """Head in float32 whatever the weight dtype: greedy/top-k choices hinge on small logit gaps."""

@@ -2,7 +2,7 @@
 # One device call (nvidia-h100-x1) for the issue-9 fast path: the A/B probe (eager default vs compiled, each eager
 # and with CUDA graphs), the graphs+compile sweep (d30, VARiant-d2 x batch 1/16/64, decode included), and the
 # largest batch. Results are packed into $OUT/results.tgz after every step.
-# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second|third|diag|fourth|fifth]
+# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second|third|diag|fourth|fifth|sixth]
 set -u
 export PYTHONPATH=. HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -30,6 +30,25 @@ elif [ "$1" = fifth ]; then   # session 4: the Triton q/k-norm + cache-write ker
   timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -3 | tee $O/gpu_tests.txt; pack
   timeout 230 python3 scripts/h100_bench.py $O fast 2>&1 | grep -v -i warn | tail -3; pack
   timeout 100 python3 scripts/h100_bench.py $O maxbatch_x 2>&1 | grep -v -i warn | tail -2; pack
+elif [ "$1" = sixth ]; then   # session 4, last call: GPU tests, tiny-attention A/B, then the target sweep
+  timeout 70 python3 -m pytest -q -rf -m gpu -p no:cacheprovider tests/ 2>&1 | tail -6 | tee $O/gpu_tests.txt; pack
+  if grep -q "FAILED.*tiny_attention" $O/gpu_tests.txt; then export VARBENCH_NO_TINY_ATTN=1; fi
+  timeout 150 python3 scripts/speed_probe.py $O/probe --variants epi+fuse+tokkv+tri+eff,epi+fuse+tokkv+tri+eff+tiny \
+    --parts timing --graphs-only 2>&1 | grep -v -i warn | tail -6; pack
+  python3 - <<'PY' >> $O/choice.txt
+import json
+t = {}
+for l in open("/tmp/o/probe/probe.jsonl"):
+    r = json.loads(l)
+    if r["part"] == "timing" and r["graphs"]:
+        t[(r["variant"].endswith("+tiny"), r["schedule"])] = r["ms_p50"]
+slower = t.get((True, "d2"), 1e9) > t.get((False, "d2"), 0)
+print("tiny attention", "OFF (slower or failed)" if slower else "on", t)
+open("/tmp/o/tiny_off", "w").write("1" if slower else "0")
+PY
+  if [ "$(cat $O/tiny_off 2>/dev/null)" = 1 ]; then export VARBENCH_NO_TINY_ATTN=1; fi
+  echo "VARBENCH_NO_TINY_ATTN=${VARBENCH_NO_TINY_ATTN:-0}" | tee -a $O/choice.txt
+  timeout 200 python3 scripts/h100_bench.py $O fast_targets 2>&1 | grep -v -i warn | tail -2; pack
 elif [ "$1" = third ]; then   # the next session: the token-major KV cache against the default, same process
   timeout 200 python3 scripts/speed_probe.py $O/probe --variants epi+fuse,epi+fuse+tokkv --parts timing,per_scale,profile \
     2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -14; pack

@@ -11,6 +11,7 @@ Variants (each eager and with per-scale CUDA graphs, full depth and VARiant-d2 s
              and v straight into the cache slots
   +tri       the q/k norms and cache writes through the hand-written Triton kernel instead of Inductor's
   +eff       attention over <= 64 keys (scales 1-4) through the memory-efficient SDPA kernel instead of cuDNN
+  +tiny      attention over <= 128 keys (scales 1-5) through the Triton kernel (one program per row and head)
   (session 4 measured a float32-matmul path for <= 91 keys: 1.5-10x slower than cuDNN; removed)
 Checks per variant: teacher-forcing logits against the first variant (relative error, top-1 agreement) on
 identical weights.
@@ -39,6 +40,7 @@ from model.schedule import DepthSchedule  # noqa: E402
 from varbench.timing import measure  # noqa: E402
 
 ROWS: list[dict] = []
+GRAPHS_ONLY = False
 
 
 def emit(out: Path, row: dict) -> None:
@@ -79,6 +81,7 @@ def set_variant(pipe: VARPipeline, name: str) -> None:
     kv_cache.KV_LAYOUT = "token" if "tokkv" in name else "head"
     kv_cache.SMALL_ATTN_MAX_KEYS = 64 if "eff" in name else 0     # the default is the +tokkv+tri+eff variant
     kernels.USE_TRITON_QKV = "tri" in name
+    kv_cache.TINY_ATTN_MAX_KEYS = 128 if "tiny" in name else 0
 
 
 def ceilings(out: Path, dev: torch.device) -> None:
@@ -125,7 +128,7 @@ def timing(out: Path, pipe: VARPipeline, batch: int, variants: list[str], dev: t
                    "first_call_s": time.perf_counter() - t0})
         for sname, sched in scheds.items():
             for graphs in (False, True):
-                if graphs and dev.type != "cuda":
+                if (graphs and dev.type != "cuda") or (not graphs and GRAPHS_ONLY and dev.type == "cuda"):
                     continue
                 pipe._graphed.clear()
                 t0 = time.perf_counter()
@@ -331,7 +334,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--variants", default="prev,epi,epi+fuse")
     ap.add_argument("--parts", default="ceilings,timing,per_scale,profile,decode")
+    ap.add_argument("--graphs-only", action="store_true", help="time only the CUDA-graph runs on a GPU")
     a = ap.parse_args()
+    global GRAPHS_ONLY
+    GRAPHS_ONLY = a.graphs_only
     a.out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(a.device)
     parts = a.parts.split(",")

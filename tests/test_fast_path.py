@@ -216,17 +216,19 @@ def test_compiled_pipeline_computes_the_same_function():
 
 
 def test_cached_qkv_constants_follow_parameter_updates():
-    """The inference cache of the qkv bias and head scale is rebuilt when a parameter changes in place (an
-    optimizer step, load_state_dict), and never used under autograd."""
+    """The inference cache of the qkv bias and head scale is refreshed in place (CUDA graphs captured it) when a
+    parameter changes in place (an optimizer step, load_state_dict), and never used under autograd."""
     s = spec.var_spec(1, name="cst", width=32, heads=2, patch_nums=(1, 2), vae=spec.TINY_VAE, num_classes=4)
     attn = VARPipeline.from_spec(s, seed=0).var.blocks[0].attn
     with torch.no_grad():
         b0, m0 = attn._consts()
         assert attn._consts()[0] is b0                           # cached
+        b0_vals, m0_vals = b0.clone(), m0.clone()
         attn.q_bias.add_(1.0)
         attn.scale_mul_1H11.sub_(0.5)
         b1, m1 = attn._consts()
-    assert torch.equal(b1[:32], b0[:32] + 1) and torch.allclose(m1, m0 * torch.exp(torch.tensor(-0.5)))
+    assert b1 is b0 and m1 is m0                                 # same memory, new values
+    assert torch.equal(b1[:32], b0_vals[:32] + 1) and torch.allclose(m1, m0_vals * torch.exp(torch.tensor(-0.5)))
     b2, _ = attn._consts()
     assert b2.requires_grad and b2 is not b1                     # training: built in the graph, not cached
 
@@ -265,7 +267,7 @@ def test_triton_qkv_kernel_matches_the_torch_form():
     with torch.no_grad():
         q = kernels.qk_norm_into_cuda(qkv, mul, kb[:, n0:n0 + L], vb[:, n0:n0 + L])
         qr = kernels.qk_norm_into(qkv.float(), mul.float(), kr, vr)
-    assert kernels._TRITON_QKV and kernels._TRITON_QKV[0] is not None, "Triton did not import on this GPU machine"
+    assert kernels.triton_kernel("qkv_norm_into_cache") is not None, "Triton did not import on this GPU machine"
     assert rel_err(q.float(), qr) < 4e-3 and rel_err(kb[:, n0:n0 + L].float(), kr) < 4e-3
     assert torch.equal(vb[:, n0:n0 + L], vr.bfloat16())
     assert kb[:, :n0].abs().max() == 0 and kb[:, n0 + L:].abs().max() == 0 and vb[:, n0 + L:].abs().max() == 0
@@ -281,3 +283,39 @@ def test_small_attention_backend_matches_default_sdpa():
         got = kv_cache.cached_attention(q, k, v, 1.0).float()
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=1.0)
     assert rel_err(got, ref) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("L,n", [(4, 5), (36, 91), (64, 128), (1, 2)])
+def test_tiny_attention_kernel_matches_sdpa(L, n):
+    """The Triton attention for the first scales against float32 SDPA, on the cache's token-major views; the
+    output is a (B, H, L, c) view of (B, L, H, c) memory."""
+    from model import kv_cache
+    B, H, c = 6, 30, 64
+    q = torch.randn(B, L, H, c, device="cuda").bfloat16().transpose(1, 2)
+    kb, vb = (torch.randn(B, 150, H, c, device="cuda").bfloat16().transpose(1, 2) for _ in range(2))
+    k, v = kb[:, :, :n], vb[:, :, :n]
+    with torch.no_grad():
+        got = kv_cache.cached_attention(q, k, v, 0.9)
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=0.9)
+    assert kernels.triton_kernel("tiny_attention") is not None
+    assert got.transpose(1, 2).is_contiguous() and rel_err(got.float(), ref) < 1e-2
+
+
+def test_split_hi_lo_rows_and_head_weight_give_the_linear_head():
+    """[h_hi | h_lo | 1 0..] @ [W | W | b 0..]ᵀ equals h·Wᵀ + b (computed here in float64 on CPU), and the head
+    weight is refreshed in place when the weight changes."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(5, 16, generator=g) * 3
+    w = (torch.randn(12, 16, generator=g) * 0.1).bfloat16()
+    b = torch.randn(12, generator=g).bfloat16()
+    a = kernels.split_hi_lo(h)
+    assert a.shape == (5, 40) and a.dtype == torch.bfloat16
+    w2 = kernels.head_weight(w, b)
+    got = a.double() @ w2.double().t()
+    ref = h.double() @ w.double().t() + b.double()
+    assert ((got - ref).norm() / ref.norm()).item() < 2e-5
+    with torch.no_grad():
+        w.mul_(2)
+    w3 = kernels.head_weight(w, b)
+    assert w3 is w2 and torch.equal(w3[:, :16], w) and torch.equal(w3[:, 16:32], w)
