@@ -109,11 +109,14 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 
 def split_hi_lo(h_RC: torch.Tensor) -> torch.Tensor:
     """(rows, 2C + 8) bf16 = [h_hi | h_lo | 1 0 0 0 0 0 0 0] of a float32 h: h = hi + lo to ~2^-16 relative, and
-    the constant 1 that carries the head bias through the matmul (K stays a multiple of 8). One kernel compiled."""
-    hi = h_RC.to(torch.bfloat16)
-    lo = (h_RC - hi.float()).to(torch.bfloat16)
+    the constant 1 that carries the head bias through the matmul (K stays a multiple of 8). One kernel compiled.
+    hi is h with its low 16 bits cleared (exact in bf16) and lo = h − hi is exact in float32, so the only rounding
+    is lo's store: the round-trip form lo = h − float(bf16(h)) is not safe under torch.compile, whose fused
+    kernels skip intermediate down-casts by default (lo became 0 and the head bf16: session 4's GPU test)."""
+    hi = (h_RC.view(torch.int32) & -65536).view(torch.float32)
     one = torch.ones_like(h_RC[:, :1])
-    return torch.cat((hi, lo, one.to(torch.bfloat16), torch.zeros_like(h_RC[:, :7]).to(torch.bfloat16)), dim=1)
+    return torch.cat((hi.to(torch.bfloat16), (h_RC - hi).to(torch.bfloat16), one.to(torch.bfloat16),
+                      torch.zeros_like(h_RC[:, :7]).to(torch.bfloat16)), dim=1)
 
 
 _HEAD_W: dict[int, list] = {}     # id(weight) -> [weakref to weight, version key, (V, 2C + 8) tensor]

@@ -319,3 +319,16 @@ def test_split_hi_lo_rows_and_head_weight_give_the_linear_head():
         w.mul_(2)
     w3 = kernels.head_weight(w, b)
     assert w3 is w2 and torch.equal(w3[:, :16], w) and torch.equal(w3[:, 16:32], w)
+
+
+def test_compiled_split_hi_lo_keeps_the_low_part():
+    """torch.compile fuses away intermediate down-casts by default; the split must survive that (a round-trip
+    hi/lo split compiled to lo == 0, a bf16 head)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    h = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)) * 3
+    a = torch.compile(kernels.split_hi_lo)(h)
+    lo = a[:, 32:64]
+    rec = a[:, :32].double() + lo.double()
+    assert (lo != 0).float().mean() > 0.9
+    assert ((rec - h.double()).norm() / h.double().norm()).item() < 1e-5
