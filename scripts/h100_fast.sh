@@ -2,7 +2,7 @@
 # One device call (nvidia-h100-x1) for the issue-9 fast path: the A/B probe (eager default vs compiled, each eager
 # and with CUDA graphs), the graphs+compile sweep (d30, VARiant-d2 x batch 1/16/64, decode included), and the
 # largest batch. Results are packed into $OUT/results.tgz after every step.
-# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second|third|diag|fourth|fifth|sixth]
+# Usage: VARBENCH_GIT_COMMIT=$(git rev-parse HEAD) bash scripts/h100_fast.sh [first|second|third|diag|fourth|fifth|sixth|final]
 set -u
 export PYTHONPATH=. HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -49,6 +49,17 @@ PY
   if [ "$(cat $O/tiny_off 2>/dev/null)" = 1 ]; then export VARBENCH_NO_TINY_ATTN=1; fi
   echo "VARBENCH_NO_TINY_ATTN=${VARBENCH_NO_TINY_ATTN:-0}" | tee -a $O/choice.txt
   timeout 200 python3 scripts/h100_bench.py $O fast_targets 2>&1 | grep -v -i warn | tail -2; pack
+elif [ "$1" = final ]; then   # session 4, after the split-head fix: GPU tests (isolating the tiny kernel if the
+  # greedy-agreement test fails), then the target sweep
+  timeout 70 python3 -m pytest -q -rf -m gpu -p no:cacheprovider tests/ 2>&1 | tail -5 | tee $O/gpu_tests.txt; pack
+  if grep -q "FAILED.*greedy" $O/gpu_tests.txt; then
+    VARBENCH_NO_TINY_ATTN=1 timeout 40 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_fast_path.py \
+      -k greedy 2>&1 | tail -1 | tee $O/gpu_tests_no_tiny.txt
+    grep -q " passed" $O/gpu_tests_no_tiny.txt && ! grep -q failed $O/gpu_tests_no_tiny.txt && export VARBENCH_NO_TINY_ATTN=1
+  fi
+  if grep -q "FAILED.*tiny_attention" $O/gpu_tests.txt; then export VARBENCH_NO_TINY_ATTN=1; fi
+  echo "VARBENCH_NO_TINY_ATTN=${VARBENCH_NO_TINY_ATTN:-0}" | tee $O/choice.txt
+  timeout 170 python3 scripts/h100_bench.py $O fast_targets 2>&1 | grep -v -i warn | tail -1; pack
 elif [ "$1" = third ]; then   # the next session: the token-major KV cache against the default, same process
   timeout 200 python3 scripts/speed_probe.py $O/probe --variants epi+fuse,epi+fuse+tokkv --parts timing,per_scale,profile \
     2>&1 | grep -v -i warn | grep -v '"part": "profile"' | tail -14; pack
