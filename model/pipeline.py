@@ -222,7 +222,8 @@ class VARPipeline:
 
     def _graph_runner(self, schedule: DepthSchedule, batch: int, k_dtype: torch.dtype | None):
         from .cuda_graphs import GraphedScales
-        key = (schedule, batch, k_dtype, self.dtype, self.compiled, kv_cache.KV_LAYOUT)
+        key = (schedule, batch, k_dtype, self.dtype, self.compiled, kv_cache.KV_LAYOUT, kernels.USE_TRITON_QKV,
+               kv_cache.TINY_ATTN_MAX_KEYS, kv_cache.SMALL_ATTN_MAX_KEYS)   # every switch a capture depends on
         if key not in self._graphed:
             self._graphed.clear()                   # one captured configuration at a time bounds the memory
             self._graphed[key] = GraphedScales(self.var, schedule, batch, self.dtype, self.device, k_dtype)

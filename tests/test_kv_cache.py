@@ -64,11 +64,13 @@ def test_d30_full_kv_per_image_bf16():
 
 
 def test_token_major_layout_is_the_same_cache(monkeypatch):
-    """layout="token" changes only the memory behind the (rows, H, capacity, c) view: same bytes, same samples."""
+    """layout="token" (the default; the fused q/k-norm cache writes) against "head" (appends by copy): same bytes,
+    same samples, logits equal to float32 rounding."""
     import model.kv_cache as kv_mod
     s = spec.var_spec(4, name="kvl", width=64, heads=2, patch_nums=(1, 2, 3), vae=spec.TINY_VAE, num_classes=10)
     p = VARPipeline.from_spec(s, seed=0)
     sched = DepthSchedule.variant(s, 2, 1)
+    monkeypatch.setattr(kv_mod, "KV_LAYOUT", "head")
     a = p.generate([1, 2], seed=4, schedule=sched, return_logits=True, decode=False)
     monkeypatch.setattr(kv_mod, "KV_LAYOUT", "token")
     seen = []
