@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -119,31 +118,22 @@ def split_hi_lo(h_RC: torch.Tensor) -> torch.Tensor:
                       torch.zeros_like(h_RC[:, :7]).to(torch.bfloat16)), dim=1)
 
 
-_HEAD_W: dict[int, list] = {}     # id(weight) -> [weakref to weight, version key, (V, 2C + 8) tensor]
-
-
 def head_weight(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """[W | W | b 0 0 0 0 0 0 0] (V, 2C + 8) for ``split_hi_lo`` rows, built once per weight tensor and refreshed
-    in place when the weight or bias change (so CUDA graphs that captured it stay valid)."""
-    key = (weight._version, bias._version, bias.data_ptr(), weight.data_ptr())
-    entry = _HEAD_W.get(id(weight))
-    if entry is not None and entry[0]() is not weight:            # a dead weight's id reused
-        entry = None
+    """[W | W | b 0 0 0 0 0 0 0] (V, 2C + 8) for ``split_hi_lo`` rows, kept on the weight tensor and refreshed in
+    place when the weight or bias change (so CUDA graphs that captured it stay valid)."""
     V, C = weight.shape
-    if entry is not None and (entry[2].shape != (V, 2 * C + 8) or entry[2].device != weight.device
-                              or entry[2].dtype != weight.dtype):
-        entry = None
-    if entry is None or entry[1] != key:
-        w = torch.zeros(V, 2 * C + 8, dtype=weight.dtype, device=weight.device) if entry is None else entry[2]
-        with torch.no_grad():
-            w[:, :C] = weight
-            w[:, C:2 * C] = weight
-            w[:, 2 * C] = bias
-        for k in [k for k, e in _HEAD_W.items() if e[0]() is None]:
-            del _HEAD_W[k]
-        _HEAD_W[id(weight)] = [weakref.ref(weight), key, w]
-        return w
-    return entry[2]
+    key = (weight._version, bias._version, bias.data_ptr(), weight.data_ptr())
+    entry = getattr(weight, "_split_head", None)
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    w = entry[1] if entry is not None and entry[1].shape == (V, 2 * C + 8) and entry[1].device == weight.device \
+        and entry[1].dtype == weight.dtype else torch.zeros(V, 2 * C + 8, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        w[:, :C] = weight
+        w[:, C:2 * C] = weight
+        w[:, 2 * C] = bias
+    weight._split_head = (key, w)
+    return w
 
 
 def head_logits(h_BLC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -167,7 +157,8 @@ _SPLIT_HEAD_OK = [True]
 
 
 EAGER = {"ln_modulate": ln_modulate, "gated_residual": gated_residual, "qk_norm": qk_norm, "gelu_tanh": gelu_tanh,
-         "residual_ln_modulate": residual_ln_modulate, "qk_norm_into": qk_norm_into, "gumbel": gumbel, "split_hi_lo": split_hi_lo}
+         "residual_ln_modulate": residual_ln_modulate, "qk_norm_into": qk_norm_into, "gumbel": gumbel,
+         "split_hi_lo": split_hi_lo}
 
 
 class Kernels:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .kernels import qk_norm_into_cuda, triton_kernel
 from .schedule import DepthSchedule
 from .spec import VARSpec
 
@@ -107,18 +108,15 @@ class KVCache:
 
     # ---- use ---------------------------------------------------------------------------------------------
     def reserve(self, b: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Claim the next ``n`` token slots of block ``b``: K/V views of them in memory order ((rows, n, H, c) for
-        the token layout, (rows, H, n, c) for the head layout), to be written by the caller."""
+        """Claim the next ``n`` token slots of block ``b``: (rows, H, n, c) K/V views of them, to be written by the
+        caller."""
         n0 = self.filled[b]
         n1 = n0 + n
         k_buf, v_buf = self.k[b], self.v[b]
         if k_buf is None or n1 > k_buf.shape[2]:
             raise RuntimeError(f"KV cache overflow in block {b}: begin_scale() was not called for this scale")
         self.filled[b] = n1
-        k_slot, v_slot = k_buf[:, :, n0:n1], v_buf[:, :, n0:n1]
-        if self.layout == "token":
-            return k_slot.transpose(1, 2), v_slot.transpose(1, 2)
-        return k_slot, v_slot
+        return k_buf[:, :, n0:n1], v_buf[:, :, n0:n1]
 
     def prefix(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, H, n, c) views of everything block ``b`` has cached."""
@@ -128,8 +126,6 @@ class KVCache:
     def append(self, b: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this scale's K/V at the block's running offset; return views of everything cached so far."""
         k_slot, v_slot = self.reserve(b, k_BHlc.shape[2])
-        if self.layout == "token":
-            k_slot, v_slot = k_slot.transpose(1, 2), v_slot.transpose(1, 2)
         k_slot.copy_(k_BHlc)
         v_slot.copy_(v_BHlc)
         return self.prefix(b)
@@ -168,7 +164,6 @@ def cached_attention(q_BHLc: torch.Tensor, k_BHnc: torch.Tensor, v_BHnc: torch.T
     if q_BHLc.is_cuda and not torch.is_grad_enabled():
         if n <= TINY_ATTN_MAX_KEYS and L <= 64 and c in (16, 32, 64, 128) \
                 and q_BHLc.dtype in (torch.bfloat16, torch.float16) and v_BHnc.dtype == q_BHLc.dtype:
-            from .kernels import triton_kernel
             fn = triton_kernel("tiny_attention")
             if fn is not None:
                 return fn(q_BHLc, k_BHnc, v_BHnc, scale)
@@ -199,9 +194,8 @@ class CachedAttend:
 
     def from_qkv_rows(self, qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, B: int, L: int, scale: float
                       ) -> torch.Tensor:
-        from .kernels import qk_norm_into_cuda
-        k_slot, v_slot = self.cache.reserve(self.b, L)           # (rows, L, H, c) token-major views
-        q_RHc = qk_norm_into_cuda(qkv_R3Hc, mul_1H1, k_slot, v_slot)
+        k_slot, v_slot = self.cache.reserve(self.b, L)
+        q_RHc = qk_norm_into_cuda(qkv_R3Hc, mul_1H1, k_slot.transpose(1, 2), v_slot.transpose(1, 2))  # (rows, L, H, c)
         H, c = q_RHc.shape[1:]
         k_all, v_all = self.cache.prefix(self.b)
         return cached_attention(q_RHc.view(B, L, H, c).transpose(1, 2), k_all, v_all, scale)

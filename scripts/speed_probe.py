@@ -108,8 +108,7 @@ def ceilings(out: Path, dev: torch.device) -> None:
 def timing(out: Path, pipe: VARPipeline, batch: int, variants: list[str], dev: torch.device) -> None:
     spec = pipe.spec
     labels = torch.arange(batch) % spec.num_classes
-    scheds = {"d%d" % spec.depth: DepthSchedule.full(spec),
-              "d2": DepthSchedule.variant(spec, min(2, spec.depth), min(6, spec.num_scales - 1))}
+    scheds = schedules(spec)
     g = torch.Generator().manual_seed(1)
     idx = [torch.randint(0, spec.vae.vocab_size, (4, pn * pn), generator=g) for pn in spec.patch_nums]
     ref = ref_gen = None
@@ -144,25 +143,36 @@ def timing(out: Path, pipe: VARPipeline, batch: int, variants: list[str], dev: t
     pipe._graphed.clear()
 
 
-def per_scale(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.device) -> None:
-    """GPU time of each scale (blocks + head + sampling + next input), graphs on, for d30 and d2."""
+def schedules(spec) -> dict[str, DepthSchedule]:
+    """The two schedules every part compares: full depth and VARiant-d2 switch 6."""
+    return {"d%d" % spec.depth: DepthSchedule.full(spec),
+            "d2": DepthSchedule.variant(spec, min(2, spec.depth), min(6, spec.num_scales - 1))}
+
+
+def warm_graphed(pipe: VARPipeline, batch: int, variant: str):
+    """Per schedule, fresh graphs captured and warmed twice: yields (name, schedule, labels)."""
     set_variant(pipe, variant)
-    spec = pipe.spec
-    labels = torch.arange(batch) % spec.num_classes
-    for sname, sched in (("d%d" % spec.depth, DepthSchedule.full(spec)),
-                         ("d2", DepthSchedule.variant(spec, 2, 6))):
+    labels = torch.arange(batch) % pipe.spec.num_classes
+    for sname, sched in schedules(pipe.spec).items():
         pipe._graphed.clear()
         for _ in range(2):
             pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=True)
-        evs = [torch.cuda.Event(enable_timing=True) for _ in range(spec.num_scales + 1)]
+        yield sname, sched, labels
+    pipe._graphed.clear()
+
+
+def per_scale(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.device) -> None:
+    """GPU time of each scale (blocks + head + sampling + next input), graphs on, for d30 and d2."""
+    S = pipe.spec.num_scales
+    for sname, sched, labels in warm_graphed(pipe, batch, variant):
+        evs = [torch.cuda.Event(enable_timing=True) for _ in range(S + 1)]
         evs[0].record()
         pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=True,
                       on_scale_end=lambda si, c: evs[si + 1].record())
         torch.cuda.synchronize(dev)
-        ms = [evs[i].elapsed_time(evs[i + 1]) for i in range(spec.num_scales)]
+        ms = [evs[i].elapsed_time(evs[i + 1]) for i in range(S)]
         emit(out, {"part": "per_scale", "variant": variant, "schedule": sname, "batch": batch,
                    "scale_ms": [round(m, 2) for m in ms], "total_ms": sum(ms)})
-    pipe._graphed.clear()
 
 
 CATS = (("gemm", ("gemm", "sm90", "cutlass", "nvjet", "gemv", "matmul")), ("attention", ("flash", "fmha", "attention")),
@@ -206,14 +216,7 @@ def diag(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.devi
     import warnings
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
-    set_variant(pipe, variant)
-    spec = pipe.spec
-    labels = torch.arange(batch) % spec.num_classes
-    for sname, sched in (("d%d" % spec.depth, DepthSchedule.full(spec)),
-                         ("d2", DepthSchedule.variant(spec, 2, 6))):
-        pipe._graphed.clear()
-        for _ in range(2):
-            pipe.generate(labels, schedule=sched, decode=False, cuda_graphs=True)
+    for sname, sched, labels in warm_graphed(pipe, batch, variant):
         torch.cuda.synchronize(dev)
         torch.cuda.set_sync_debug_mode(1)
         with warnings.catch_warnings(record=True) as caught:
@@ -243,7 +246,6 @@ def diag(out: Path, pipe: VARPipeline, batch: int, variant: str, dev: torch.devi
         emit(out, {"part": "diag", "variant": variant, "schedule": sname, "batch": batch, "host_syncs": len(syncs),
                    "sync_examples": syncs[:3], "kernels": len(iv), "span_ms": (iv[-1][1] - iv[0][0]) / 1e3,
                    "busy_ms": busy / 1e3, "idle_ms": gaps / 1e3, "idle_gaps_over_50us_ms": big[:40]})
-    pipe._graphed.clear()
 
 
 def gemm_small(out: Path, dev: torch.device) -> None:
