@@ -15,7 +15,7 @@ import torch
 
 from model.pipeline import VARPipeline
 from model.schedule import DepthSchedule
-from varbench import toy_metric
+from varbench.quality import toy_metric
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import json
 import time
 from pathlib import Path
 
-from varbench.sweep import SweepConfig, run_sweep
-from varbench.trace import TraceConfig, run_trace
+from varbench.measuring.sweep import SweepConfig, run_sweep
+from varbench.measuring.trace import TraceConfig, run_trace
 
 COMMON = dict(model="var-d30", dtype="bf16", repeats=3, min_seconds=0.5, warmup=1, timeout_s=240)
 
@@ -110,7 +110,7 @@ def maxbatch_x(out: Path, device: str, devices: list[str] | None) -> None:
 
 
 def sensitivity(out: Path, device: str, devices: list[str] | None) -> None:
-    from varbench.sensitivity import SensitivityConfig, run_sensitivity
+    from varbench.quality.sensitivity import SensitivityConfig, run_sensitivity
 
     t0 = time.perf_counter()
     stamps: list[tuple[str, float]] = []

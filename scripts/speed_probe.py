@@ -37,7 +37,7 @@ from model import kernels, kv_cache, vqvae  # noqa: E402
 from model import spec as specs  # noqa: E402
 from model.pipeline import VARPipeline  # noqa: E402
 from model.schedule import DepthSchedule  # noqa: E402
-from varbench.timing import measure  # noqa: E402
+from varbench.measuring.timing import measure  # noqa: E402
 
 ROWS: list[dict] = []
 GRAPHS_ONLY = False

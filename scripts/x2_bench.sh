@@ -20,7 +20,7 @@ pack() { tar czf $OUT/results.tgz.tmp -C $O . 2>/dev/null && mv $OUT/results.tgz
 B=scripts/h100_bench.py
 case "$1" in
 gen)
-  timeout 250 python3 $B $O grid --devices 0,1 2>&1 | grep -v Warning | tail -5; pkill -f varbench.sweep_worker; sleep 1
+  timeout 250 python3 $B $O grid --devices 0,1 2>&1 | grep -v Warning | tail -5; pkill -f varbench.measuring.sweep_worker; sleep 1
   # one process per part: a part's cached CUDA memory must not shrink the next part's GPU
   ( export CUDA_VISIBLE_DEVICES=0
     for p in trace maxbatch; do timeout 150 python3 $B $O $p 2>&1 | grep -v Warning | tail -4; done ) &

@@ -140,7 +140,7 @@ def nvml_factory(pid: int, **make_kw):
     list holds ``pid`` (the parent) and returns an Nvml on it."""
     import sys
 
-    from varbench import memory
+    from varbench.measuring import memory
 
     sys.modules["pynvml"] = make(pid=pid, **make_kw)
     return memory.Nvml(pid=pid, nvml_index=0)

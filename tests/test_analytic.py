@@ -4,7 +4,7 @@ import torch
 
 from model import spec
 from model.schedule import DepthSchedule
-from varbench import analytic
+from varbench.measuring import analytic
 
 D30 = spec.SPECS["var-d30"]
 FULL30 = DepthSchedule.full(D30)

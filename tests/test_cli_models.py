@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from model import spec
 from model.checkpoint import CheckpointError
-from varbench import analytic, cli_common
-from varbench.cli import VarbenchGroup, app, register_commands
+from varbench.measuring import analytic
+from varbench.cli import common as cli_common
+from varbench.cli.app import VarbenchGroup, app, register_commands
 from varbench.errors import EnvironmentUnavailable, RegressionFailed, UsageError
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from varbench import demo as demo_lib
+from varbench.workflows import demo as demo_lib
 from varbench.cli import app
 
 runner = CliRunner()

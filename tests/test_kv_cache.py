@@ -1,4 +1,4 @@
-"""Analytic KV bytes (varbench.analytic) equal the real cache's bytes at every scale boundary."""
+"""Analytic KV bytes (varbench.measuring.analytic) equal the real cache's bytes at every scale boundary."""
 import pytest
 import torch
 
@@ -6,7 +6,7 @@ from model import spec
 from model.kv_cache import KVCache
 from model.pipeline import VARPipeline
 from model.schedule import DepthSchedule
-from varbench import analytic
+from varbench.measuring import analytic
 
 SPEC = spec.var_spec(6, name="t6", width=64, heads=2, patch_nums=(1, 2, 3, 4, 5), vae=spec.TINY_VAE,
                      num_classes=10)

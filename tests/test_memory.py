@@ -9,7 +9,8 @@ import time
 import pytest
 
 from tests import fake_pynvml
-from varbench import memory, samplers
+from varbench.measuring import memory
+from varbench.measuring import samplers
 
 
 @pytest.fixture
@@ -256,7 +257,7 @@ def test_process_sampler_cleans_up_when_interrupted(tmp_path):
     script.write_text(
         "import functools, sys\n"
         "from tests import fake_pynvml\n"
-        "from varbench import memory, samplers\n"
+        "from varbench.measuring import memory, samplers\n"
         "sys.modules['pynvml'] = fake_pynvml.make()\n"
         "s = samplers.NvmlProcessSampler(memory.Nvml(), nvml_factory=functools.partial(fake_pynvml.nvml_factory))\n"
         "s.start()\n"

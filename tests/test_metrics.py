@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from varbench import metrics
+from varbench.quality import metrics
 from varbench.errors import UsageError
 
 BE = ((0, 1), (1, 5), (5, 14))          # scales of 1, 4, 9 tokens

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from varbench.pareto import pareto_front, pareto_indices, step_line
+from varbench.reporting.pareto import pareto_front, pareto_indices, step_line
 
 # (latency ms, quality higher-is-better): by hand, A, C, E are non-dominated
 POINTS = [

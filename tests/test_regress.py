@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from varbench import regress
+from varbench.gating import regress
 from varbench.cli import app
 
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 pytest.importorskip("plotly")
 
 from varbench.cli import app  # noqa: E402
-from varbench.report import build_report, json_for_script  # noqa: E402
-from varbench.report_figures import join_quality, pareto_figures, sweep_points  # noqa: E402
+from varbench.reporting.report import build_report, json_for_script  # noqa: E402
+from varbench.reporting.figures import join_quality, pareto_figures, sweep_points  # noqa: E402
 
 EVIL = "</script><script>alert(1)</script>"
 

@@ -12,7 +12,7 @@ pytest.importorskip("plotly")
 
 from test_report import EVIL, write_results  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from varbench.report import build_report  # noqa: E402
+from varbench.reporting.report import build_report  # noqa: E402
 
 pytestmark = pytest.mark.browser
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from model import spec as spec_mod
 from model.schedule import DepthSchedule, isometric_layers
 from varbench import results
-from varbench import sensitivity as sens
+from varbench.quality import sensitivity as sens
 from varbench.cli import app
 from varbench.errors import UsageError
 
@@ -136,15 +136,15 @@ def test_groups_mode_and_resume(tmp_path, monkeypatch):
 
 
 def test_toy_metric_rows_and_reference(tmp_path, monkeypatch):
-    import varbench
+    import varbench.quality
 
-    fake = types.ModuleType("varbench.toy_metric")
+    fake = types.ModuleType("varbench.quality.toy_metric")
     fake.toy_accuracy = lambda images, labels: float((images.mean(dim=(1, 2, 3)) > 0.5).float().mean())
     fake.toy_fd = lambda images: float(images.mean()) * 100
     fake.real_fd = lambda n: 1.0 / n
     monkeypatch.setattr(sens, "_toy_image_size", lambda: TINY.image_size)
-    monkeypatch.setitem(sys.modules, "varbench.toy_metric", fake)
-    monkeypatch.setattr(varbench, "toy_metric", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "varbench.quality.toy_metric", fake)
+    monkeypatch.setattr(varbench.quality, "toy_metric", fake, raising=False)
     rows = sens.run_sensitivity(_cfg(mode="single", depths=[2], scales="3", metric="toy"), tmp_path)
     ref = {r["metric"]: r for r in rows if r["mode"] == "reference"}
     assert set(ref) == {"toy_acc", "toy_fd"} and ref["toy_fd"]["depth"] == 4 and ref["toy_fd"]["scale"] is None

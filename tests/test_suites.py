@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from varbench.cli import app
 from varbench.errors import UsageError
-from varbench.suites import build_config, load_suite, suite_configs
+from varbench.workflows.suites import build_config, load_suite, suite_configs
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 
@@ -52,7 +52,7 @@ def test_paper_suite_is_the_paper_protocol():
 
 
 def test_fast_suite_is_the_readme_fast_path():
-    from varbench.sweep import SweepConfig
+    from varbench.measuring.sweep import SweepConfig
     s = load_suite(SUITES / "fast.toml")
     sw = build_config(SweepConfig, {**s._model_fields(), **s.sweep}, s.path, "sweep")   # no GPU needed here
     assert sw.cuda_graphs and sw.compile and list(sw.depths) == [2, 30] and list(sw.batches) == [1, 16, 64]

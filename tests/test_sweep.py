@@ -9,10 +9,11 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from varbench import results, timing
-from varbench import sweep as sweep_mod
+from varbench import results
+from varbench.measuring import timing
+from varbench.measuring import sweep as sweep_mod
 from varbench.results import read_rows
-from varbench.sweep import KEY_FIELDS, MEASURED_FIELDS, SweepConfig, run_sweep
+from varbench.measuring.sweep import KEY_FIELDS, MEASURED_FIELDS, SweepConfig, run_sweep
 
 # threads=1: two intra-op threads spinning on busy shared cores make var-tiny ~100x slower
 TINY = dict(model="var-tiny", depths=[2, 4], batches=[1, 2], switches=[2], dtype="fp32", device="cpu",
@@ -135,7 +136,7 @@ def test_points_spread_over_devices_give_the_same_rows(tmp_path, monkeypatch):
 
 
 def test_worker_does_not_import_plotly():
-    code = ("import sys, varbench.sweep_worker, varbench.timing, varbench.memory, varbench.analytic, "
+    code = ("import sys, varbench.measuring.sweep_worker, varbench.measuring.timing, varbench.measuring.memory, varbench.measuring.analytic, "
             "model.pipeline; print('plotly' in sys.modules, 'rich' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from model.toy_classifier import PROVENANCE_FILE, WEIGHTS_FILE, ToyClassifier
 from model.train.toy_data import CLASS_NAMES, render_indices
-from varbench import toy_metric
-from varbench.toy_metric import frechet_distance, load_toy_classifier, toy_accuracy, toy_fd, toy_features
+from varbench.quality import toy_metric
+from varbench.quality.toy_metric import frechet_distance, load_toy_classifier, toy_accuracy, toy_fd, toy_features
 
 FRESH_SEED = 123_457          # never used by the training script (seed 0), its eval (90_001) or the reference
 

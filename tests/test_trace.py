@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tests import fake_pynvml
-from varbench import memory, results
-from varbench.trace import TIMELINE_FILE, TraceConfig, read_trace, run_trace
+from varbench.measuring import memory
+from varbench import results
+from varbench.measuring.trace import TIMELINE_FILE, TraceConfig, read_trace, run_trace
 
 TINY = dict(model="var-tiny", depth=2, switch=2, batch=2, dtype="fp32", device="cpu", overhead_repeats=0)
 

@@ -1,0 +1,33 @@
+"""``varbench report RESULTS_DIR... [-o report.html]``: one self-contained interactive HTML file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from varbench.cli.common import err_console
+from varbench.errors import EnvironmentUnavailable
+
+
+def report(
+    results: Annotated[list[Path], typer.Argument(help="Results directories (sweep, sensitivity, trace, models).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write "
+                                                   "(default: report.html in the first results directory).")] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Also export static PNGs here "
+                                                "(needs the optional kaleido package).")] = None,
+) -> None:
+    """Write a self-contained HTML report: Pareto frontiers, sensitivity heatmaps, memory timelines, all rows."""
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise EnvironmentUnavailable("varbench report needs plotly (pip install plotly)") from None
+    from varbench.reporting.report import build_report
+
+    out = output or (results[0] / "report.html")
+    path = build_report(results, out, png_dir=png)
+    err_console.print(f"report written to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)

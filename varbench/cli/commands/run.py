@@ -1,0 +1,48 @@
+"""``varbench run SUITE [--out DIR]``: every part of a suite into one results directory, then the report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from varbench.cli.common import ensure_out_dir, err_console
+
+
+def progress_printer(event: str, i: int, total: int, row: dict[str, Any]) -> None:
+    """One stderr line per finished (or skipped) sweep point."""
+    if event == "start":
+        return
+    what = " ".join(f"{k}={row.get(k)}" for k in ("depth", "switch", "batch") if row.get(k) is not None)
+    lat = row.get("latency_ms_p50")
+    tail = f"{lat:.2f} ms p50" if isinstance(lat, (int, float)) else str(row.get("status", ""))
+    err_console.print(f"[{i + 1}/{total}] {'resumed' if event == 'skip' else 'done'} {what}: {tail}",
+                      markup=False, highlight=False)
+
+
+def run(
+    suite: Annotated[Path, typer.Argument(help="Suite file (suites/*.toml).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Results directory (default out/<suite name>). "
+                                                "Re-running resumes finished points.")] = None,
+) -> None:
+    """Run a suite's sweep, sensitivity and trace parts into one results directory and write report.html there."""
+    from varbench.workflows.suites import load_suite, run_suite
+
+    s = load_suite(suite)
+    out_dir = ensure_out_dir(out or Path("out") / s.name)
+    dirs = run_suite(s, out_dir, progress=progress_printer)
+    err_console.print(f"suite {s.name}: {', '.join(dirs)} written under {out_dir}", markup=False)
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        err_console.print("notice: plotly is not installed here, so no report.html; copy the results and run "
+                          f"'varbench report {out_dir}' where it is", markup=False)
+        return
+    from varbench.reporting.report import build_report
+
+    path = build_report([out_dir], out_dir / "report.html")
+    err_console.print(f"report written to {path}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

@@ -1,0 +1,209 @@
+"""``varbench train``: progressive supernet training of a VAR (``--stage var``) or the toy VQ-VAE (``--stage vqvae``).
+
+Option precedence: TrainConfig defaults < ``--config train.toml`` (top level or a [train] table, keys = TrainConfig
+field names) < command-line options. ``--resume DIR`` takes every training option from DIR's checkpoint; only
+runtime options (--max-steps, --log-every, --val-every, --save-every, --workers, --device, --out) may change.
+Works under ``torchrun --nproc-per-node N -m varbench train ...`` (rank 0 prints and writes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from varbench.cli.common import err_console, parse_int_list, print_json, resolve_device, resolve_spec
+from varbench.errors import EnvironmentUnavailable, UsageError
+
+RUNTIME_OPTIONS = ("max_steps", "log_every", "val_every", "save_every", "save_final", "workers", "device", "out")
+
+
+def _opt(help_: str, *names: str) -> Any:
+    return typer.Option(*names, help=help_)
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--config: {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--config: {path} is not valid TOML ({e})") from None
+    return dict(data.get("train", data))
+
+
+def _float_list(text: str, name: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{name}: {text!r} is not a comma-separated list of numbers") from None
+
+
+class _Progress:
+    """Rich progress bar on stderr fed by the trainer's per-log-step rows (rank 0 only)."""
+
+    def __init__(self) -> None:
+        self.bar, self.task = None, None
+
+    def __call__(self, row: dict) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if row.get("kind") == "val":
+            err_console.print(f"  val step {row['step']}: {row['schedule']} loss {row['loss']:.4f}")
+            return
+        if self.bar is None:
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err_console)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=row["total_steps"], info="")
+        info = f"loss {row['loss']:.4f} lr {row['lr']:.2e}" if "lr" in row else f"loss {row['loss']:.4f}"
+        if "subnet_p" in row:
+            info += f" p {row['subnet_p']:.2f} d {row['depth']}"
+        info += f" {row['images_per_s']:.1f} img/s"
+        self.bar.update(self.task, completed=row["step"], info=info)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(
+    model: Annotated[Optional[str], _opt("Model name from the registry.", "--model", "-m")] = None,
+    stage: Annotated[str, _opt("var (the transformer/supernet) | vqvae (the toy tokenizer).", "--stage")] = "var",
+    init: Annotated[Optional[str], _opt("VAR init: 'random' or an official .pth / .safetensors.", "--init")] = None,
+    vae: Annotated[Optional[str], _opt("Frozen VQ-VAE weights ('random' for plumbing tests).", "--vae")] = None,
+    data: Annotated[Optional[str], _opt("ImageNet-layout folder, pre-tokenised folder or 'synthetic'.", "--data")] = None,
+    strategy: Annotated[Optional[str], _opt("progressive | fixed | sandwich | full.", "--strategy")] = None,
+    p: Annotated[Optional[float], _opt("fixed: subnet-step probability.", "--p")] = None,
+    p0: Annotated[Optional[float], _opt("progressive: phase-1 subnet probability.", "--p0")] = None,
+    e1: Annotated[Optional[float], _opt("progressive: epochs at p0.", "--e1")] = None,
+    e2: Annotated[Optional[float], _opt("progressive: epochs of the ramp to 1.", "--e2")] = None,
+    e3: Annotated[Optional[float], _opt("progressive: epochs at p = 1.", "--e3")] = None,
+    depths: Annotated[Optional[str], _opt("Subnet depths, e.g. 2,4,8,16.", "--depths")] = None,
+    depth_weights: Annotated[Optional[str], _opt("Draw weights per subnet depth.", "--depth-weights")] = None,
+    switch: Annotated[Optional[int], _opt("First scale of the flexible zone (VARiant N).", "--switch")] = None,
+    select: Annotated[Optional[str], _opt("Subnet layer selection: isometric | nested.", "--select")] = None,
+    distill: Annotated[Optional[bool], _opt("In-place distillation from the full net.", "--distill/--no-distill")] = None,
+    epochs: Annotated[Optional[int], _opt("Epochs (default E1+E2+E3 for progressive).", "--epochs")] = None,
+    batch: Annotated[Optional[int], _opt("Global batch size.", "--batch")] = None,
+    max_steps: Annotated[Optional[int], _opt("Stop after N optimizer steps.", "--max-steps")] = None,
+    lr: Annotated[Optional[float], _opt("Absolute peak lr (overrides --tblr).", "--lr")] = None,
+    tblr: Annotated[Optional[float], _opt("lr per 256 images (peak = tblr·batch/256).", "--tblr")] = None,
+    wd: Annotated[Optional[float], _opt("Weight decay.", "--wd")] = None,
+    warmup: Annotated[Optional[int], _opt("Warm-up iterations (default 2% of the run).", "--warmup")] = None,
+    grad_clip: Annotated[Optional[float], _opt("Gradient-norm clip.", "--grad-clip")] = None,
+    precision: Annotated[Optional[str], _opt("auto | bf16 | fp16 | fp32.", "--precision")] = None,
+    label_smoothing: Annotated[Optional[float], _opt("Label smoothing.", "--label-smoothing")] = None,
+    drop_path: Annotated[Optional[float], _opt("Override the spec's drop-path rate.", "--drop-path")] = None,
+    cond_drop: Annotated[Optional[float], _opt("Override the class-dropout rate.", "--cond-drop")] = None,
+    synthetic_size: Annotated[Optional[int], _opt("Images in the synthetic set.", "--synthetic-size")] = None,
+    val_size: Annotated[Optional[int], _opt("Images in the synthetic validation set (0 = none).", "--val-size")] = None,
+    log_every: Annotated[Optional[int], _opt("Metrics row every N steps.", "--log-every")] = None,
+    val_every: Annotated[Optional[int], _opt("Validation every N steps (0 = at the end).", "--val-every")] = None,
+    save_every: Annotated[Optional[int], _opt("Checkpoint every N steps (0 = at the end).", "--save-every")] = None,
+    compile: Annotated[Optional[bool], _opt("torch.compile each block (CUDA: fuses the element-wise passes; "
+                                            "compiles for ~1 min first).", "--compile/--no-compile")] = None,
+    save_final: Annotated[Optional[bool], _opt("Write the checkpoint at the end (--no-save-final for "
+                                               "benchmarks).", "--save-final/--no-save-final")] = None,
+    seed: Annotated[Optional[int], _opt("Seed of init, data order and draws.", "--seed")] = None,
+    workers: Annotated[Optional[int], _opt("DataLoader workers.", "--workers")] = None,
+    fsdp: Annotated[Optional[bool], _opt("Shard with FSDP (per block) instead of DDP.", "--fsdp/--no-fsdp")] = None,
+    grad_checkpoint: Annotated[Optional[bool], _opt("Activation checkpointing per block (less memory, ~1.3x "
+                                                    "compute).", "--grad-checkpoint/--no-grad-checkpoint")] = None,
+    device: Annotated[Optional[str], _opt("auto | cpu | cuda.", "--device")] = None,
+    out: Annotated[Optional[Path], _opt("Run folder (metrics.jsonl, checkpoint/).", "--out")] = None,
+    config: Annotated[Optional[Path], _opt("TOML file of training options.", "--config")] = None,
+    resume: Annotated[Optional[Path], _opt("Continue exactly from this run folder's checkpoint.", "--resume")] = None,
+    recon: Annotated[Optional[str], _opt("vqvae stage: l1 | mse reconstruction loss.", "--recon")] = None,
+    restart_every: Annotated[Optional[int], _opt("vqvae stage: dead-code restart period.", "--restart-every")] = None,
+    json_out: Annotated[bool, _opt("Print the final metrics as JSON on stdout.", "--json")] = False,
+) -> None:
+    """Train a VARiant supernet (progressive / fixed / sandwich / full) or the toy VQ-VAE."""
+    given = {k: v for k, v in locals().items() if v is not None and k not in
+             ("stage", "config", "resume", "json_out", "depths", "depth_weights", "out")}
+    if out is not None:
+        given["out"] = str(out)
+    if depths is not None:
+        given["depths"] = parse_int_list(depths, "--depths")
+    if depth_weights is not None:
+        given["depth_weights"] = _float_list(depth_weights, "--depth-weights")
+    if given.get("device"):
+        resolve_device(given["device"])                 # cuda without a GPU -> exit 3
+    if "model" in given:
+        resolve_spec(given["model"])
+    if stage == "vqvae":
+        result = _run_vqvae(given, config)
+    elif stage == "var":
+        result = _run_var(given, config, resume)
+    else:
+        raise UsageError(f"--stage: {stage!r} is not one of var, vqvae")
+    if json_out and int(os.environ.get("RANK", "0")) == 0:
+        print_json(result)
+
+
+def _run_var(given: dict[str, Any], config: Path | None, resume: Path | None) -> dict:
+    from model.train import state as state_mod
+    from model.train.loop import TrainConfig, config_from_dict, train as run_train
+
+    for k in ("recon", "restart_every"):
+        if k in given:
+            raise UsageError(f"--{k.replace('_', '-')} only applies to --stage vqvae")
+    try:
+        if resume is not None:
+            fixed = sorted(k for k in given if k not in RUNTIME_OPTIONS)
+            if fixed or config is not None:
+                raise UsageError(f"--resume takes the training options from the checkpoint; drop "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in fixed) or '--config'}")
+            saved = state_mod.load_meta(resume)["config"]
+            cfg = config_from_dict(saved | {"out": str(resume)} | given | {"resume": str(resume)})
+        else:
+            base = dataclasses.asdict(TrainConfig()) | (_load_toml(config) if config else {})
+            cfg = config_from_dict(base | given).validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    prog = _Progress()
+    t0 = time.perf_counter()
+    try:
+        result = run_train(cfg, on_log=prog)
+    except ValueError as e:                              # bad data/checkpoint found while starting
+        raise UsageError(str(e)) from None
+    except ImportError as e:                             # Pillow missing for an image folder
+        raise EnvironmentUnavailable(str(e).splitlines()[0]) from None
+    finally:
+        prog.stop()
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = " ".join(f"{k} {v:.4f}" for k, v in result["val"].items())
+        err_console.print(f"trained {cfg.model} ({cfg.strategy}) to step {result['step']} in "
+                          f"{time.perf_counter() - t0:.1f} s; loss {result['loss']:.4f}; val {val or '-'}; "
+                          f"-> {result['out']}", soft_wrap=True)
+    return result
+
+
+def _run_vqvae(given: dict[str, Any], config: Path | None) -> dict:
+    from model.train.vqvae_trainer import VQVAETrainConfig, train_vqvae
+
+    names = {f.name for f in dataclasses.fields(VQVAETrainConfig)}
+    mapped = dict(given)
+    if "max_steps" in mapped:
+        mapped["steps"] = mapped.pop("max_steps")
+    base = dataclasses.asdict(VQVAETrainConfig()) | (_load_toml(config) if config else {})
+    bad = sorted(set(mapped) - names) + sorted(set(base) - names)
+    if bad:
+        raise UsageError(f"--stage vqvae does not take {', '.join(bad)}")
+    prog = _Progress()
+    try:
+        result = train_vqvae(VQVAETrainConfig(**(base | mapped)), on_log=prog)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        prog.stop()
+    err_console.print(f"VQ-VAE trained for {result['steps']} steps -> {result['weights']}", soft_wrap=True)
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,1 @@
+"""Gating: regression checks of results against a baseline."""

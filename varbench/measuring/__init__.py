@@ -1,0 +1,1 @@
+"""Measuring: isolated sweep workers, timing, memory instruments, traces, the analytic cost model."""

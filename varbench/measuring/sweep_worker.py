@@ -1,0 +1,249 @@
+"""One sweep point in its own process: ``python -m varbench.measuring.sweep_worker`` reads a JSON point on stdin and prints
+one ``VARBENCH_RESULT {...}`` line on stdout (everything else the process prints goes to stderr).
+
+Order of work (DESIGN "Measurement rules"): build the pipeline; reset allocator peaks; latency of
+generate(decode=False) with warm-up and repeats (no sampler, no callbacks); a separate pass with per-scale
+boundaries (events on GPU, synchronize + perf_counter on CPU) and the cache's real bytes; VQ-VAE decode timed on
+its own; finally, on GPU, one pass with the NVML sampler for the device peak. Never imports plotly or rich.
+The fault hooks (VARBENCH_FAULT) are documented in ``varbench.measuring.sweep``.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+RESULT_MARK = "VARBENCH_RESULT "     # same as varbench.measuring.sweep.RESULT_MARK (not imported: keep the worker lean)
+
+
+def _parse_faults(text: str) -> list[tuple[str, dict[str, str]]]:
+    faults = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        kind, _, conds = part.partition(":")
+        cond = {}
+        for c in filter(None, (c.strip() for c in conds.split(","))):
+            k, _, v = c.partition("=")
+            cond[k.strip()] = v.strip()
+        faults.append((kind.strip(), cond))
+    return faults
+
+
+def _inject_fault(point: dict[str, Any]) -> None:
+    """Test hook: VARBENCH_FAULT="oom:depth=2,batch=2;kill:depth=4" (see varbench.measuring.sweep)."""
+    import torch
+
+    for kind, cond in _parse_faults(os.environ.get("VARBENCH_FAULT", "")):
+        if all(str(point.get(k)) == v for k, v in cond.items()):
+            if kind == "oom":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by VARBENCH_FAULT)")
+            if kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if kind == "error":
+                raise RuntimeError("failure injected by VARBENCH_FAULT")
+
+
+def _build(point: dict[str, Any], device: Any, dtype: Any) -> Any:
+    import torch
+    from model import VARPipeline, spec as spec_mod
+
+    spec = spec_mod.get(point["model"])
+    torch.backends.cudnn.benchmark = True          # fixed shapes: let cuDNN pick the decoder's conv kernels
+    if point["weights"] == "random":
+        return VARPipeline.from_spec(spec, device=device, seed=point["seed"], dtype=dtype)
+    return VARPipeline.from_pretrained(spec.name, var_ckpt=point.get("var_path"), vae_ckpt=point.get("vae_path"),
+                                       device=device, dtype=dtype)
+
+
+def _scale_pass(pipe: Any, gen_kw: dict[str, Any], device: Any) -> tuple[list[float], int]:
+    """One generation with a mark at every scale end: per-scale ms and the cache's largest real size."""
+    import torch
+
+    cuda = device.type == "cuda"
+    kv_max = 0
+    if cuda:
+        evs = [torch.cuda.Event(enable_timing=True)]
+        evs[0].record()
+    else:
+        stamps = [time.perf_counter()]
+
+    def on_scale_end(si: int, cache: Any) -> None:
+        nonlocal kv_max
+        kv_max = max(kv_max, int(cache.nbytes()))
+        if cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            evs.append(ev)
+        else:
+            stamps.append(time.perf_counter())
+
+    pipe.generate(**gen_kw, on_scale_end=on_scale_end)
+    if cuda:
+        evs[-1].synchronize()
+        per_scale = [float(a.elapsed_time(b)) for a, b in zip(evs, evs[1:])]
+    else:
+        per_scale = [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])]
+    return per_scale, kv_max
+
+
+def measure_point(point: dict[str, Any]) -> dict[str, Any]:
+    """All measurements of one point; raises on OOM (the caller turns it into status "oom")."""
+    import torch
+
+    from model import DepthSchedule, spec as spec_mod
+    from model.schedule import subnet_layers
+    from varbench.measuring import analytic
+    from varbench.measuring import timing
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[point["dtype"]]
+    device = torch.device(point["device"])
+    cuda = device.type == "cuda"
+    spec = spec_mod.get(point["model"])
+    depth, switch, batch = int(point["depth"]), int(point["switch"]), int(point["batch"])
+    schedule = DepthSchedule.variant(spec, depth, switch, point["select"])
+    res: dict[str, Any] = {"layers": list(subnet_layers(spec.depth, depth, point["select"])),
+                           "schedule": schedule.describe()}
+    if cuda and device.index is not None:
+        torch.cuda.set_device(device)
+    if point.get("threads"):
+        torch.set_num_threads(int(point["threads"]))   # CPU timings depend on it: fixed by suites, kept in the row
+    res["cpu_threads"] = torch.get_num_threads()
+    pipe = _build(point, device, dtype)
+    _inject_fault(point)
+    labels = [i % spec.num_classes for i in range(batch)]
+    gen_kw = dict(labels_B=labels, cfg=point["cfg"], top_k=point["top_k"], top_p=point["top_p"],
+                  seed=point["seed"], schedule=schedule, keep_skipped=point["keep_skipped"], decode=False)
+    graphs = bool(point.get("cuda_graphs")) and cuda
+    if point.get("compile") and cuda:
+        pipe.compile()                    # compiles during the warm-up generation(s), which are not timed
+    if graphs:
+        gen_kw["cuda_graphs"] = True      # the graphed cache keeps every block's buffers (keep_skipped accounting)
+    if cuda:
+        gc.collect()
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        res["baseline_allocated_bytes"] = int(torch.cuda.memory_allocated(device))
+
+    reps, min_s, warm = int(point["repeats"]), float(point["min_seconds"]), int(point["warmup"])
+    samples = timing.measure(lambda: pipe.generate(**gen_kw), warmup=warm, min_repeats=reps,
+                             min_seconds=min_s, device=device)
+    lat = timing.percentiles(samples)
+    if cuda:
+        res["peak_allocated_gen_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        res["reserved_bytes"] = int(torch.cuda.memory_reserved(device))
+
+    per_scale_runs, kv_bytes = [], 0
+    for _ in range(max(1, min(reps, 5))):
+        per_scale, kv = _scale_pass(pipe, gen_kw, device)
+        per_scale_runs.append(per_scale)
+        kv_bytes = max(kv_bytes, kv)
+    scale_ms_p50 = [timing.percentiles([run[si] for run in per_scale_runs])["p50"]
+                    for si in range(len(per_scale_runs[0]))]
+
+    f_hat = pipe.generate(**gen_kw).f_hat
+    dec = timing.percentiles(timing.measure(lambda: pipe.decode(f_hat), warmup=1, min_repeats=reps,
+                                            min_seconds=min_s, device=device))
+    if cuda:
+        res["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    else:
+        from varbench.measuring.memory import MemoryProbe
+        res["peak_allocated_bytes"] = None
+        res["rss_peak_bytes"] = MemoryProbe("cpu").snapshot()["rss_peak_bytes"]
+
+    e2e = lat["p50"] + dec["p50"]
+    flops = analytic.flops(spec, schedule, batch)
+    res.update({
+        "n": lat["n"], "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p99": lat["p99"],
+        "latency_ms_mean": lat["mean"], "latency_ms_min": lat["min"], "decode_ms_p50": dec["p50"],
+        "latency_ms_samples": [round(v, 4) for v in samples],    # raw, for the gate's rank test
+        "decode_n": dec["n"], "latency_incl_decode_ms_p50": e2e,
+        "images_per_s": batch * 1e3 / e2e if e2e > 0 else None,
+        "images_per_s_excl_decode": batch * 1e3 / lat["p50"] if lat["p50"] > 0 else None,
+        "scale_ms_p50": scale_ms_p50, "kv_bytes": kv_bytes,
+        "kv_bytes_analytic": analytic.kv_peak_bytes(spec, schedule, batch, dtype,
+                                                    point["keep_skipped"] or graphs),
+        "flops": flops, "tflop_per_s": flops / (lat["p50"] * 1e9) if lat["p50"] > 0 else None,
+        "nvml_peak_used_bytes": None, "nvml_peak_process_used_bytes": None,
+    })
+    res.update(_nvml_pass(pipe, gen_kw, device) if cuda and point.get("nvml_pass", True)
+               else {"nvml": "NVML unavailable: device is CPU" if not cuda else "NVML pass disabled"})
+    res.update({"status": "ok", "error": None})
+    return res
+
+
+def _nvml_pass(pipe: Any, gen_kw: dict[str, Any], device: Any) -> dict[str, Any]:
+    """One generate + decode with the 1 kHz sampler on (kept apart from the latency runs it would perturb)."""
+    import torch
+
+    from varbench.measuring.memory import Nvml
+    from varbench.measuring.samplers import make_sampler
+
+    nv = Nvml(index=device.index)
+    if not nv.available:
+        return {"nvml": nv.reason}
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()              # start from the weights alone, not the latency runs' cached blocks
+    base = nv.device_used_bytes()
+    with make_sampler(nv, interval_ms=1.0) as sampler:
+        out = pipe.generate(**{**gen_kw, "decode": True})
+        torch.cuda.synchronize(device)
+        del out
+    peak = sampler.peak_device_used()
+    return {"nvml": nv.reason, "nvml_peak_used_bytes": peak, "nvml_baseline_used_bytes": base,
+            "nvml_peak_process_used_bytes": sampler.peak_process_used(), "nvml_samples": sampler.n,
+            "nvml_sample_hz": round(sampler.achieved_hz(), 1), "nvml_sampler": sampler.kind}
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in msg or "can't allocate" in msg)
+
+
+def _pin_cpus() -> list[int] | None:
+    """Apply VARBENCH_CPUS (set by a sweep spread over several GPUs) before torch starts its thread pools."""
+    spec = os.environ.get("VARBENCH_CPUS")
+    if not spec:
+        return None
+    cpus = [int(c) for c in spec.split(",") if c.strip()]
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError):
+        return None
+    return cpus
+
+
+def main() -> int:
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr                 # anything printed by libraries stays off the result channel
+    try:
+        cpus = _pin_cpus()
+        point = json.loads(sys.stdin.read())
+        result = measure_point(point)
+        if cpus is not None:
+            result["cpu_affinity_count"] = len(os.sched_getaffinity(0))
+    except BaseException as e:  # noqa: BLE001 - every failure becomes a result the parent can record
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:500]
+        if _is_oom(e):
+            result = {"status": "oom", "error": first or "out of memory"}
+        else:
+            traceback.print_exc(file=sys.stderr)
+            result = {"status": "error", "error": f"{type(e).__name__}: {first}"}
+    real_stdout.write(RESULT_MARK + json.dumps(result) + "\n")
+    real_stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

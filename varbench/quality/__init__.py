@@ -1,0 +1,1 @@
+"""Quality: sample metrics (FID/FD, toy accuracy) and the scale x depth sensitivity matrix."""

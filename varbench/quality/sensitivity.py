@@ -1,0 +1,478 @@
+"""The scale × depth ablation matrix (DESIGN "Quality metrics", VARIANT_PAPER "Sensitivity protocol").
+
+Each cell runs a d-block subnet on some scales and the full network elsewhere:
+``single`` (only scale s), ``from`` (scales >= s: VARiant's switch family) or ``groups`` (a group of scales; the
+paper's protocol is a 50%-depth subnet on the first, middle and last third). A cell is scored against the full
+network without any dataset: per-scale KL teacher-forced on the full network's own samples, and coupled sampling
+(same labels, seed, Gumbel noise) giving token agreement and PSNR/SSIM; optionally toy accuracy/FD or FID.
+The full network's samples and logits are computed once and reused by every cell; finished cells are skipped.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from model.schedule import SELECTS, DepthSchedule, subnet_layers
+from model.spec import SPECS, VARSpec, get as get_spec
+from varbench.measuring import analytic
+from varbench.quality import metrics
+from varbench import results
+from varbench.errors import EnvironmentUnavailable, UsageError, VarbenchError
+
+log = logging.getLogger(__name__)
+
+MODES = ("single", "from", "groups")
+METRICS = ("fidelity", "fid", "toy")
+FIDELITY = ("kl", "token_agreement", "psnr", "ssim")
+HIGHER_IS_BETTER = {"kl": False, "token_agreement": True, "psnr": True, "ssim": True, "toy_acc": True,
+                    "toy_fd": False, "fid": False}
+ROWS_FILE = "sensitivity.jsonl"
+REFERENCE_FILE = "reference.pt"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# a row's identity for resume: same model, weights, sampling settings and cell -> already measured
+KEY_FIELDS = ("model", "weights", "mode", "scale", "group", "depth", "select", "metric", "samples", "batch",
+              "seed", "cfg", "top_k", "top_p", "dtype", "device", "fid_ref")
+
+Progress = Callable[[str, int, int, dict], None]
+
+
+@dataclass
+class SensitivityConfig:
+    model: str | VARSpec = "var-d30"
+    ckpt: str | None = None
+    vae: str | None = None
+    depths: Sequence[int] | None = None          # None: 2,4,8,16 below D (groups mode: round(D/2))
+    scales: str | Sequence[int] = "all"
+    mode: str = "single"
+    groups: Sequence[tuple[int, int]] | None = None   # inclusive (lo, hi); None: thirds
+    select: str = "isometric"
+    samples: int = 16
+    batch: int = 8
+    metric: str = "fidelity"
+    seed: int = 0
+    cfg: float = 1.5
+    top_k: int = 900
+    top_p: float = 0.96
+    allow_random: bool = False
+    device: str = "auto"
+    dtype: str | None = None                     # None: fp32 on CPU, bf16 on CUDA
+    fid_ref: str | None = None                   # .npz (mu, sigma) or image folder; None: the full network
+
+
+@dataclass(frozen=True)
+class Cell:
+    mode: str
+    scale: int | None
+    group: tuple[int, int] | None
+    depth: int
+    schedule: DepthSchedule
+    layers: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.group[0]}-{self.group[1]}" if self.group else str(self.scale)
+
+
+# ---- parsing and planning -----------------------------------------------------------------------------------
+def parse_scales(text: str | Sequence[int], num_scales: int) -> list[int]:
+    """'all' -> every scale; '0,3,5' -> those, each in 0..S-1 (UsageError otherwise)."""
+    if isinstance(text, str):
+        if text.strip().lower() == "all":
+            return list(range(num_scales))
+        items = [t.strip() for t in text.split(",")]
+        try:
+            vals = [int(t) for t in items]
+        except ValueError:
+            raise UsageError(f"--scales: expected 'all' or integers like 0,3,5, got {text!r}") from None
+    else:
+        vals = [int(v) for v in text]
+    if not vals:
+        raise UsageError("--scales: empty list")
+    bad = [v for v in vals if not 0 <= v < num_scales]
+    if bad:
+        raise UsageError(f"--scales: {bad[0]} is outside 0..{num_scales - 1} (the model has {num_scales} scales)")
+    return list(dict.fromkeys(vals))
+
+
+def parse_groups(text: str, num_scales: int) -> list[tuple[int, int]]:
+    """'0-2,3-5,6-9' -> [(0, 2), (3, 5), (6, 9)]; a bare '4' is (4, 4). Bounds inclusive, within 0..S-1."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        lo_s, sep, hi_s = item.partition("-")
+        try:
+            lo, hi = int(lo_s), int(hi_s) if sep else int(lo_s)
+        except ValueError:
+            raise UsageError(f"--groups: {item!r} is not a scale range like 0-2 (got {text!r})") from None
+        out.append((lo, hi))
+    return check_groups(out, num_scales)
+
+
+def check_groups(groups: Sequence[tuple[int, int]], num_scales: int) -> list[tuple[int, int]]:
+    out = []
+    for lo, hi in groups:
+        if not 0 <= lo <= hi < num_scales:
+            raise UsageError(f"--groups: {lo}-{hi} is not a range within 0..{num_scales - 1} with lo <= hi")
+        out.append((int(lo), int(hi)))
+    if not out:
+        raise UsageError("--groups: empty list")
+    return list(dict.fromkeys(out))
+
+
+def default_groups(num_scales: int) -> list[tuple[int, int]]:
+    """First, middle and last third, the remainder going to the last (10 scales: 0-2, 3-5, 6-9 as in the paper)."""
+    k = num_scales // 3
+    if k == 0:
+        return [(s, s) for s in range(num_scales)]
+    return [(0, k - 1), (k, 2 * k - 1), (2 * k, num_scales - 1)]
+
+
+def resolve_depths(cfg: SensitivityConfig, spec: VARSpec) -> list[int]:
+    D = spec.depth
+    if cfg.depths is None:
+        vals = [max(2, round(D / 2))] if cfg.mode == "groups" else [d for d in (2, 4, 8, 16) if d < D] or [D]
+    else:
+        vals = [int(d) for d in cfg.depths]
+    bad = [d for d in vals if not 2 <= d <= D]
+    if bad or not vals:
+        raise UsageError(f"--depths: {bad[0] if bad else 'empty'} is outside 2..{D} ({spec.name} has {D} blocks)")
+    return list(dict.fromkeys(vals))
+
+
+def plan_cells(cfg: SensitivityConfig, spec: VARSpec) -> list[Cell]:
+    """Every (row, depth) cell of the matrix with its schedule, rows in scale/group order, depths as given."""
+    if cfg.mode not in MODES:
+        raise UsageError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.select not in SELECTS:
+        raise UsageError(f"--select: {cfg.select!r} is not one of {', '.join(SELECTS)}")
+    depths, S, D = resolve_depths(cfg, spec), spec.num_scales, spec.depth
+    full = tuple(range(D))
+    cells = []
+    if cfg.mode == "groups":
+        if not (isinstance(cfg.scales, str) and cfg.scales.strip().lower() == "all"):
+            raise UsageError("--scales does not apply to --mode groups; give the scale ranges with --groups")
+        for g in check_groups(cfg.groups, S) if cfg.groups else default_groups(S):
+            for d in depths:
+                sub = subnet_layers(D, d, cfg.select)
+                sch = DepthSchedule([sub if g[0] <= si <= g[1] else full for si in range(S)])
+                cells.append(Cell("groups", None, g, d, sch, sub))
+        return cells
+    if cfg.groups:
+        raise UsageError("--groups only applies to --mode groups")
+    for s in parse_scales(cfg.scales, S):
+        for d in depths:
+            sub = subnet_layers(D, d, cfg.select)
+            if cfg.mode == "single":
+                sch = DepthSchedule([sub if si == s else full for si in range(S)])
+            else:
+                sch = DepthSchedule.variant(spec, d, switch=s, select=cfg.select)
+            cells.append(Cell(cfg.mode, s, None, d, sch, sub))
+    return cells
+
+
+def metric_names(metric: str) -> list[str]:
+    """Row metrics of a --metric choice; the data-free fidelity metrics are always computed (they are cheap)."""
+    if metric not in METRICS:
+        raise UsageError(f"--metric: {metric!r} is not one of {', '.join(METRICS)}")
+    return list(FIDELITY) + {"fidelity": [], "toy": ["toy_acc", "toy_fd"], "fid": ["fid"]}[metric]
+
+
+def _toy_image_size() -> int:
+    return SPECS["var-toy"].image_size
+
+
+def check_metric_available(metric: str, spec: VARSpec, samples: int) -> None:
+    """Fail before any sampling when --metric fid/toy cannot work: missing extra, wrong images, too few."""
+    if metric in ("fid", "toy") and samples < 2:
+        raise UsageError(f"--metric {metric} fits a Gaussian to the samples: use --samples >= 2")
+    if metric == "fid" and importlib.util.find_spec("torch_fidelity") is None:
+        raise UsageError("--metric fid needs the optional extra torch-fidelity: pip install torch-fidelity")
+    if metric == "toy":
+        if spec.image_size != _toy_image_size():
+            raise UsageError(f"--metric toy judges {_toy_image_size()}px var-toy images; {spec.name} makes "
+                             f"{spec.image_size}px images (use --metric fidelity or fid)")
+        try:
+            from varbench.quality import toy_metric  # noqa: F401 - lazy: needs the toy classifier
+        except ImportError as e:
+            raise UsageError(f"--metric toy is not available ({e})") from None
+
+
+# ---- model and reference --------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EnvironmentUnavailable("--device cuda was asked but no CUDA GPU is available (try --device cpu)")
+    return torch.device(name)
+
+
+def has_weights(spec: VARSpec, cfg: SensitivityConfig) -> bool:
+    """A checkpoint was given, the model ships weights (var-toy), or it is official (HF cache / hub)."""
+    from model.pipeline import WEIGHTS_DIR
+
+    return cfg.ckpt is not None or (WEIGHTS_DIR / spec.name / "var.safetensors").exists() or spec.official
+
+
+def load_pipeline(cfg: SensitivityConfig, spec: VARSpec, device: torch.device, dtype: torch.dtype):
+    """Real weights, or random weights only when asked: quality on random weights is meaningless."""
+    from model.pipeline import VARPipeline
+
+    if cfg.allow_random and cfg.ckpt is None:
+        log.info("%s: RANDOM weights (--allow-random): quality numbers are for plumbing only", spec.name)
+        return VARPipeline.from_spec(spec, device=device, seed=cfg.seed, dtype=dtype)
+    if not has_weights(spec, cfg):
+        raise UsageError(f"{spec.name} has no weights: quality on random weights is meaningless; pass --ckpt "
+                         "VAR.pth --vae VAE.pth, or --allow-random for plumbing tests and timing only")
+    try:
+        return VARPipeline.from_pretrained(spec, cfg.ckpt, cfg.vae, device=device, dtype=dtype)
+    except VarbenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - missing/bad files, no hub: one line, exit 2, never a traceback
+        hint = "" if cfg.ckpt else ("; quality on random weights is meaningless: pass --ckpt/--vae, or "
+                                    "--allow-random for plumbing tests and timing only")
+        raise UsageError(f"cannot load {spec.name} weights: {type(e).__name__}: {e}{hint}") from None
+
+
+@dataclass
+class Reference:
+    """The full network's samples (per batch) and its teacher-forced logits on them."""
+    labels: list[torch.Tensor]
+    seeds: list[int]
+    indices: list[list[torch.Tensor]]
+    images: list[torch.Tensor]
+    logits: list[torch.Tensor]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reference_meta(cfg: SensitivityConfig, spec: VARSpec, weights: str, dtype: torch.dtype,
+                    device_type: str) -> dict:
+    """What the cached samples depend on (Gumbel noise differs between CPU and CUDA generators)."""
+    return {"model": spec.name, "weights": weights, "samples": cfg.samples, "batch": cfg.batch, "seed": cfg.seed,
+            "cfg": float(cfg.cfg), "top_k": cfg.top_k, "top_p": float(cfg.top_p), "dtype": str(dtype),
+            "device": device_type}
+
+
+def compute_reference(pipe, cfg: SensitivityConfig, out_dir: Path, progress: Progress | None) -> Reference:
+    """Generate with the full schedule (labels = arange % classes, seed + batch index), cache indices/images to
+    reference.pt, and teacher-force the full network on its own samples."""
+    spec, full = pipe.spec, DepthSchedule.full(pipe.spec)
+    labels_all = torch.arange(cfg.samples) % spec.num_classes
+    starts = list(range(0, cfg.samples, cfg.batch))
+    meta = _reference_meta(cfg, spec, pipe.weights, pipe.dtype, pipe.device.type)
+    path = out_dir / REFERENCE_FILE
+    cached = None
+    if path.exists():
+        try:
+            cached = torch.load(path, weights_only=True)
+            cached = cached if cached.get("meta") == meta else None
+        except Exception as e:  # noqa: BLE001 - a bad cache is recomputed, never trusted
+            log.warning("ignoring %s (%s)", path, e)
+            cached = None
+    ref = Reference([], [], [], [], [])
+    for bi, b0 in enumerate(starts):
+        labels_B = labels_all[b0:b0 + cfg.batch]
+        seed_b = cfg.seed + bi
+        if cached is not None:
+            idx = [i[b0:b0 + cfg.batch] for i in cached["indices"]]
+            images = cached["images"][b0:b0 + cfg.batch]
+        else:
+            out = pipe.generate(labels_B, cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, seed=seed_b, schedule=full)
+            idx, images = [i.cpu() for i in out.indices], out.images.float().cpu()
+        ref.labels.append(labels_B)
+        ref.seeds.append(seed_b)
+        ref.indices.append(idx)
+        ref.images.append(images)
+        ref.logits.append(pipe.teacher_forcing(labels_B, idx, full).float().cpu())
+        if progress:
+            progress("reference", bi + 1, len(starts), {"cached": cached is not None})
+    if cached is None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({"meta": meta, "indices": [torch.cat(t) for t in zip(*ref.indices)],
+                    "images": torch.cat(ref.images)}, tmp)
+        os.replace(tmp, path)             # a crash never leaves a half-written cache
+    return ref
+
+
+# ---- one cell ---------------------------------------------------------------------------------------------------
+def evaluate_schedule(pipe, ref: Reference, schedule: DepthSchedule, cfg: SensitivityConfig,
+                      names: Sequence[str]) -> dict[str, tuple[float, list[float] | None]]:
+    """All metrics of one schedule against the reference: name -> (value, per-scale list or None)."""
+    spec, S, n = pipe.spec, pipe.spec.num_scales, 0
+    kl_sum, agree_sum = [0.0] * S, [0.0] * S
+    sq_err, n_px, ssim_sum, images = 0.0, 0, 0.0, []
+    for labels_B, seed_b, idx, img, logits_ref in zip(ref.labels, ref.seeds, ref.indices, ref.images, ref.logits):
+        B = labels_B.shape[0]
+        logits = pipe.teacher_forcing(labels_B, idx, schedule)
+        kl = metrics.kl_per_scale(logits_ref.to(logits.device), logits, spec.begin_ends)
+        out = pipe.generate(labels_B, cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, seed=seed_b, schedule=schedule)
+        agree = metrics.token_agreement_per_scale(idx, [i.cpu() for i in out.indices])
+        gen = out.images.float().cpu()
+        sq_err += float(((gen.double() - img.double()) ** 2).sum())
+        n_px += gen.numel()
+        ssim_sum += float(metrics.ssim_per_image(gen, img).sum())
+        kl_sum = [a + B * v for a, v in zip(kl_sum, kl)]
+        agree_sum = [a + B * v for a, v in zip(agree_sum, agree)]
+        images.append(gen)
+        n += B
+    kl_s, agree_s = [v / n for v in kl_sum], [v / n for v in agree_sum]
+    res: dict[str, tuple[float, list[float] | None]] = {
+        "kl": (sum(kl_s) / S, kl_s), "token_agreement": (sum(agree_s) / S, agree_s),
+        "psnr": (metrics.psnr_from_mse(sq_err / n_px), None), "ssim": (ssim_sum / n, None)}
+    res.update(_extra_metrics(torch.cat(images), torch.cat(ref.labels), ref, cfg, names, pipe.device))
+    return res
+
+
+def _extra_metrics(images: torch.Tensor, labels: torch.Tensor, ref: Reference, cfg: SensitivityConfig,
+                   names: Sequence[str], device: torch.device) -> dict[str, tuple[float, None]]:
+    out: dict[str, tuple[float, None]] = {}
+    if "toy_acc" in names or "toy_fd" in names:
+        from varbench.quality import toy_metric  # lazy: needs the toy classifier (checked by check_metric_available)
+        out["toy_acc"] = (float(toy_metric.toy_accuracy(images, labels)), None)
+        out["toy_fd"] = (float(toy_metric.toy_fd(images)), None)
+    if "fid" in names:
+        target = cfg.fid_ref if cfg.fid_ref else torch.cat(ref.images)
+        out["fid"] = (metrics.fid_torch_fidelity(images, target, device=str(device)), None)
+    return out
+
+
+# ---- the matrix ---------------------------------------------------------------------------------------------------
+def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
+                    progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Fill the matrix: rows appended to out_dir/sensitivity.jsonl (resumable), matrices as CSV, a manifest.
+    Returns this configuration's rows (resumed and new). ``progress(event, done, total, info)`` with events
+    'plan', 'reference', 'cell'."""
+    spec = cfg.model if isinstance(cfg.model, VARSpec) else _spec(cfg.model)
+    if cfg.samples < 1 or cfg.batch < 1:
+        raise UsageError(f"--samples and --batch must be >= 1 (got {cfg.samples}, {cfg.batch})")
+    cells, names = plan_cells(cfg, spec), metric_names(cfg.metric)
+    check_metric_available(cfg.metric, spec, cfg.samples)
+    device = resolve_device(cfg.device)
+    dtype = DTYPES.get(cfg.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    if dtype is None:
+        raise UsageError(f"--dtype: {cfg.dtype!r} is not one of {', '.join(DTYPES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(cfg, spec, device, dtype)
+    base = {"kind": "sensitivity", "model": spec.name, "weights": pipe.weights, "select": cfg.select,
+            "samples": cfg.samples, "batch": cfg.batch, "seed": cfg.seed, "cfg": cfg.cfg, "top_k": cfg.top_k,
+            "top_p": cfg.top_p, "dtype": {v: k for k, v in DTYPES.items()}[dtype], "device": device.type,
+            "fid_ref": cfg.fid_ref if "fid" in names else None}
+    rows_path = out / ROWS_FILE
+    done = {results.row_key(r, KEY_FIELDS): r for r in results.read_rows(rows_path)
+            if r.get("kind") == "sensitivity"}
+    ref_names = [m for m in names if m in ("toy_acc", "toy_fd") or (m == "fid" and cfg.fid_ref)]
+    ref_row = _row(base, "reference", None, None, spec.depth, tuple(range(spec.depth)), DepthSchedule.full(spec), spec)
+
+    def missing(row0: dict, wanted: Sequence[str]) -> list[str]:
+        return [m for m in wanted if results.row_key({**row0, "metric": m}, KEY_FIELDS) not in done]
+
+    todo = [c for c in cells if missing(_cell_row(base, c, spec), names)]
+    ref_todo = missing(ref_row, ref_names)
+    info = {"cells": len(cells), "todo": len(todo), "samples": cfg.samples, "metrics": names,
+            "weights": pipe.weights, "model": spec.name, "mode": cfg.mode,
+            "generations": (len({c.schedule for c in todo}) + 1) * cfg.samples if todo or ref_todo else 0}
+    log.info("sensitivity: %d cells x %d samples (%d to run)", len(cells), cfg.samples, len(todo))
+    if progress:
+        progress("plan", 0, len(todo), info)
+    results.write_manifest(out, {"kind": "sensitivity", "config": _config_dict(cfg, spec), "plan": info})
+    if todo or ref_todo:
+        ref = compute_reference(pipe, cfg, out, progress)
+        if ref_todo:
+            vals = _extra_metrics(torch.cat(ref.images), torch.cat(ref.labels), ref, cfg, ref_todo, device)
+            for m in ref_todo:
+                extra = {}
+                if m == "toy_fd":   # FD of as many real images: the floor at this sample count (toy_metric)
+                    from varbench.quality import toy_metric
+                    extra["real_fd"] = float(toy_metric.real_fd(cfg.samples))
+                _append(rows_path, done, {**ref_row, "metric": m, "value": vals[m][0], "cell_seconds": None, **extra})
+        cache: dict[DepthSchedule, tuple[dict, float]] = {}
+        for i, c in enumerate(todo):
+            row0 = _cell_row(base, c, spec)
+            if c.schedule not in cache:
+                _sync(device)
+                t0 = time.perf_counter()
+                vals = evaluate_schedule(pipe, ref, c.schedule, cfg, names)
+                _sync(device)
+                cache[c.schedule] = (vals, time.perf_counter() - t0)
+            vals, secs = cache[c.schedule]
+            for m in missing(row0, names):
+                value, per_scale = vals[m]
+                _append(rows_path, done, {**row0, "metric": m, "value": value, "per_scale": per_scale,
+                                          "cell_seconds": secs})
+            if progress:
+                progress("cell", i + 1, len(todo), {"label": c.label, "depth": c.depth, "seconds": secs})
+    rows = [done[results.row_key({**ref_row, "metric": m}, KEY_FIELDS)] for m in ref_names]
+    rows += [done[results.row_key({**_cell_row(base, c, spec), "metric": m}, KEY_FIELDS)]
+             for c in cells for m in names]
+    write_matrices(rows, out, cfg.mode)
+    return rows
+
+
+def _spec(name: str) -> VARSpec:
+    try:
+        return get_spec(name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _row(base: dict, mode: str, scale: int | None, group: tuple[int, int] | None, depth: int,
+         layers: tuple[int, ...], schedule: DepthSchedule, spec: VARSpec) -> dict:
+    return {**base, "mode": mode, "scale": scale, "group": f"{group[0]}-{group[1]}" if group else None,
+            "depth": depth, "layers": list(layers), "schedule": schedule.describe(),
+            "kv_bytes": analytic.kv_peak_bytes(spec, schedule, batch=1, dtype=torch.bfloat16),
+            "flops": analytic.flops(spec, schedule, batch=1, cfg=True)}
+
+
+def _cell_row(base: dict, c: Cell, spec: VARSpec) -> dict:
+    return _row(base, c.mode, c.scale, c.group, c.depth, c.layers, c.schedule, spec)
+
+
+def _append(path: Path, done: dict, row: dict) -> None:
+    results.append_row(path, row)
+    done[results.row_key(row, KEY_FIELDS)] = row
+
+
+def _config_dict(cfg: SensitivityConfig, spec: VARSpec) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["model"] = spec.name
+    return d
+
+
+def matrix(rows: Sequence[dict], mode: str, metric: str) -> tuple[list[str], list[int], list[list[float]]]:
+    """(row labels, depths, values[row][depth]) for one mode and metric; NaN where a cell is missing."""
+    sel = [r for r in rows if r.get("mode") == mode and r.get("metric") == metric]
+    labels = list(dict.fromkeys(r["group"] if r.get("group") else str(r["scale"]) for r in sel))
+    depths = list(dict.fromkeys(r["depth"] for r in sel))
+    val = {(r["group"] if r.get("group") else str(r["scale"]), r["depth"]): r["value"] for r in sel}
+    return labels, depths, [[val.get((lab, d), math.nan) for d in depths] for lab in labels]
+
+
+def write_matrices(rows: Sequence[dict], out_dir: Path, mode: str) -> list[Path]:
+    """One CSV per metric: sensitivity_matrix_<mode>_<metric>.csv, rows = scale or group, columns = depth."""
+    paths = []
+    for m in dict.fromkeys(r["metric"] for r in rows if r.get("mode") == mode):
+        labels, depths, vals = matrix(rows, mode, m)
+        path = Path(out_dir) / f"sensitivity_matrix_{mode}_{m}.csv"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["group" if mode == "groups" else "scale"] + [f"d{d}" for d in depths])
+            for lab, row in zip(labels, vals):
+                w.writerow([lab] + [repr(float(v)) for v in row])
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

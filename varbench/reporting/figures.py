@@ -1,0 +1,299 @@
+"""Plotly figures of the report: Pareto frontiers, sensitivity heatmaps, per-scale memory timelines.
+
+Every string that reaches a figure (names, paths, labels) is HTML-escaped first, because plotly renders a
+subset of HTML in titles and hover text; units are part of every axis title.
+"""
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from typing import Any, Iterable, Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+
+from varbench.reporting.pareto import pareto_indices, step_line
+from varbench.results import finite_number as _num
+
+MIB = 2 ** 20
+QUALITY_PREFERENCE = ("toy_fd", "fid", "toy_acc", "kl", "token_agreement", "psnr", "ssim")
+HIGHER_IS_BETTER = {"token_agreement", "psnr", "ssim", "toy_acc"}
+METRIC_UNITS = {"kl": "nats", "token_agreement": "fraction", "psnr": "dB", "ssim": "unitless", "fid": "FID",
+                "toy_acc": "fraction", "toy_fd": "Fréchet distance"}
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "pentagon", "hexagon", "triangle-down")
+# x-axis choices of the Pareto selector: point key, axis title (with unit), larger is better
+AXES: dict[str, tuple[str, str, bool]] = {
+    "latency": ("latency_ms", "latency p50 (ms)", False),
+    "throughput": ("throughput", "throughput (img/s)", True),
+    "kv": ("kv_mib", "KV cache (MiB)", False),
+    "peak": ("peak_mib", "peak memory (MiB; allocator, else NVML, else RSS)", False),
+}
+LAYOUT = dict(template="plotly_white", height=480, margin=dict(l=70, r=30, t=110, b=60))
+
+
+def esc(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _full_depth(model: str) -> int | None:
+    try:
+        from model import spec as spec_mod
+        return spec_mod.get(model).depth
+    except Exception:  # noqa: BLE001 - a model outside the registry simply has no known full depth
+        return None
+
+
+# ----------------------------------------------------------------------------- Pareto
+
+def join_quality(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Mapping[str, Any]],
+                 metric: str) -> list[float | None]:
+    """Quality of each sweep config: sensitivity mode "from" at scale == switch and the same depth (VARiant).
+
+    The full network needs no ablation; any sensitivity row of the full depth stands for it.
+    """
+    table: dict[tuple, float] = {}
+    full: dict[tuple, float] = {}
+    for r in sens_rows:
+        if r.get("metric") != metric or _num(r.get("value")) is None:
+            continue
+        if r.get("mode") == "from" and r.get("scale") is not None:
+            table[(r.get("model"), int(r["scale"]), r.get("depth"))] = float(r["value"])
+        if r.get("depth") is not None and r.get("depth") == _full_depth(str(r.get("model"))):
+            full[(r.get("model"), r.get("depth"))] = float(r["value"])
+    out: list[float | None] = []
+    for r in sweep_rows:
+        sw = r.get("switch")
+        q = table.get((r.get("model"), int(sw), r.get("depth"))) if sw is not None else None
+        if q is None:
+            q = full.get((r.get("model"), r.get("depth")))
+        out.append(q)
+    return out
+
+
+def sweep_points(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Mapping[str, Any]]
+                 ) -> tuple[list[dict[str, Any]], str | None]:
+    """Successful sweep rows as plot points with derived axes, plus the quality metric joined (or None)."""
+    ok = [r for r in sweep_rows if r.get("status", "ok") == "ok"]
+    metric = None
+    quality: list[float | None] = [None] * len(ok)
+    for m in QUALITY_PREFERENCE + tuple(sorted({str(r.get("metric")) for r in sens_rows})):
+        q = join_quality(ok, sens_rows, m)
+        if any(v is not None for v in q):
+            metric, quality = m, q
+            break
+    pts = []
+    for r, q in zip(ok, quality):
+        kv = _num(r.get("kv_bytes")) if _num(r.get("kv_bytes")) is not None else _num(r.get("kv_bytes_analytic"))
+        # allocator peak on GPU; NVML if the allocator was not read; process RSS peak on CPU
+        peak = next((v for v in (_num(r.get(f)) for f in ("peak_allocated_bytes", "nvml_peak_used_bytes",
+                                                            "rss_peak_bytes")) if v), None)
+        pts.append({**r, "quality": q, "latency_ms": _num(r.get("latency_ms_p50")),
+                    "throughput": _num(r.get("images_per_s")),
+                    "kv_mib": kv / MIB if kv is not None else None,
+                    "peak_mib": peak / MIB if peak is not None else None})
+    return pts, metric
+
+
+def _hover(p: Mapping[str, Any], metric: str | None) -> str:
+    keys = ("model", "weights", "depth", "switch", "select", "batch", "dtype", "device", "layers")
+    lines = [f"{k}: {esc(p.get(k))}" for k in keys if p.get(k) is not None]
+    lines.append(f"path: {_path_label(p)}")
+    lines += [f"latency p50: {p['latency_ms']:.3f} ms" if p.get("latency_ms") is not None else "",
+              f"throughput: {p['throughput']:.2f} img/s" if p.get("throughput") is not None else "",
+              f"KV: {p['kv_mib']:.3f} MiB" if p.get("kv_mib") is not None else "",
+              f"peak: {p['peak_mib']:.3f} MiB" if p.get("peak_mib") is not None else "",
+              f"{esc(metric)}: {p['quality']:.4g}" if metric and p.get("quality") is not None else ""]
+    return "<br>".join(s for s in lines if s)
+
+
+def _path_label(p: Mapping[str, Any]) -> str:
+    """How a sweep point was run: eager, CUDA graphs and/or compiled (older rows lack the fields: eager)."""
+    parts = [name for name, key in (("graphs", "cuda_graphs"), ("compile", "compile")) if p.get(key)]
+    return "+".join(parts) or "eager"
+
+
+def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_label: str, y_higher: bool,
+                  x_options: Sequence[str], default_x: str, metric: str | None) -> go.Figure:
+    """Scatter of every config (colour = depth, symbol = batch or switch) + per-group Pareto step lines.
+
+    The x-axis selector (updatemenus) swaps x data and recomputes nothing in the browser: the front of
+    every option is precomputed here.
+    """
+    batches = sorted({p.get("batch") for p in points}, key=str)
+    sym_key = "batch" if len(batches) > 1 else "switch"
+    sym_vals = sorted({p.get(sym_key) for p in points}, key=str)
+    groups = defaultdict(list)
+    for p in points:
+        groups[(p.get("model"), p.get("batch"), p.get("dtype"), p.get("device"), _path_label(p))].append(p)
+    multi = len(groups) > 1
+
+    def xy_for(opt: str) -> tuple[list[list], list[list]]:
+        key, _, higher = AXES[opt]
+        xs, ys = [], []
+        for v in sym_vals:
+            sel = [p for p in points if p.get(sym_key) == v]
+            xs.append([p.get(key) for p in sel])
+            ys.append([p.get(y_key) for p in sel])
+        for g in groups.values():
+            idx = pareto_indices(g, minimize=[k for k, h in ((key, higher), (y_key, y_higher)) if not h],
+                                 maximize=[k for k, h in ((key, higher), (y_key, y_higher)) if h])
+            fx, fy = step_line([g[i] for i in idx], key, y_key, x_minimize=not higher, y_minimize=not y_higher)
+            xs.append(fx)
+            ys.append(fy)
+        return xs, ys
+
+    if not any(p.get(AXES[default_x][0]) is not None for p in points):   # e.g. no peak memory measured
+        default_x = next((o for o in x_options if any(p.get(AXES[o][0]) is not None for p in points)), default_x)
+    fig = go.Figure()
+    x0, y0 = xy_for(default_x)
+    depths = [d for d in (_num(p.get("depth")) for p in points) if d is not None]
+    lo, hi = min(depths, default=0.0), max(depths, default=1.0)
+
+    def colour(p: Mapping[str, Any]) -> str:
+        # explicit colours, not a coloraxis: plotly warns in the console when legend items use one
+        d = _num(p.get("depth"))
+        t = 0.5 if d is None or hi == lo else (d - lo) / (hi - lo)
+        return sample_colorscale("Viridis", [t])[0]
+
+    for i, v in enumerate(sym_vals):
+        sel = [p for p in points if p.get(sym_key) == v]
+        fig.add_trace(go.Scatter(
+            x=x0[i], y=y0[i], mode="markers", name=f"{sym_key}={esc(v)}",
+            hovertext=[_hover(p, metric) for p in sel], hoverinfo="text",
+            marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=11, color=[colour(p) for p in sel],
+                        line=dict(width=1, color="#333"))))
+    for j, key in enumerate(groups):
+        label = "Pareto front" + (" (" + ", ".join(esc(k) for k in key if k is not None) + ")" if multi else "")
+        fig.add_trace(go.Scatter(x=x0[len(sym_vals) + j], y=y0[len(sym_vals) + j], mode="lines", name=label,
+                                 hoverinfo="skip", line=dict(color="#555", dash="dash", width=1.5)))
+    # an empty trace that only carries the depth colour bar
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker=dict(colorscale="Viridis", cmin=lo, cmax=hi, color=[lo], showscale=True,
+                                         colorbar=dict(title="depth (blocks)"))))
+    buttons = []
+    for opt in x_options:
+        xs, ys = xy_for(opt)
+        xs.append([None])
+        ys.append([None])
+        buttons.append(dict(label=opt, method="update",
+                            args=[{"x": xs, "y": ys}, {"xaxis.title.text": AXES[opt][1]}]))
+    fig.update_layout(
+        **LAYOUT, title=dict(text=esc(title)), xaxis_title=AXES[default_x][1], yaxis_title=y_label,
+        legend=dict(orientation="h", y=-0.18),
+        updatemenus=[dict(type="buttons", direction="right", x=0, y=1.03, xanchor="left", yanchor="bottom",
+                          showactive=True,
+                          active=list(x_options).index(default_x), buttons=buttons)])
+    return fig
+
+
+def pareto_figures(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Mapping[str, Any]]
+                   ) -> list[tuple[str, go.Figure | str]]:
+    """The three frontiers; a figure that lacks its data becomes a one-line note instead."""
+    points, metric = sweep_points(sweep_rows, sens_rows)
+    out: list[tuple[str, go.Figure | str]] = []
+    if not points:
+        return [("Pareto frontiers", "no successful sweep rows")]
+    if metric is None:
+        note = ("no quality joined: needs sensitivity rows with mode 'from' at scale = switch and the same depth")
+        out += [("Quality vs latency", note), ("Quality vs peak memory", note)]
+    else:
+        unit = METRIC_UNITS.get(metric, "unitless")
+        higher = metric in HIGHER_IS_BETTER
+        y_label = f"{esc(metric)} ({unit}, {'higher' if higher else 'lower'} is better)"
+        qpts = [p for p in points if p.get("quality") is not None]
+        out.append(("Quality vs latency", pareto_figure(qpts, f"Quality ({metric}) vs latency", "quality", y_label,
+                                                        higher, list(AXES), "latency", metric)))
+        out.append(("Quality vs peak memory", pareto_figure(qpts, f"Quality ({metric}) vs peak memory", "quality",
+                                                            y_label, higher, list(AXES), "peak", metric)))
+    out.append(("Latency vs memory", pareto_figure(points, "Latency vs memory", "latency_ms", "latency p50 (ms)",
+                                                   False, ["peak", "kv"], "peak", metric)))
+    return out
+
+
+# ----------------------------------------------------------------------------- sensitivity heatmaps
+
+def heatmap_figures(sens_rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, go.Figure]]:
+    """One scale × depth heatmap per (model, mode, metric), the value written in each cell."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in sens_rows:
+        if _num(r.get("value")) is not None:
+            groups[(str(r.get("model")), str(r.get("mode")), str(r.get("metric")))].append(r)
+    figs = []
+    for (model, mode, metric), rows in sorted(groups.items()):
+        col = "group" if mode == "groups" else "scale"
+        cols = sorted({r.get(col) for r in rows if r.get(col) is not None},
+                      key=lambda v: (int(str(v).split("-")[0]) if str(v).split("-")[0].isdigit() else 0, str(v)))
+        depths = sorted({int(r["depth"]) for r in rows if r.get("depth") is not None})
+        z = [[None] * len(cols) for _ in depths]
+        for r in rows:
+            if r.get(col) in cols and r.get("depth") is not None:
+                z[depths.index(int(r["depth"]))][cols.index(r.get(col))] = float(r["value"])
+        text = [["" if v is None else f"{v:.3g}" for v in row] for row in z]
+        unit = METRIC_UNITS.get(metric, "unitless")
+        xlab = {"from": "subnet from scale (index)", "single": "ablated scale (index)",
+                "groups": "ablated scale group (indices)"}.get(mode, "scale (index)")
+        fig = go.Figure(go.Heatmap(
+            z=z, x=[esc(c) for c in cols], y=[str(d) for d in depths], text=text, texttemplate="%{text}",
+            colorscale="Viridis", reversescale=metric in HIGHER_IS_BETTER, hoverongaps=False,
+            colorbar=dict(title=f"{esc(metric)} ({unit})"),
+            hovertemplate=f"{col} %{{x}}<br>depth %{{y}} blocks<br>{esc(metric)} %{{z:.4g}} {unit}<extra></extra>"))
+        title = f"Sensitivity: {model}, mode {mode}, {metric}"
+        fig.update_layout(**LAYOUT, title=dict(text=esc(title)), xaxis_title=xlab,
+                          yaxis_title="subnet depth (blocks)", xaxis_type="category", yaxis_type="category")
+        figs.append((title, fig))
+    return figs
+
+
+# ----------------------------------------------------------------------------- memory timeline
+
+TRACE_SERIES = (("kv_bytes_analytic", "KV analytic"), ("kv_bytes_cache", "KV cache (real)"),
+                ("allocated_bytes", "allocator allocated"), ("peak_allocated_bytes", "allocator peak"),
+                ("reserved_bytes", "allocator reserved"), ("nvml_device_used_bytes", "NVML device used"),
+                ("nvml_process_used_bytes", "NVML process used"))
+
+
+def trace_figures(scale_rows: Sequence[Mapping[str, Any]], sample_rows: Iterable[Mapping[str, Any]]
+                  ) -> list[tuple[str, go.Figure]]:
+    """Per traced run: analytic, allocator and NVML memory on one time axis, scale boundaries marked."""
+    keys = ("_source", "run_id", "model", "depth", "switch", "batch", "dtype")
+    runs: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in scale_rows:
+        runs[tuple(r.get(k) for k in keys)].append(r)
+    samples: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for s in sample_rows:
+        samples[(s.get("_source"), s.get("run_id"))].append(s)
+    figs = []
+    for key, rows in runs.items():
+        rows = sorted(rows, key=lambda r: _num(r.get("elapsed_ms")) or 0.0)
+        fig = go.Figure()
+        xs = [_num(r.get("elapsed_ms")) for r in rows]
+        for f, name in TRACE_SERIES:
+            ys = [_num(r.get(f)) for r in rows]
+            if any(v is not None for v in ys):
+                fig.add_trace(go.Scatter(x=xs, y=[v / MIB if v is not None else None for v in ys],
+                                         mode="lines+markers", name=name, line_shape="hv"))
+        # timeline samples of the same run (same results dir and run_id; a run without run_id takes its dir's)
+        same = sorted(samples.get((key[0], key[1]), []), key=lambda s: _num(s.get("t_ms")) or 0.0)
+        for fields, name in ((("nvml_device_used_bytes", "device_used_bytes"), "NVML device used (sampled)"),
+                             (("nvml_process_used_bytes", "process_used_bytes"), "NVML process used (sampled)")):
+            ys = [next((_num(s.get(f)) for f in fields if _num(s.get(f)) is not None), None) for s in same]
+            if any(v is not None for v in ys):
+                fig.add_trace(go.Scatter(x=[_num(s.get("t_ms")) for s in same],
+                                         y=[v / MIB if v is not None else None for v in ys],
+                                         mode="lines", name=name, line=dict(width=1)))
+        for r, x in zip(rows, xs):
+            if x is not None:
+                fig.add_vline(x=x, line=dict(color="#999", dash="dot", width=1),
+                              annotation_text=f"s{esc(r.get('scale'))}", annotation_position="top")
+        desc = ", ".join(f"{k} {v}" for k, v in zip(keys[2:], key[2:]) if v is not None)
+        title = f"Memory timeline: {desc}" if desc else "Memory timeline"
+        fig.update_layout(**LAYOUT, title=dict(text=esc(title)), xaxis_title="time since generation start (ms)",
+                          yaxis_title="memory (MiB)", legend=dict(orientation="h", y=-0.2),
+                          updatemenus=[dict(type="buttons", direction="right", x=1, xanchor="right", y=1.03,
+                                            yanchor="bottom",
+                                            buttons=[dict(label="linear", method="relayout",
+                                                          args=[{"yaxis.type": "linear"}]),
+                                                     dict(label="log", method="relayout",
+                                                          args=[{"yaxis.type": "log"}])])])
+        figs.append((title, fig))
+    return figs

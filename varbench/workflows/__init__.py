@@ -1,0 +1,1 @@
+"""Workflows that compose the rooms: TOML suites and the demo."""
