@@ -2,28 +2,35 @@
 
 One graph per scale holds that scale's blocks and the head, replayed against a KV cache allocated once for the
 (schedule, batch) pair. Graph replays need fixed addresses, so this cache never frees a block's buffers (the
-``keep_skipped`` accounting); sampling and the VQ-VAE next-scale input stay eager, outside the graphs.
+``keep_skipped`` accounting); sampling and the VQ-VAE next-scale input stay eager, outside the graphs. The
+``ScaleStep`` of ``model.scale_step`` for plans with ``cuda_graphs``.
 """
 from __future__ import annotations
 
 import torch
 
+from .kernels import kernels_for
 from .kv_cache import KVCache
+from .plan import InferencePlan
+from .scale_step import FullLogits
 from .schedule import DepthSchedule
 
 
 class GraphedScales:
-    """Captured transformer steps for one (schedule, batch, dtype, k_dtype); inputs and outputs are static."""
+    """Captured transformer steps for one (plan, schedule, batch, dtype, k_dtype); inputs and outputs are static.
+    Everything the captured kernels depend on is in that key, so the pipeline never replays a capture under
+    another plan."""
 
     def __init__(self, var, schedule: DepthSchedule, batch: int, dtype: torch.dtype, device: torch.device,
-                 k_dtype: torch.dtype | None = None):
+                 plan: InferencePlan, k_dtype: torch.dtype | None = None):
         spec = var.spec
         self.var, self.schedule, self.spec = var, schedule, spec
+        self.plan, self.kernels = plan, kernels_for(plan)
         rows, C = 2 * batch, spec.width
         self.cond_BD = torch.zeros(rows, C, dtype=dtype, device=device)
         self.x_in = [torch.zeros(rows, t, C, dtype=torch.float32, device=device) for t in spec.tokens]
         self.blocks = schedule.used_blocks()
-        self.cache = KVCache(spec, schedule, batch, dtype, device, keep_skipped=True, k_dtype=k_dtype)
+        self.cache = KVCache(spec, schedule, batch, dtype, device, keep_skipped=True, k_dtype=k_dtype, plan=plan)
         self.mods_graph, self.mods = None, None
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.logits: list[torch.Tensor] = []
@@ -32,7 +39,7 @@ class GraphedScales:
     def _run_scale(self, si: int) -> torch.Tensor:
         self.cache.begin_scale(si)
         h = self.var.step(self.x_in[si], self.mods, self.schedule.layers[si], self.cache)
-        return self.var.get_logits(h, self.cond_BD)
+        return self.var.get_logits(h, self.cond_BD, self.kernels)
 
     def _capture(self, device: torch.device) -> None:
         var = self.var
@@ -56,12 +63,18 @@ class GraphedScales:
             self.logits.append(out)
 
     def start(self, cond_BD: torch.Tensor) -> None:
-        self.var.refresh_inference_consts()     # parameters changed in place since capture: derived caches follow
+        self.var.refresh_inference_consts(self.kernels)   # parameters changed in place since capture: caches follow
         self.cond_BD.copy_(cond_BD)
         self.mods_graph.replay()
 
-    def run(self, si: int, x_BlC: torch.Tensor) -> torch.Tensor:
+    def begin_scale(self, si: int) -> None:
+        """Nothing to do: the cache was allocated whole at capture."""
+
+    def run(self, si: int, x_BlC: torch.Tensor) -> FullLogits:
         """Logits (2B, pn², V) float32 of scale ``si``; valid until the next replay of that scale."""
         self.x_in[si].copy_(x_BlC)
         self.graphs[si].replay()
-        return self.logits[si]
+        return FullLogits(self.logits[si])
+
+    def finish(self) -> None:
+        """The buffers stay: the next generation with this key replays against them."""

@@ -1,19 +1,23 @@
 """The element-wise pieces of a block as pure functions, optionally fused by ``torch.compile`` on CUDA, and two
-CUDA inference matmuls with fused epilogues.
+CUDA inference matmuls with fused epilogues, gathered per inference plan into one ``Kernels`` table.
 
 Eager, each piece is 2-5 kernels over the whole activation; at d30 batch 64 these passes cost more than the
-attention. ``use_compiled()`` / ``enable_compiled()`` swap in Inductor-fused versions (one kernel each; automatic
-dynamic shapes, so the 10 scales share one compilation per piece). ``linear_gelu`` and ``head_logits`` pick their
-fused CUDA form themselves and fall back to the plain ops on CPU and under autograd. Measured effects:
+attention. A plan with ``compiled`` gets Inductor-fused versions (one kernel each; automatic dynamic shapes, so the
+10 scales share one compilation per piece). The fused CUDA matmuls fall back to the plain ops on CPU and under
+autograd. Measured effects:
 docs/speed_notes.md, session 3.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .plan import InferencePlan
 
 
 def ln_modulate(x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float,
@@ -57,33 +61,6 @@ def qk_norm_into(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, k_dst: torch.Ten
     return unit_norm(qkv_R3Hc[:, 0]).mul(mul_1H1)
 
 
-USE_TRITON_QKV = True      # CUDA: the hand-written Triton kernel for qk_norm_into (model/triton_kernels.py)
-_TRITON: dict = {}
-
-
-def triton_kernel(name: str):
-    """A function of model/triton_kernels.py, or None where Triton does not import (CPU-only torch builds)."""
-    if name not in _TRITON:
-        try:
-            from . import triton_kernels
-        except ImportError:
-            _TRITON[name] = None
-        else:
-            _TRITON[name] = getattr(triton_kernels, name)
-    return _TRITON[name]
-
-
-def qk_norm_into_cuda(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, k_dst: torch.Tensor, v_dst: torch.Tensor
-                      ) -> torch.Tensor:
-    """``K.qk_norm_into``, through the Triton kernel on CUDA where Triton imports (one pass at ~bandwidth: the
-    Inductor-fused form ran at 1.2-1.5 TB/s on the H100's strided cache slots)."""
-    if qkv_R3Hc.is_cuda and USE_TRITON_QKV and qkv_R3Hc.is_contiguous():
-        fn = triton_kernel("qkv_norm_into_cache")
-        if fn is not None:
-            return fn(qkv_R3Hc, mul_1H1, k_dst, v_dst)
-    return K.qk_norm_into(qkv_R3Hc, mul_1H1, k_dst, v_dst)
-
-
 def gumbel(u: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) noise from uniform samples: −log(−log u), u clamped away from 0 and 1 (one pass compiled)."""
     return -torch.log(-torch.log(u.clamp(min=1e-20, max=1.0 - 1e-7)))
@@ -94,16 +71,22 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """GELU(tanh)(x Wᵀ + b). On CUDA without autograd, one cuBLASLt matmul with a bias+GELU epilogue
-    (``torch._addmm_activation``; its CUDA GELU is the tanh form, applied to the float32 accumulator): the
-    separate GELU pass over the 4C-wide hidden activation disappears. Elsewhere (CPU, whose fused op uses the erf
-    form; training; autocast, where F.linear runs in the autocast dtype) the plain two-kernel version."""
+    """GELU(tanh)(x Wᵀ + b), the plain two-kernel version."""
+    return gelu_tanh(F.linear(x, weight, bias))
+
+
+def linear_gelu_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``linear_gelu`` as one cuBLASLt matmul with a bias+GELU epilogue (``torch._addmm_activation``; its CUDA
+    GELU is the tanh form, applied to the float32 accumulator): the separate GELU pass over the 4C-wide hidden
+    activation disappears. Only where it is that function: CUDA without autograd and outside autocast (where
+    F.linear runs in the autocast dtype) with one dtype throughout; elsewhere (CPU, whose fused op uses the erf
+    form) the plain version."""
     if x.is_cuda and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cuda") \
             and x.dtype == weight.dtype == bias.dtype:     # under autocast (fp32 weights) the plain path casts
         rows = x.numel() // x.shape[-1]
         out = torch._addmm_activation(bias, x.reshape(rows, x.shape[-1]), weight.t(), use_gelu=True)
         return out.view(*x.shape[:-1], weight.shape[0])
-    return gelu_tanh(F.linear(x, weight, bias))
+    return linear_gelu(x, weight, bias)
 
 
 def split_hi_lo(h_RC: torch.Tensor) -> torch.Tensor:
@@ -137,75 +120,84 @@ def head_weight(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 def head_logits(h_BLC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Float32 logits of a float32 hidden state. With bf16 head weights on CUDA: one bf16 tensor-core matmul with
-    float32 output over [h_hi | h_lo | 1] against [W | W | b] (``split_hi_lo``, ``head_weight``): h·Wᵀ + b to
-    ~2^-16 relative, with the bias added in the matmul's float32 accumulator; the float32 matmul it replaces runs
-    without tensor cores (26.5 ms of a d30 batch-64 generation on the H100). Elsewhere the plain float32 linear."""
-    if h_BLC.is_cuda and weight.dtype == torch.bfloat16 and not torch.is_grad_enabled() and _SPLIT_HEAD_OK[0]:
-        rows, C = h_BLC.numel() // h_BLC.shape[-1], h_BLC.shape[-1]
-        a = K.split_hi_lo(h_BLC.reshape(rows, C).float())
-        try:
-            out = torch.mm(a, head_weight(weight, bias).t(), out_dtype=torch.float32)
-        except (RuntimeError, TypeError, NotImplementedError):    # a torch without mm(out_dtype=) on CUDA
-            _SPLIT_HEAD_OK[0] = False
-        else:
-            return out.view(*h_BLC.shape[:-1], weight.shape[0])
+    """Float32 logits of a float32 hidden state: the plain float32 linear."""
     return F.linear(h_BLC.float(), weight.float(), bias.float())
 
 
-_SPLIT_HEAD_OK = [True]
+def head_logits_split(h_BLC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      split: Callable[[torch.Tensor], torch.Tensor] = split_hi_lo) -> torch.Tensor:
+    """``head_logits`` with bf16 head weights on CUDA without autograd: one bf16 tensor-core matmul with float32
+    output over [h_hi | h_lo | 1] against [W | W | b] (``split_hi_lo``, ``head_weight``): h·Wᵀ + b to ~2^-16
+    relative, with the bias added in the matmul's float32 accumulator; the float32 matmul it replaces runs without
+    tensor cores (26.5 ms of a d30 batch-64 generation on the H100). Elsewhere the plain float32 linear. The plan
+    enables it only where ``torch.mm(out_dtype=)`` exists (``model.plan``)."""
+    if h_BLC.is_cuda and weight.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+        rows, C = h_BLC.numel() // h_BLC.shape[-1], h_BLC.shape[-1]
+        a = split(h_BLC.reshape(rows, C).float())
+        out = torch.mm(a, head_weight(weight, bias).t(), out_dtype=torch.float32)
+        return out.view(*h_BLC.shape[:-1], weight.shape[0])
+    return head_logits(h_BLC, weight, bias)
 
 
-EAGER = {"ln_modulate": ln_modulate, "gated_residual": gated_residual, "qk_norm": qk_norm, "gelu_tanh": gelu_tanh,
-         "residual_ln_modulate": residual_ln_modulate, "qk_norm_into": qk_norm_into, "gumbel": gumbel,
-         "split_hi_lo": split_hi_lo}
+def qk_norm_into_triton(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, k_dst: torch.Tensor, v_dst: torch.Tensor,
+                        fallback: Callable = qk_norm_into) -> torch.Tensor:
+    """``qk_norm_into`` through the Triton kernel on CUDA (one pass at ~bandwidth: the Inductor-fused form ran at
+    1.2-1.5 TB/s on the H100's strided cache slots); ``fallback`` for inputs it does not take."""
+    if qkv_R3Hc.is_cuda and qkv_R3Hc.is_contiguous():
+        from .triton_kernels import qkv_norm_into_cache
+        return qkv_norm_into_cache(qkv_R3Hc, mul_1H1, k_dst, v_dst)
+    return fallback(qkv_R3Hc, mul_1H1, k_dst, v_dst)
 
 
+ELEMENTWISE = {"ln_modulate": ln_modulate, "gated_residual": gated_residual, "qk_norm": qk_norm,
+               "gelu_tanh": gelu_tanh, "residual_ln_modulate": residual_ln_modulate, "qk_norm_into": qk_norm_into,
+               "gumbel": gumbel, "split_hi_lo": split_hi_lo}
+
+
+@dataclass(frozen=True)
 class Kernels:
-    ln_modulate = staticmethod(ln_modulate)
-    gated_residual = staticmethod(gated_residual)
-    residual_ln_modulate = staticmethod(residual_ln_modulate)
-    qk_norm = staticmethod(qk_norm)
-    qk_norm_into = staticmethod(qk_norm_into)
-    gumbel = staticmethod(gumbel)
-    split_hi_lo = staticmethod(split_hi_lo)
-    gelu_tanh = staticmethod(gelu_tanh)
-    linear_gelu = staticmethod(linear_gelu)
-    head_logits = staticmethod(head_logits)
+    """The kernel table one inference plan runs: each block, the sampler and the head call these, so what runs is
+    a value passed down (``kernels_for(plan)``), never a module attribute swapped from outside."""
+
+    plan: InferencePlan
+    ln_modulate: Callable
+    gated_residual: Callable
+    residual_ln_modulate: Callable
+    qk_norm: Callable
+    qk_norm_into: Callable
+    gumbel: Callable
+    split_hi_lo: Callable
+    gelu_tanh: Callable
+    linear_gelu: Callable
+    head_logits: Callable
 
 
-K = Kernels()
-_COMPILED: dict = {}
+_COMPILED: dict[str, Callable] = {}
 
 
-def _compiled() -> dict:
+def _compiled() -> dict[str, Callable]:
     """The element-wise pieces through torch.compile, built once per process. ``dynamic=None`` (automatic
     dynamic): only the dimensions seen to change (rows, tokens) become symbolic, the width stays static, so the
     LayerNorm and q/k norms compile to one-pass persistent reductions (``dynamic=True`` made the width symbolic too
     and gave looped reductions that read the input twice: 2-7x slower on the H100)."""
     if not _COMPILED:
-        _COMPILED.update({n: torch.compile(f, dynamic=None, fullgraph=True) for n, f in EAGER.items()})
+        _COMPILED.update({n: torch.compile(f, dynamic=None, fullgraph=True) for n, f in ELEMENTWISE.items()})
     return _COMPILED
 
 
-def enable_compiled(enabled: bool = True) -> None:
-    """Fuse the element-wise pieces with torch.compile (CUDA inference/training) for the whole process."""
-    table = _compiled() if enabled else EAGER
-    for n, fn in table.items():
-        setattr(K, n, fn)
+@functools.lru_cache(maxsize=None)
+def kernels_for(plan: InferencePlan) -> Kernels:
+    """The kernel table of ``plan`` (one per distinct plan, so repeated calls return the same object)."""
+    ew = _compiled() if plan.compiled else ELEMENTWISE
+    qkn = ew["qk_norm_into"]
+    if plan.triton_qkv:
+        qkn = functools.partial(qk_norm_into_triton, fallback=qkn)
+    head = functools.partial(head_logits_split, split=ew["split_hi_lo"]) if plan.split_head else head_logits
+    return Kernels(plan=plan, ln_modulate=ew["ln_modulate"], gated_residual=ew["gated_residual"],
+                   residual_ln_modulate=ew["residual_ln_modulate"], qk_norm=ew["qk_norm"], qk_norm_into=qkn,
+                   gumbel=ew["gumbel"], split_hi_lo=ew["split_hi_lo"], gelu_tanh=ew["gelu_tanh"],
+                   linear_gelu=linear_gelu_epilogue if plan.fused_gelu else linear_gelu, head_logits=head)
 
 
-@contextlib.contextmanager
-def use_compiled(enabled: bool = True):
-    """The fused element-wise pieces inside the block (restored after); a no-op when ``enabled`` is False.
-    CUDA graphs captured inside keep the fused kernels."""
-    if not enabled:
-        yield
-        return
-    saved = {n: getattr(K, n) for n in EAGER}
-    enable_compiled(True)
-    try:
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(K, n, fn)
+# the reference table (plain torch ops): training, and every caller that passes no plan
+PLAIN_KERNELS = kernels_for(InferencePlan.plain())

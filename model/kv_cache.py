@@ -8,13 +8,12 @@ allocation; VARiant(d, N) reallocates once, at the switch, after freeing the ski
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .kernels import qk_norm_into_cuda, triton_kernel
+from .kernels import Kernels, kernels_for
+from .plan import InferencePlan
 from .schedule import DepthSchedule
 from .spec import VARSpec
 
@@ -31,14 +30,11 @@ def segment_ends(spec: VARSpec, schedule: DepthSchedule, keep_skipped: bool) -> 
     return sorted(releases | {S - 1})
 
 
-KV_LAYOUTS = ("head", "token")
-KV_LAYOUT = "token"     # the default memory layout of new caches (see KVCache)
-
-
 class KVCache:
     """Per-block K/V buffers seen as (rows, H, capacity, head_dim); rows = 2·batch with CFG.
 
-    ``layout`` is the memory behind that view. "token" (the default) is (rows, capacity, H, head_dim) memory,
+    ``plan`` (default: the plain plan) gives the memory behind that view and how attention runs over it.
+    ``plan.kv_layout`` "token" (the default) is (rows, capacity, H, head_dim) memory,
     transposed: a scale's slots are one contiguous block per row, which the fused q/k-norm kernel writes unit k and
     v into directly (``CachedAttend.from_qkv_rows``), and attention reads FlashAttention's native layout. "head"
     is the (rows, H, capacity, c) shape contiguous; appends are then strided copies from the projections (32 ms
@@ -47,10 +43,10 @@ class KVCache:
 
     def __init__(self, spec: VARSpec, schedule: DepthSchedule, batch: int, dtype: torch.dtype,
                  device: torch.device | str, keep_skipped: bool = False, k_dtype: torch.dtype | None = None,
-                 cfg: bool = True, layout: str | None = None):
-        self.layout = layout or KV_LAYOUT
-        if self.layout not in KV_LAYOUTS:
-            raise ValueError(f"KV layout {self.layout!r} is not one of {', '.join(KV_LAYOUTS)}")
+                 cfg: bool = True, plan: InferencePlan | None = None):
+        self.plan = plan or InferencePlan.plain()
+        self.layout = self.plan.kv_layout
+        self.kernels: Kernels = kernels_for(self.plan)
         self.spec, self.schedule = spec, schedule.validate(spec)
         self.rows = batch * (2 if cfg else 1)
         self.dtype, self.k_dtype = dtype, (k_dtype or dtype)
@@ -142,19 +138,14 @@ class KVCache:
         self.v = [None] * self.spec.depth
 
 
-# CUDA bf16/fp16 inference over at most this many keys (<= 64 queries): the Triton kernel; VARBENCH_NO_TINY_ATTN=1
-# turns it off (the benchmark script does so where the kernel's GPU test fails)
-TINY_ATTN_MAX_KEYS = 0 if os.environ.get("VARBENCH_NO_TINY_ATTN") == "1" else 128
-SMALL_ATTN_MAX_KEYS = 64    # otherwise, up to this many keys on CUDA: the memory-efficient SDPA kernel
-
-
-def cached_attention(q_BHLc: torch.Tensor, k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, scale: float) -> torch.Tensor:
-    """Unmasked attention of this scale's queries over the cached keys, by size:
+def cached_attention(q_BHLc: torch.Tensor, k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, scale: float,
+                     plan: InferencePlan) -> torch.Tensor:
+    """Unmasked attention of this scale's queries over the cached keys, by size (thresholds from ``plan``):
     - one key (the first scale): the output is that key's value, exactly what softmax over one score gives;
-    - up to ``TINY_ATTN_MAX_KEYS`` keys on CUDA (VAR's first six scales): one Triton program per (row, head)
+    - up to ``plan.tiny_attn_max_keys`` keys on CUDA (VAR's first six scales): one Triton program per (row, head)
       (``triton_kernels.tiny_attention``); SDPA's kernels pay a fixed cost per (row, head) tile that dominates
       there: 44-77 us a call at d30 batch 64 on the H100;
-    - without Triton, up to ``SMALL_ATTN_MAX_KEYS``: the memory-efficient SDPA kernel (44-48 us where cuDNN took
+    - otherwise up to ``plan.small_attn_max_keys``: the memory-efficient SDPA kernel (44-48 us where cuDNN took
       67-77 us at batch 64; 5.3 vs 6.5 us at batch 1); from 91 keys on cuDNN is faster (the SDPA default)."""
     n, L, c = k_BHnc.shape[2], q_BHLc.shape[2], q_BHLc.shape[3]
     if k_BHnc.dtype != q_BHLc.dtype:
@@ -162,12 +153,11 @@ def cached_attention(q_BHLc: torch.Tensor, k_BHnc: torch.Tensor, v_BHnc: torch.T
     if n == 1:
         return v_BHnc.expand(q_BHLc.shape)
     if q_BHLc.is_cuda and not torch.is_grad_enabled():
-        if n <= TINY_ATTN_MAX_KEYS and L <= 64 and c in (16, 32, 64, 128) \
+        if n <= plan.tiny_attn_max_keys and L <= 64 and c in (16, 32, 64, 128) \
                 and q_BHLc.dtype in (torch.bfloat16, torch.float16) and v_BHnc.dtype == q_BHLc.dtype:
-            fn = triton_kernel("tiny_attention")
-            if fn is not None:
-                return fn(q_BHLc, k_BHnc, v_BHnc, scale)
-        if n <= SMALL_ATTN_MAX_KEYS:
+            from .triton_kernels import tiny_attention     # the plan sets the threshold only where Triton imports
+            return tiny_attention(q_BHLc, k_BHnc, v_BHnc, scale)
+        if n <= plan.small_attn_max_keys:
             with sdpa_kernel(_SMALL_BACKENDS, set_priority=True):
                 return F.scaled_dot_product_attention(q_BHLc, k_BHnc, v_BHnc, scale=scale)
     return F.scaled_dot_product_attention(q_BHLc, k_BHnc, v_BHnc, scale=scale)
@@ -187,7 +177,7 @@ class CachedAttend:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         k_all, v_all = self.cache.append(self.b, k, v)
-        return cached_attention(q, k_all, v_all, scale)
+        return cached_attention(q, k_all, v_all, scale, self.cache.plan)
 
     def fuses_qkv(self) -> bool:
         return self.cache.layout == "token"
@@ -195,7 +185,8 @@ class CachedAttend:
     def from_qkv_rows(self, qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, B: int, L: int, scale: float
                       ) -> torch.Tensor:
         k_slot, v_slot = self.cache.reserve(self.b, L)
-        q_RHc = qk_norm_into_cuda(qkv_R3Hc, mul_1H1, k_slot.transpose(1, 2), v_slot.transpose(1, 2))  # (rows, L, H, c)
+        q_RHc = self.cache.kernels.qk_norm_into(qkv_R3Hc, mul_1H1, k_slot.transpose(1, 2),
+                                                v_slot.transpose(1, 2))      # slots viewed (rows, L, H, c)
         H, c = q_RHc.shape[1:]
         k_all, v_all = self.cache.prefix(self.b)
-        return cached_attention(q_RHc.view(B, L, H, c).transpose(1, 2), k_all, v_all, scale)
+        return cached_attention(q_RHc.view(B, L, H, c).transpose(1, 2), k_all, v_all, scale, self.cache.plan)

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import kernels, kv_cache
+from .cuda_graphs import GraphedScales
+from .kernels import Kernels, kernels_for
 from .kv_cache import KVCache
+from .plan import InferencePlan
 from .sampling import sample_tokens
+from .scale_step import EagerStep, ScaleLogits, ScaleStep
 from .schedule import DepthSchedule
 from .spec import VARSpec, get as get_spec
 from .var import VAR
 from .vqvae import VQVAE
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SAMPLE_CHUNK_LOGITS = 1 << 25     # head + CFG + sampling run on batch chunks of at most this many logits
 
 
 @dataclass
@@ -31,15 +33,19 @@ class GenerateOutput:
     f_hat: torch.Tensor                  # (B, Cvae, pn_last, pn_last) float32
     logits: list[torch.Tensor] = field(default_factory=list)   # conditional logits per scale (return_logits)
     kv_peak_bytes: int = 0
+    plan: InferencePlan | None = None    # the plan the generation ran under
 
 
 class VARPipeline:
     def __init__(self, spec: VARSpec, var: VAR, vae: VQVAE, device: torch.device, dtype: torch.dtype,
-                 weights: str = "random"):
+                 weights: str = "random", plan: InferencePlan | None = None):
         self.spec, self.var, self.vae = spec, var, vae
-        self.device, self.dtype, self.weights = device, dtype, weights
-        self._graphed: dict[tuple, object] = {}
-        self.compiled = False
+        self.device, self.dtype, self.weights = torch.device(device), dtype, weights
+        self._graphed: dict[tuple, ScaleStep] = {}
+        self.graph_factory: Callable[..., ScaleStep] = GraphedScales   # tests substitute a fake graphed step
+        self._decoder_compiled = False
+        self._plan_choices: dict[str, Any] = {}
+        self.plan = plan or InferencePlan.resolve(self.device, dtype)
 
     # ---- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -53,7 +59,7 @@ class VARPipeline:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
             torch.manual_seed(seed)
             var, vae = VAR(spec), VQVAE(spec.vae, spec.patch_nums)
-        return cls(spec, var.to(dtype=dtype).eval(), vae.eval(), device, dtype)._fast_decode_default()
+        return cls(spec, var.to(dtype=dtype).eval(), vae.eval(), device, dtype)._apply_plan()
 
     @classmethod
     def from_pretrained(cls, name: str | VARSpec, var_ckpt: str | Path | None = None,
@@ -81,17 +87,14 @@ class VARPipeline:
         return pipe.to(device, dtype)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "VARPipeline":
+        """Move and cast; the plan is resolved again for the new device (the explicit choices stay). On CUDA
+        with a 16-bit compute dtype the decoder runs in that dtype too (0.7× the fp32 decode time)."""
         self.device = torch.device(device)
         self.dtype = dtype or self.dtype
         self.var.to(device=self.device, dtype=self.dtype).eval()
         self.vae.to(self.device).eval()
-        return self._fast_decode_default()
-
-    def _fast_decode_default(self) -> "VARPipeline":
-        """On CUDA with a 16-bit compute dtype the decoder runs in that dtype too (0.7× the fp32 decode time)."""
-        if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
-            self.set_decode_dtype(self.dtype)
-        return self
+        self._graphed.clear()
+        return self.set_plan(None)
 
     def load_official(self, var_sd: Mapping[str, torch.Tensor] | str | Path,
                       vae_sd: Mapping[str, torch.Tensor] | str | Path) -> "VARPipeline":
@@ -125,7 +128,7 @@ class VARPipeline:
         was = self.var.training
         self.var.eval()
         try:
-            return self.var(self._labels(labels_B), x_BLCv, schedule)
+            return self.var(self._labels(labels_B), x_BLCv, schedule, kernels=kernels_for(self.plan))
         finally:
             self.var.train(was)
 
@@ -134,55 +137,41 @@ class VARPipeline:
                  schedule: DepthSchedule | None = None, keep_skipped: bool = False,
                  k_dtype: torch.dtype | None = None, decode: bool = True, return_logits: bool = False,
                  on_scale_end: Callable[[int, KVCache], None] | None = None,
-                 cuda_graphs: bool = False,
-                 on_scale_begin: Callable[[int, KVCache], None] | None = None) -> GenerateOutput:
-        """Class-conditional samples under ``schedule`` (default full depth).
-
-        ``cuda_graphs`` replays per-scale CUDA graphs (small batches; captured once per schedule and batch; the
-        cache then keeps every block's buffers, i.e. the keep_skipped accounting). After ``compile()`` the blocks'
-        element-wise pieces run fused (and are captured fused into the graphs).
-        """
-        with kernels.use_compiled(self.compiled):
-            return self._generate(labels_B, cfg, top_k, top_p, seed, schedule, keep_skipped, k_dtype, decode,
-                                  return_logits, on_scale_end, cuda_graphs, on_scale_begin)
-
-    def _generate(self, labels_B, cfg, top_k, top_p, seed, schedule, keep_skipped, k_dtype, decode, return_logits,
-                  on_scale_end, cuda_graphs, on_scale_begin) -> GenerateOutput:
+                 cuda_graphs: bool | None = None,
+                 on_scale_begin: Callable[[int, KVCache], None] | None = None,
+                 plan: InferencePlan | None = None) -> GenerateOutput:
+        """Class-conditional samples under ``schedule`` (default full depth), run as ``plan`` says (default: the
+        pipeline's). ``cuda_graphs`` overrides the plan's field (on CUDA only): per-scale CUDA graphs, captured once
+        per (plan, schedule, batch) key; the cache then keeps every block's buffers (the keep_skipped accounting).
+        Hooks get (scale, cache) before and after each scale on either path."""
+        plan = plan or self.plan
+        if cuda_graphs is not None:
+            plan = plan.replace(cuda_graphs=bool(cuda_graphs) and self.device.type == "cuda")
         spec, var, quant = self.spec, self.var, self.vae.quantize
         schedule = (schedule or DepthSchedule.full(spec)).validate(spec)
         labels = self._labels(labels_B)
         B, S = labels.shape[0], spec.num_scales
+        kernels = kernels_for(plan)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         cond_BD = var.class_emb(torch.cat((labels, torch.full_like(labels, spec.num_classes))))
         lvl_pos_1LC = var.lvl_pos()                                     # float32, like the residual stream
         x_BlC = cond_BD.float().unsqueeze(1) + var.pos_start.float() + lvl_pos_1LC[:, :1]
         pn_last = spec.patch_nums[-1]
         f_hat = torch.zeros(B, spec.vae.z_channels, pn_last, pn_last, device=self.device)
-        graphed = None
-        if cuda_graphs and self.device.type == "cuda":
-            graphed = self._graph_runner(schedule, B, k_dtype)
-            graphed.start(cond_BD)
-            cache = graphed.cache
-        else:
-            cache = KVCache(spec, schedule, B, self.dtype, self.device, keep_skipped=keep_skipped, k_dtype=k_dtype)
-            mods = var.modulations(var.cond_for_blocks(cond_BD), schedule.used_blocks())
+        stepper = self.scale_step(plan, schedule, B, keep_skipped, k_dtype)
+        stepper.start(cond_BD)
+        cache = stepper.cache
         indices, logits_out, kv_peak = [], [], 0
         for si, pn in enumerate(spec.patch_nums):
             t = cfg * si / (S - 1) if S > 1 else cfg
-            if graphed is not None:
-                logits_2BlV = graphed.run(si, x_BlC)
-                h_BlC = None
-            else:
-                cache.begin_scale(si)
-                if on_scale_begin is not None:
-                    on_scale_begin(si, cache)
-                h_BlC = var.step(x_BlC, mods, schedule.layers[si], cache)
-                logits_2BlV = None
+            stepper.begin_scale(si)
+            if on_scale_begin is not None:
+                on_scale_begin(si, cache)
+            out = stepper.run(si, x_BlC)
             x_BlC = None                        # the scale's input is dead once its blocks ran
             kv_peak = max(kv_peak, cache.nbytes())
-            idx_Bl, cond_logits = self._sample_scale(h_BlC, logits_2BlV, cond_BD, t, top_k, top_p, gen,
-                                                     return_logits)
-            h_BlC = logits_2BlV = None          # dead now: at a scale boundary only the cache and small state live
+            idx_Bl, cond_logits = self._sample_scale(out, B, t, top_k, top_p, gen, return_logits, plan, kernels)
+            out = None                          # dead now: at a scale boundary only the cache and small state live
             if return_logits:
                 logits_out.append(cond_logits)
             indices.append(idx_Bl)
@@ -194,50 +183,75 @@ class VARPipeline:
                 b0, b1 = spec.begin_ends[si + 1]
                 x_BlC = var.embed_words(next_BlCv) + lvl_pos_1LC[:, b0:b1]
                 x_BlC = x_BlC.repeat(2, 1, 1)
-        if graphed is None:
-            cache.release()
+        stepper.finish()
         images = self.decode(f_hat) if decode else None
-        return GenerateOutput(images, indices, f_hat, logits_out, kv_peak)
+        return GenerateOutput(images, indices, f_hat, logits_out, kv_peak, plan)
 
-    def _sample_scale(self, h_2BlC, logits_2BlV, cond_BD, t: float, top_k: int, top_p: float,
-                      gen: torch.Generator, return_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Head, CFG and sampling in batch chunks of at most ~2^25 logits, so the float32 logits of a large
-        batch never exist all at once (1.4 GB at d30 batch 64). The chunking depends only on (B, pn²)."""
-        B2, n = (h_2BlC if h_2BlC is not None else logits_2BlV).shape[:2]
-        B, V = B2 // 2, self.spec.vae.vocab_size
-        step = max(1, SAMPLE_CHUNK_LOGITS // (n * V))
+    def _sample_scale(self, out: ScaleLogits, B: int, t: float, top_k: int, top_p: float, gen: torch.Generator,
+                      return_logits: bool, plan: InferencePlan, kernels: Kernels
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head, CFG and sampling in batch chunks of at most ``plan.sample_chunk_logits`` logits, so the float32
+        logits of a large batch never exist all at once (1.4 GB at d30 batch 64). The chunking depends only on
+        (B, pn²)."""
+        n, V = out.rows(), self.spec.vae.vocab_size
+        step = max(1, plan.sample_chunk_logits // (n * V))
         idx, kept = [], []
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            if logits_2BlV is not None:
-                cond, uncond = logits_2BlV[b0:b1], logits_2BlV[B + b0:B + b1]
-            else:
-                rows = torch.cat((h_2BlC[b0:b1], h_2BlC[B + b0:B + b1]))
-                both = self.var.get_logits(rows, torch.cat((cond_BD[b0:b1], cond_BD[B + b0:B + b1])))
-                cond, uncond = both.chunk(2)
-            idx.append(sample_tokens(torch.lerp(uncond, cond, 1 + t), top_k, top_p, gen))
+            cond, uncond = out.pair(b0, b1)
+            idx.append(sample_tokens(torch.lerp(uncond, cond, 1 + t), top_k, top_p, gen, kernels))
             if return_logits:
                 kept.append(cond.clone())
         return torch.cat(idx), (torch.cat(kept) if return_logits else None)
 
-    def _graph_runner(self, schedule: DepthSchedule, batch: int, k_dtype: torch.dtype | None):
-        from .cuda_graphs import GraphedScales
-        key = (schedule, batch, k_dtype, self.dtype, self.compiled, kv_cache.KV_LAYOUT, kernels.USE_TRITON_QKV,
-               kv_cache.TINY_ATTN_MAX_KEYS, kv_cache.SMALL_ATTN_MAX_KEYS)   # every switch a capture depends on
+    def scale_step(self, plan: InferencePlan, schedule: DepthSchedule, batch: int, keep_skipped: bool = False,
+                   k_dtype: torch.dtype | None = None) -> ScaleStep:
+        """The per-scale step ``plan`` asks for: a fresh ``EagerStep``, or the graphed one of this key (captured on
+        first use; one captured configuration at a time bounds the memory). The key is the plan whole, so a
+        capture made under one plan is never replayed under another."""
+        if not plan.cuda_graphs:
+            return EagerStep(self.var, schedule, batch, self.dtype, self.device, plan, keep_skipped, k_dtype)
+        key = self.graph_key(plan, schedule, batch, k_dtype)
         if key not in self._graphed:
-            self._graphed.clear()                   # one captured configuration at a time bounds the memory
-            self._graphed[key] = GraphedScales(self.var, schedule, batch, self.dtype, self.device, k_dtype)
+            self._graphed.clear()
+            self._graphed[key] = self.graph_factory(self.var, schedule, batch, self.dtype, self.device, plan,
+                                                    k_dtype)
         return self._graphed[key]
+
+    def graph_key(self, plan: InferencePlan, schedule: DepthSchedule, batch: int,
+                  k_dtype: torch.dtype | None) -> tuple:
+        """Everything a capture depends on: the plan, the schedule, the batch and the dtypes."""
+        return (plan, schedule, batch, k_dtype, self.dtype)
+
+    # ---- the inference plan ------------------------------------------------------------------------------
+    def set_plan(self, plan: InferencePlan | None = None, **choices: Any) -> "VARPipeline":
+        """Run as ``plan``; or, without one, re-resolve the plan for this device with ``choices`` (plan fields;
+        earlier choices stay). The decoder follows the plan's decode fields (and is compiled with ``compiled``)."""
+        if plan is None:
+            self._plan_choices.update(choices)
+            plan = InferencePlan.resolve(self.device, self.dtype, **self._plan_choices)
+        else:
+            self._plan_choices = plan.as_dict()
+        self.plan = plan
+        return self._apply_plan()
+
+    def _apply_plan(self) -> "VARPipeline":
+        plan = self.plan
+        self.set_decode_dtype(plan.decode_torch_dtype, channels_last=plan.decode_channels_last)
+        if plan.compiled and not self._decoder_compiled:
+            self.vae.decoder.compile()
+            self._decoder_compiled = True
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        return self.plan.compiled
 
     def compile(self, enabled: bool = True) -> "VARPipeline":
         """The CUDA fast path through torch.compile: fused element-wise pieces in the blocks during ``generate``
         (eager and inside CUDA graphs) and a compiled VQ-VAE decoder. The first calls compile (tens of seconds);
         numbers are the same function to bf16 rounding (tests/test_fast_path.py). No-op on CPU."""
-        self.compiled = bool(enabled) and self.device.type == "cuda"
-        if self.compiled:       # compiled, channels-last is the faster decoder (H100 d30 b64: 97 -> 90 ms; eager 154)
-            self.set_decode_dtype(self.vae.decoder.conv_in.weight.dtype, channels_last=True)
-            self.vae.decoder.compile()
-        return self
+        return self.set_plan(compiled=bool(enabled))
 
     def set_decode_dtype(self, dtype: torch.dtype, channels_last: bool = False) -> "VARPipeline":
         """Run the VQ-VAE decoder in ``dtype`` (bf16 is the fast decode path), optionally channels-last."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import K
+from .kernels import PLAIN_KERNELS, Kernels
 
 
-def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return K.gumbel(torch.rand(shape, generator=generator, device=device, dtype=torch.float32))
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
+                 kernels: Kernels = PLAIN_KERNELS) -> torch.Tensor:
+    return kernels.gumbel(torch.rand(shape, generator=generator, device=device, dtype=torch.float32))
 
 
 def top_p_keep(sorted_logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -28,12 +29,13 @@ def top_p_keep(sorted_logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return keep
 
 
-def sample_tokens(logits_BlV: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator) -> torch.Tensor:
+def sample_tokens(logits_BlV: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator,
+                  kernels: Kernels = PLAIN_KERNELS) -> torch.Tensor:
     """One token per position, (B, l) int64. ``top_k=1`` is greedy and draws no noise."""
     if top_k == 1:
         return logits_BlV.argmax(dim=-1)
     V = logits_BlV.shape[-1]
-    noise_BlV = gumbel_noise(tuple(logits_BlV.shape), generator, logits_BlV.device)
+    noise_BlV = gumbel_noise(tuple(logits_BlV.shape), generator, logits_BlV.device, kernels)
     if 0 < top_k < V:
         vals, ids = logits_BlV.topk(top_k, dim=-1, sorted=True)
     elif 0 < top_p < 1:

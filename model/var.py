@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .kernels import K
+from .kernels import PLAIN_KERNELS, Kernels
 from .schedule import DepthSchedule
 from .spec import VARSpec
 
@@ -79,7 +79,8 @@ class SelfAttention(nn.Module):
         bias, mul_1H1 = self._consts()
         return F.linear(x_BLC, self.mat_qkv.weight, bias).view(B * L, 3, self.heads, self.head_dim), mul_1H1
 
-    def qkv(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, x_BLC: torch.Tensor, kernels: Kernels = PLAIN_KERNELS
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v as (B, H, L, c) views of (B, L, H, c) memory (FlashAttention's native layout); with L2 norm, q
         carries the head scale and k is unit-norm (what is cached). The norms run on the (B, L, H, c) slices of the
         qkv output, whose rows are contiguous and in output order: normalising the permuted (B, H, L, c) views
@@ -89,25 +90,22 @@ class SelfAttention(nn.Module):
         qkv_R3Hc, mul_1H1 = self._qkv_rows(x_BLC)
         v_BLHc = qkv_R3Hc[:, 2].view(B, L, H, c)
         if self.l2:     # one (rows, 3, H, c) input whose only varying size is the row count: compiler-friendly
-            q_RHc, k_RHc = K.qk_norm(qkv_R3Hc, mul_1H1)
+            q_RHc, k_RHc = kernels.qk_norm(qkv_R3Hc, mul_1H1)
             q_BLHc, k_BLHc = q_RHc.view(B, L, H, c), k_RHc.view(B, L, H, c)
         else:
             q_BLHc, k_BLHc = qkv_R3Hc[:, 0].view(B, L, H, c), qkv_R3Hc[:, 1].view(B, L, H, c)
         return q_BLHc.transpose(1, 2), k_BLHc.transpose(1, 2), v_BLHc.transpose(1, 2)
 
-    def forward(self, x_BLC: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, attend: Attend, kernels: Kernels = PLAIN_KERNELS) -> torch.Tensor:
         B, L, C = x_BLC.shape
         fuses = getattr(attend, "fuses_qkv", None)
         if self.l2 and fuses is not None and fuses() and not torch.is_grad_enabled():
             qkv_R3Hc, mul_1H1 = self._qkv_rows(x_BLC)      # cached generation: k/v written into the cache
             o_BHLc = attend.from_qkv_rows(qkv_R3Hc, mul_1H1, B, L, self.scale)
         else:
-            q, k, v = self.qkv(x_BLC)
+            q, k, v = self.qkv(x_BLC, kernels)
             o_BHLc = attend(q, k, v, self.scale)
         return self.proj(o_BHLc.transpose(1, 2).reshape(B, L, C))
-
-
-FFN_CHUNK_ELEMS = 1 << 28     # hidden elements per MLP chunk at inference (512 MiB in bf16); below: one pass
 
 
 class FFN(nn.Module):
@@ -116,18 +114,20 @@ class FFN(nn.Module):
         self.fc1 = nn.Linear(spec.width, spec.mlp_hidden)
         self.fc2 = nn.Linear(spec.mlp_hidden, spec.width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernels: Kernels = PLAIN_KERNELS) -> torch.Tensor:
+        """At inference, rows in chunks of ``kernels.plan.ffn_chunk_elems`` hidden elements (one pass below)."""
         rows = x.numel() // x.shape[-1]
         hidden = rows * self.fc1.out_features
-        if torch.is_grad_enabled() or hidden <= FFN_CHUNK_ELEMS:
-            return self.fc2(K.linear_gelu(x, self.fc1.weight, self.fc1.bias))
+        chunk = kernels.plan.ffn_chunk_elems
+        if torch.is_grad_enabled() or hidden <= chunk:
+            return self.fc2(kernels.linear_gelu(x, self.fc1.weight, self.fc1.bias))
         # inference on a large batch: the hidden activation (fc1 out, and GELU out where the epilogue is not used)
         # is the biggest transient of the last scale (1.64 GiB each at d30 batch 224); row chunks bound it
         x2 = x.reshape(rows, x.shape[-1])
         out = x.new_empty(rows, self.fc2.out_features)
-        step = max(1, FFN_CHUNK_ELEMS // self.fc1.out_features)
+        step = max(1, chunk // self.fc1.out_features)
         for r0 in range(0, rows, step):
-            out[r0:r0 + step] = self.fc2(K.linear_gelu(x2[r0:r0 + step], self.fc1.weight, self.fc1.bias))
+            out[r0:r0 + step] = self.fc2(kernels.linear_gelu(x2[r0:r0 + step], self.fc1.weight, self.fc1.bias))
         return out.view(*x.shape[:-1], self.fc2.out_features)
 
 
@@ -154,24 +154,27 @@ class AdaLNSelfAttn(nn.Module):
         return self.ada_lin(cond_BD_or_gss).view(-1, 1, 6, self.C).unbind(2)
 
     def forward(self, x_BLC: torch.Tensor, cond_BD_or_gss: torch.Tensor, attend: Attend,
-                mod: tuple[torch.Tensor, ...] | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """``keep``: 1 − drop-path rate as a 0-d tensor (training; VAR.forward passes it), None = no drop path."""
+                mod: tuple[torch.Tensor, ...] | None = None, keep: torch.Tensor | None = None,
+                kernels: Kernels = PLAIN_KERNELS) -> torch.Tensor:
+        """``keep``: 1 − drop-path rate as a 0-d tensor (training; VAR.forward passes it), None = no drop path.
+        ``kernels``: the inference plan's kernel table (the plain ops by default)."""
         g1, g2, s1, s2, b1, b2 = mod if mod is not None else self.modulation(cond_BD_or_gss)
         eps, wdt = self.ln_wo_grad.eps, self.ffn.fc1.weight.dtype
-        h = self.attn(K.ln_modulate(x_BLC, s1, b1, eps, wdt), attend)
+        K = kernels
+        h = self.attn(K.ln_modulate(x_BLC, s1, b1, eps, wdt), attend, K)
         if keep is None:
             x_BLC, y = K.residual_ln_modulate(x_BLC, h, g1, s2, b2, eps, wdt)
         else:
-            x_BLC = self._residual(x_BLC, h, g1, keep)
+            x_BLC = self._residual(x_BLC, h, g1, keep, K)
             y = K.ln_modulate(x_BLC, s2, b2, eps, wdt)
-        return self._residual(x_BLC, self.ffn(y), g2, keep)
+        return self._residual(x_BLC, self.ffn(y, K), g2, keep, K)
 
     @staticmethod
     def _residual(x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma: torch.Tensor,
-                  keep: torch.Tensor | None) -> torch.Tensor:
+                  keep: torch.Tensor | None, kernels: Kernels) -> torch.Tensor:
         if keep is not None:
             return x_BLC + drop_path(h_BLC * gamma, keep)
-        return K.gated_residual(x_BLC, h_BLC, gamma)
+        return kernels.gated_residual(x_BLC, h_BLC, gamma)
 
     def keep_prob(self, device: torch.device) -> torch.Tensor | None:
         """The drop-path keep probability as a 0-d tensor while training with a rate > 0, else None."""
@@ -334,27 +337,29 @@ class VAR(nn.Module):
         return self.shared_ada_lin(cond_BD) if self.spec.shared_aln else cond_BD
 
     @torch.no_grad()
-    def refresh_inference_consts(self) -> None:
+    def refresh_inference_consts(self, kernels: Kernels = PLAIN_KERNELS) -> None:
         """Bring the inference caches derived from parameters (qkv biases, head scales, the split head weight) up
         to date in place: CUDA graph replays read them without running the Python that would."""
         for blk in self.blocks:
             blk.attn._consts()
-        if self.head.weight.is_cuda and self.head.weight.dtype == torch.bfloat16:
+        if kernels.plan.split_head and self.head.weight.is_cuda and self.head.weight.dtype == torch.bfloat16:
             from .kernels import head_weight
             head_weight(self.head.weight, self.head.bias)
 
-    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor, kernels: Kernels = PLAIN_KERNELS
+                   ) -> torch.Tensor:
         """Head in float32 whatever the weight dtype: greedy/top-k choices hinge on small logit gaps."""
         h = self.head_nm(h_BLC, cond_BD)
-        return K.head_logits(h, self.head.weight, self.head.bias).float()   # float32 under autocast too
+        return kernels.head_logits(h, self.head.weight, self.head.bias).float()   # float32 under autocast too
 
     # ---- teacher forcing --------------------------------------------------------------------------------
     def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor, schedule: DepthSchedule | None = None,
-                checkpoint_blocks: bool = False) -> torch.Tensor:
+                checkpoint_blocks: bool = False, kernels: Kernels = PLAIN_KERNELS) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) float32 for the inputs of ``VectorQuantizer.idx_to_var_input``.
 
         ``checkpoint_blocks`` recomputes each block's activations in the backward pass (activation
-        checkpointing: d30 training at batch 32 on one 80 GB GPU)."""
+        checkpointing: d30 training at batch 32 on one 80 GB GPU). ``kernels``: an inference plan's table
+        (``VARPipeline.teacher_forcing`` passes its plan's; training keeps the plain ops)."""
         s = self.spec
         if self.training and s.cond_drop_rate > 0:
             drop = torch.rand(label_B.shape[0], device=label_B.device) < s.cond_drop_rate
@@ -369,15 +374,17 @@ class VAR(nn.Module):
             full_ends = [e for _, e in s.begin_ends]
             attend = block_causal(full_ends, x_BLC.device)
             for blk in self.blocks:
-                x_BLC = _maybe_checkpoint(blk, ckpt, x_BLC, cond, attend, None, blk.keep_prob(x_BLC.device))
+                x_BLC = _maybe_checkpoint(blk, ckpt, x_BLC, cond, attend, None, blk.keep_prob(x_BLC.device),
+                                          kernels)
         else:
             schedule.validate(s)
             for b, blk in enumerate(self.blocks):
-                x_BLC = self._run_block_on_active(blk, b, x_BLC, cond, schedule, ckpt)
-        return self.get_logits(x_BLC, cond_BD)
+                x_BLC = self._run_block_on_active(blk, b, x_BLC, cond, schedule, ckpt, kernels)
+        return self.get_logits(x_BLC, cond_BD, kernels)
 
     def _run_block_on_active(self, blk: AdaLNSelfAttn, b: int, x_BLC: torch.Tensor, cond: torch.Tensor,
-                             schedule: DepthSchedule, ckpt: bool = False) -> torch.Tensor:
+                             schedule: DepthSchedule, ckpt: bool = False, kernels: Kernels = PLAIN_KERNELS
+                             ) -> torch.Tensor:
         scales = schedule.active_scales(b)
         if not scales:
             return x_BLC
@@ -388,9 +395,9 @@ class VAR(nn.Module):
             ends.append(total)
         attend, keep = block_causal(ends, x_BLC.device), blk.keep_prob(x_BLC.device)
         if total == self.spec.L:
-            return _maybe_checkpoint(blk, ckpt, x_BLC, cond, attend, None, keep)
+            return _maybe_checkpoint(blk, ckpt, x_BLC, cond, attend, None, keep, kernels)
         idx = torch.cat([torch.arange(*be[si], device=x_BLC.device) for si in scales])
-        out = _maybe_checkpoint(blk, ckpt, x_BLC.index_select(1, idx), cond, attend, None, keep)
+        out = _maybe_checkpoint(blk, ckpt, x_BLC.index_select(1, idx), cond, attend, None, keep, kernels)
         return x_BLC.index_copy(1, idx, out)
 
     # ---- cached generation: one scale -------------------------------------------------------------------
@@ -400,7 +407,9 @@ class VAR(nn.Module):
 
     def step(self, x_BlC: torch.Tensor, mods: dict[int, tuple[torch.Tensor, ...]], layers: tuple[int, ...],
              cache) -> torch.Tensor:
-        """Run the blocks ``layers`` on one scale's tokens, attending to (and appending to) the KV cache."""
+        """Run the blocks ``layers`` on one scale's tokens, attending to (and appending to) the KV cache, with the
+        kernels of the cache's inference plan."""
+        kernels = cache.kernels
         for b in layers:
-            x_BlC = self.blocks[b](x_BlC, None, cache.attend_fn(b), mods[b])
+            x_BlC = self.blocks[b](x_BlC, None, cache.attend_fn(b), mods[b], None, kernels)
         return x_BlC

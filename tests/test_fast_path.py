@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import kernels, pipeline, spec
+from model import kernels, spec
+from model.plan import InferencePlan
 from model.pipeline import VARPipeline
 from model.schedule import DepthSchedule
 
@@ -58,10 +59,9 @@ def test_fast_path_greedy_tokens_agree_var_d16_gpu():
     assert greedy_agreement(spec.SPECS["var-d16"], batch=2, device="cuda", fast=True) >= 0.99
 
 
-def test_chunked_sampling_is_exact(monkeypatch):
+def test_chunked_sampling_is_exact():
     """With the chunk limit forcing several batch chunks, teacher forcing still equals cached generation."""
-    monkeypatch.setattr(pipeline, "SAMPLE_CHUNK_LOGITS", 64 * 9)
-    p = VARPipeline.from_spec(SPEC, seed=0)
+    p = VARPipeline.from_spec(SPEC, seed=0).set_plan(sample_chunk_logits=64 * 9)
     labels = torch.arange(5)
     out = p.generate(labels, top_k=20, top_p=0.9, seed=2, return_logits=True, decode=False)
     tf = p.teacher_forcing(labels, out.indices)
@@ -83,15 +83,11 @@ def test_compiled_kernels_equal_eager():
     p = VARPipeline.from_spec(SPEC, device="cuda", seed=0, dtype=torch.bfloat16)
     out = p.generate([1, 2], seed=0, decode=False)
     ref = p.teacher_forcing([1, 2], out.indices)
-    kernels.enable_compiled(True)
-    try:
-        fused = p.teacher_forcing([1, 2], out.indices)
-    finally:
-        kernels.enable_compiled(False)
+    fused = p.set_plan(compiled=True).teacher_forcing([1, 2], out.indices)
     assert rel_err(fused, ref) <= 2e-2
 
 
-def test_chunked_mlp_is_exact(monkeypatch):
+def test_chunked_mlp_is_exact():
     """At inference a large MLP input runs in row chunks (bounded transient memory): same numbers as one pass."""
     import model.var as var_mod
     from model import spec as specs
@@ -99,10 +95,10 @@ def test_chunked_mlp_is_exact(monkeypatch):
     torch.manual_seed(0)
     ffn = var_mod.FFN(specs.get("var-tiny")).eval()
     x = torch.randn(3, 7, ffn.fc1.in_features)
+    small = kernels.kernels_for(InferencePlan(ffn_chunk_elems=5 * ffn.fc1.out_features))   # 21 rows -> chunks of 5
     with torch.no_grad():
         whole = ffn(x)
-        monkeypatch.setattr(var_mod, "FFN_CHUNK_ELEMS", 5 * ffn.fc1.out_features)   # 21 rows -> chunks of 5
-        chunked = ffn(x)
+        chunked = ffn(x, small)
     assert chunked.shape == whole.shape
     assert torch.allclose(chunked, whole, rtol=1e-6, atol=1e-6)      # GEMM blocking may differ per row count
     with torch.enable_grad():                                   # training never chunks (autograd keeps it simple)
@@ -152,17 +148,19 @@ def test_compile_is_a_noop_on_cpu():
     assert p.compile().compiled is False
 
 
-def test_use_compiled_restores_the_eager_pieces():
-    """Inside, every piece is the compiled one (torch.compile wraps lazily: nothing compiles here); after, even on
-    an exception, the eager ones are back; disabled, nothing is swapped."""
-    before = {n: getattr(kernels.K, n) for n in kernels.EAGER}
-    with kernels.use_compiled(False):
-        assert all(getattr(kernels.K, n) is f for n, f in before.items())
-    with pytest.raises(KeyError):
-        with kernels.use_compiled(True):
-            assert all(getattr(kernels.K, n) is not f for n, f in before.items())
-            raise KeyError("leave the block by an exception")
-    assert all(getattr(kernels.K, n) is f for n, f in before.items())
+def test_kernel_tables_follow_the_plan():
+    """A compiled plan's table holds the compiled pieces (torch.compile wraps lazily: nothing compiles here), the
+    plain plan's the eager ones; tables are built once per plan and building one changes no other."""
+    plain = kernels.kernels_for(InferencePlan.plain())
+    assert plain is kernels.PLAIN_KERNELS
+    assert all(getattr(plain, n) is f for n, f in kernels.ELEMENTWISE.items())
+    fused = kernels.kernels_for(InferencePlan(compiled=True))
+    assert all(getattr(fused, n) is not f for n, f in kernels.ELEMENTWISE.items())
+    assert all(getattr(plain, n) is f for n, f in kernels.ELEMENTWISE.items())
+    assert kernels.kernels_for(InferencePlan(compiled=True)) is fused
+    fast = kernels.kernels_for(InferencePlan(fused_gelu=True, split_head=True))
+    assert fast.linear_gelu is kernels.linear_gelu_epilogue and plain.linear_gelu is kernels.linear_gelu
+    assert fast.head_logits is not kernels.head_logits and plain.head_logits is kernels.head_logits
 
 
 @pytest.mark.gpu
@@ -172,7 +170,7 @@ def test_split_head_matches_float32_head():
     b = torch.randn(512, device="cuda").bfloat16()
     ref = F.linear(h.double(), w.double(), b.double())
     with torch.no_grad():
-        got = kernels.head_logits(h, w, b)
+        got = kernels.head_logits_split(h, w, b)
     # h = hi + lo to ~2^-17 relative: ~5e-6 expected; a bf16 head would be ~2e-3
     assert got.dtype == torch.float32 and rel_err(got.double(), ref) <= 2e-5
 
@@ -184,7 +182,7 @@ def test_epilogue_gelu_is_the_tanh_form():
     w = (torch.randn(256, 128, device="cuda") * 0.01).bfloat16()
     b = torch.full((256,), -3.0, device="cuda").bfloat16()
     with torch.no_grad():
-        got = kernels.linear_gelu(x, w, b).float()
+        got = kernels.linear_gelu_epilogue(x, w, b).float()
     pre = F.linear(x.float(), w.float(), b.float())
     assert rel_err(got, F.gelu(pre, approximate="tanh")) <= 2e-2
     assert rel_err(got, F.gelu(pre)) >= 5e-2
@@ -196,7 +194,7 @@ def test_linear_gelu_under_autocast_takes_the_autocast_path():
     x, w, b = (torch.randn(8, 16, device="cuda"), torch.randn(32, 16, device="cuda"),
                torch.randn(32, device="cuda"))
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        assert kernels.linear_gelu(x, w, b).dtype == torch.bfloat16
+        assert kernels.linear_gelu_epilogue(x, w, b).dtype == torch.bfloat16
 
 
 @pytest.mark.gpu
@@ -207,9 +205,8 @@ def test_compiled_pipeline_computes_the_same_function():
     labels = list(range(8))
     for graphs in (False, True):
         out = p.generate(labels, seed=0, decode=False, return_logits=True, cuda_graphs=graphs)
-        p.compiled = False
-        ref = p.teacher_forcing(labels, out.indices)
-        p.compiled = True
+        ref = p.set_plan(compiled=False).teacher_forcing(labels, out.indices)
+        p.set_plan(compiled=True)
         got = torch.cat(out.logits, 1)
         assert rel_err(got, ref) <= 2e-2
         assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.99
@@ -265,9 +262,9 @@ def test_triton_qkv_kernel_matches_the_torch_form():
     kb, vb = (torch.zeros(B, cap, H, c, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     kr, vr = torch.zeros(B, L, H, c, device="cuda"), torch.zeros(B, L, H, c, device="cuda")
     with torch.no_grad():
-        q = kernels.qk_norm_into_cuda(qkv, mul, kb[:, n0:n0 + L], vb[:, n0:n0 + L])
+        assert kernels.InferencePlan.resolve("cuda", torch.bfloat16).triton_qkv, "Triton did not import here"
+        q = kernels.qk_norm_into_triton(qkv, mul, kb[:, n0:n0 + L], vb[:, n0:n0 + L])
         qr = kernels.qk_norm_into(qkv.float(), mul.float(), kr, vr)
-    assert kernels.triton_kernel("qkv_norm_into_cache") is not None, "Triton did not import on this GPU machine"
     assert rel_err(q.float(), qr) < 4e-3 and rel_err(kb[:, n0:n0 + L].float(), kr) < 4e-3
     assert torch.equal(vb[:, n0:n0 + L], vr.bfloat16())
     assert kb[:, :n0].abs().max() == 0 and kb[:, n0 + L:].abs().max() == 0 and vb[:, n0 + L:].abs().max() == 0
@@ -275,12 +272,14 @@ def test_triton_qkv_kernel_matches_the_torch_form():
 
 @pytest.mark.gpu
 def test_small_attention_backend_matches_default_sdpa():
-    """Attention over <= SMALL_ATTN_MAX_KEYS keys (the memory-efficient kernel) equals the default SDPA."""
+    """Attention over <= plan.small_attn_max_keys keys (the memory-efficient kernel) equals the default SDPA."""
     from model import kv_cache
     q = torch.randn(8, 30, 16, 64, device="cuda").bfloat16()
     k, v = (torch.randn(8, 30, 30, 64, device="cuda").bfloat16() for _ in range(2))
+    plan = InferencePlan.resolve("cuda", torch.bfloat16).replace(tiny_attn_max_keys=0)
+    assert plan.small_attn_max_keys >= 30
     with torch.no_grad():
-        got = kv_cache.cached_attention(q, k, v, 1.0).float()
+        got = kv_cache.cached_attention(q, k, v, 1.0, plan).float()
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=1.0)
     assert rel_err(got, ref) < 1e-2
 
@@ -295,10 +294,11 @@ def test_tiny_attention_kernel_matches_sdpa(L, n):
     q = torch.randn(B, L, H, c, device="cuda").bfloat16().transpose(1, 2)
     kb, vb = (torch.randn(B, 150, H, c, device="cuda").bfloat16().transpose(1, 2) for _ in range(2))
     k, v = kb[:, :, :n], vb[:, :, :n]
+    plan = InferencePlan.resolve("cuda", torch.bfloat16)
+    assert plan.tiny_attn_max_keys >= n, "Triton did not import on this GPU machine"
     with torch.no_grad():
-        got = kv_cache.cached_attention(q, k, v, 0.9)
+        got = kv_cache.cached_attention(q, k, v, 0.9, plan)
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=0.9)
-    assert kernels.triton_kernel("tiny_attention") is not None
     assert got.transpose(1, 2).is_contiguous() and rel_err(got.float(), ref) < 1e-2
 
 

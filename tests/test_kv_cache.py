@@ -5,6 +5,7 @@ import torch
 from model import spec
 from model.kv_cache import KVCache
 from model.pipeline import VARPipeline
+from model.plan import InferencePlan
 from model.schedule import DepthSchedule
 from varbench.measuring import analytic
 
@@ -63,16 +64,15 @@ def test_d30_full_kv_per_image_bf16():
     assert analytic.kv_peak_bytes(s, DepthSchedule.full(s), batch=1, dtype=torch.bfloat16) == 313_344_000
 
 
-def test_token_major_layout_is_the_same_cache(monkeypatch):
-    """layout="token" (the default; the fused q/k-norm cache writes) against "head" (appends by copy): same bytes,
-    same samples, logits equal to float32 rounding."""
-    import model.kv_cache as kv_mod
+def test_token_major_layout_is_the_same_cache():
+    """kv_layout="token" (the default; the fused q/k-norm cache writes) against "head" (appends by copy): same
+    bytes, same samples, logits equal to float32 rounding."""
     s = spec.var_spec(4, name="kvl", width=64, heads=2, patch_nums=(1, 2, 3), vae=spec.TINY_VAE, num_classes=10)
     p = VARPipeline.from_spec(s, seed=0)
     sched = DepthSchedule.variant(s, 2, 1)
-    monkeypatch.setattr(kv_mod, "KV_LAYOUT", "head")
-    a = p.generate([1, 2], seed=4, schedule=sched, return_logits=True, decode=False)
-    monkeypatch.setattr(kv_mod, "KV_LAYOUT", "token")
+    assert p.plan.kv_layout == "token"
+    a = p.generate([1, 2], seed=4, schedule=sched, return_logits=True, decode=False,
+                   plan=p.plan.replace(kv_layout="head"))
     seen = []
     b = p.generate([1, 2], seed=4, schedule=sched, return_logits=True, decode=False,
                    on_scale_end=lambda si, c: seen.append((c.layout, c.nbytes(), c.k[0].stride())))
@@ -82,7 +82,7 @@ def test_token_major_layout_is_the_same_cache(monkeypatch):
     H, c = 2, 32
     assert seen[-1][2][1:] == (c, H * c, 1)                     # (rows, cap, H, c) memory behind the view
     with pytest.raises(ValueError, match="layout"):
-        KVCache(s, sched, 1, torch.float32, "cpu", layout="rows")
+        InferencePlan(kv_layout="rows")
 
 
 def test_token_layout_writes_unit_k_and_v_straight_into_the_cache():
@@ -98,7 +98,7 @@ def test_token_layout_writes_unit_k_and_v_straight_into_the_cache():
         x = torch.randn(4, 4, 64)
         cond = torch.randn(4, 64)
         for layout in ("head", "token"):
-            cache = KVCache(s, sched, 2, torch.float32, "cpu", layout=layout)
+            cache = KVCache(s, sched, 2, torch.float32, "cpu", plan=InferencePlan(kv_layout=layout))
             cache.begin_scale(0)
             cache.filled[0] = 1                                   # one earlier token, as after scale 0
             cache.k[0][:, :, :1] = torch.nn.functional.normalize(torch.randn(4, 2, 1, 32), dim=-1)
@@ -124,9 +124,10 @@ def test_cached_attention_one_key_is_the_value():
     import model.kv_cache as kv_mod
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 2, 1, 16, generator=g) for _ in range(3))
-    one = kv_mod.cached_attention(q, k, v, 1.0)
+    plain = InferencePlan.plain()
+    one = kv_mod.cached_attention(q, k, v, 1.0, plain)
     assert torch.equal(one, v)
     assert torch.allclose(one, F.scaled_dot_product_attention(q, k, v, scale=1.0), atol=1e-6)
     q4 = torch.randn(3, 2, 4, 16, generator=g)
-    assert torch.allclose(kv_mod.cached_attention(q4, k, v, 0.3), F.scaled_dot_product_attention(q4, k, v, scale=0.3),
+    assert torch.allclose(kv_mod.cached_attention(q4, k, v, 0.3, plain), F.scaled_dot_product_attention(q4, k, v, scale=0.3),
                           atol=1e-6)

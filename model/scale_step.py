@@ -1,0 +1,104 @@
+"""The per-scale transformer step of cached generation, behind one interface with two implementations.
+
+``VARPipeline.generate`` has one loop body; what runs each scale's blocks and head is a ``ScaleStep``:
+``EagerStep`` here (the blocks run as Python calls against a schedule-sized KV cache that frees skipped blocks) or
+``model.cuda_graphs.GraphedScales`` (captured per-scale graphs replayed against a cache that keeps every buffer).
+Hooks, sampling and the next-scale input are the loop's, so both paths fire the same hooks in the same order.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .kernels import Kernels, kernels_for
+from .kv_cache import KVCache
+from .plan import InferencePlan
+from .schedule import DepthSchedule
+
+
+class ScaleLogits(Protocol):
+    """One scale's output; logits are produced on demand for batch chunks, so the float32 logits of a large
+    batch never exist all at once (1.4 GB at d30 batch 64) on the eager path."""
+
+    def rows(self) -> int:
+        """Tokens per row at this scale (pn²)."""
+
+    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) float32 logits (b1 − b0, pn², V) of images b0..b1."""
+
+
+class ScaleStep(Protocol):
+    """Runs the transformer for one scale of one generation (CFG rows: 2·batch)."""
+
+    cache: KVCache
+
+    def start(self, cond_BD: torch.Tensor) -> None:
+        """A new generation with class embeddings ``cond_BD`` (2B, C) (conditional rows, then the null class)."""
+
+    def begin_scale(self, si: int) -> None:
+        """Before scale ``si``'s hooks: the cache holds what the scale needs."""
+
+    def run(self, si: int, x_BlC: torch.Tensor) -> ScaleLogits:
+        """The blocks of scale ``si`` on its input (2B, pn², C) float32, then the head."""
+
+    def finish(self) -> None:
+        """After the last scale (the eager cache frees its buffers; a graphed one keeps them for the next call)."""
+
+
+class HiddenLogits:
+    """The final hidden state of a scale; the head runs on batch chunks when asked."""
+
+    def __init__(self, var, h_2BlC: torch.Tensor, cond_BD: torch.Tensor, kernels: Kernels):
+        self.var, self.h, self.cond, self.kernels = var, h_2BlC, cond_BD, kernels
+
+    def rows(self) -> int:
+        return self.h.shape[1]
+
+    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        B = self.h.shape[0] // 2
+        rows = torch.cat((self.h[b0:b1], self.h[B + b0:B + b1]))
+        cond = torch.cat((self.cond[b0:b1], self.cond[B + b0:B + b1]))
+        return self.var.get_logits(rows, cond, self.kernels).chunk(2)
+
+
+class FullLogits:
+    """Logits (2B, pn², V) that exist already (a graph's static output)."""
+
+    def __init__(self, logits_2BlV: torch.Tensor):
+        self.logits = logits_2BlV
+
+    def rows(self) -> int:
+        return self.logits.shape[1]
+
+    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        B = self.logits.shape[0] // 2
+        return self.logits[b0:b1], self.logits[B + b0:B + b1]
+
+
+class EagerStep:
+    """The blocks as Python calls; the KV cache reallocates at the schedule's segment boundaries."""
+
+    def __init__(self, var, schedule: DepthSchedule, batch: int, dtype: torch.dtype, device: torch.device,
+                 plan: InferencePlan, keep_skipped: bool = False, k_dtype: torch.dtype | None = None):
+        self.var, self.schedule = var, schedule
+        self.kernels = kernels_for(plan)
+        self.cache = KVCache(var.spec, schedule, batch, dtype, device, keep_skipped=keep_skipped, k_dtype=k_dtype,
+                             plan=plan)
+        self.cond_BD: torch.Tensor | None = None
+        self.mods: dict | None = None
+
+    def start(self, cond_BD: torch.Tensor) -> None:
+        self.cond_BD = cond_BD
+        self.mods = self.var.modulations(self.var.cond_for_blocks(cond_BD), self.schedule.used_blocks())
+
+    def begin_scale(self, si: int) -> None:
+        self.cache.begin_scale(si)
+
+    def run(self, si: int, x_BlC: torch.Tensor) -> ScaleLogits:
+        h_BlC = self.var.step(x_BlC, self.mods, self.schedule.layers[si], self.cache)
+        return HiddenLogits(self.var, h_BlC, self.cond_BD, self.kernels)
+
+    def finish(self) -> None:
+        self.cache.release()
+        self.cond_BD = self.mods = None

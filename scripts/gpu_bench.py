@@ -1,0 +1,157 @@
+"""The GPU benchmark entry point: every measurement of a device session as named parts of one command.
+
+Each part writes raw rows under OUT/<part>/ (commit them under results/<device>/ with their manifest) and the
+command prints a short table last. Parts:
+
+  tests      the GPU-marked tests (pytest -m gpu) -> OUT/tests/pytest.txt
+  fast       the fast path (CUDA graphs + compile): --depths x --batches -> OUT/fast/sweep.jsonl
+  lean       compile without CUDA graphs (the leanest memory)           -> OUT/lean/
+  eager      the plain path (no flags)                                   -> OUT/eager/
+  compare    the fast path of --baseline-src (another checkout) and of this tree, point by point in alternating
+             order so that drift hits both alike                         -> OUT/compare/{baseline,current}/
+  probe      inference-plan variants timed in one process (plan fields switched one at a time from the
+             device's fast plan, each with CUDA graphs)                  -> OUT/probe/probe.jsonl
+
+Usage: PYTHONPATH=. python3 scripts/gpu_bench.py OUT PART [PART ...] [--model var-d30] [--depths 30,2]
+       [--batches 1,64] [--baseline-src DIR] [--repeats 3]
+On a CPU (``--model var-tiny --device cpu``) every part but ``tests`` runs as a smoke test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from varbench import results  # noqa: E402
+
+PRESETS = {"fast": dict(cuda_graphs=True, compile=True), "lean": dict(compile=True), "eager": {}}
+# plan variants of the probe: one field changed from the fast plan each
+PROBE_VARIANTS = {"fast": {}, "no-triton-qkv": {"triton_qkv": False}, "no-tiny-attn": {"tiny_attn_max_keys": 0},
+                  "no-small-attn": {"small_attn_max_keys": 0}, "head-kv-layout": {"kv_layout": "head"},
+                  "no-split-head": {"split_head": False}, "no-fused-gelu": {"fused_gelu": False},
+                  "not-compiled": {"compiled": False}}
+
+
+def sweep_part(out: Path, a: argparse.Namespace, preset: str) -> list[dict]:
+    from varbench.measuring.sweep import SweepConfig, run_sweep
+    cfg = SweepConfig(model=a.model, depths=a.depths, batches=a.batches, switches=[a.switch], dtype=a.dtype,
+                      device=a.device, repeats=a.repeats, min_seconds=a.min_seconds, timeout_s=a.timeout,
+                      **PRESETS[preset])
+    return run_sweep(cfg, out / preset, progress=False)
+
+
+def _cli_sweep(src: Path, out: Path, a: argparse.Namespace, depth: int, batch: int) -> None:
+    """One fast-path point through the `varbench sweep` CLI of the checkout at ``src`` (its own code)."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = [sys.executable, "-m", "varbench", "sweep", "--model", a.model, "--depths", str(depth), "--batch",
+           str(batch), "--switch", str(a.switch), "--dtype", a.dtype, "--device", a.device, "--repeats",
+           str(a.repeats), "--min-seconds", str(a.min_seconds), "--cuda-graphs", "--compile", "--out", str(out)]
+    subprocess.run(cmd, cwd=src, env=env, check=False, stdout=subprocess.DEVNULL)
+
+
+def compare_part(out: Path, a: argparse.Namespace) -> list[dict]:
+    if a.baseline_src is None:
+        raise SystemExit("compare needs --baseline-src DIR (a checkout of the commit to compare with)")
+    sides = {"baseline": Path(a.baseline_src).resolve(), "current": ROOT}
+    for i, (depth, batch) in enumerate((d, b) for d in a.depths for b in a.batches):
+        order = list(sides) if i % 2 == 0 else list(sides)[::-1]
+        for side in order:
+            _cli_sweep(sides[side], out / "compare" / side, a, depth, batch)
+    rows = []
+    for side in sides:
+        for r in results.read_rows(out / "compare" / side / "sweep.jsonl"):
+            rows.append({**r, "side": side})
+    return rows
+
+
+def probe_part(out: Path, a: argparse.Namespace) -> list[dict]:
+    """Each plan variant on the same pipeline and weights, interleaved over ``repeats`` rounds."""
+    import torch
+
+    from model import VARPipeline
+    from model.schedule import DepthSchedule
+    from varbench.measuring.timing import measure
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    pipe = VARPipeline.from_spec(a.model, device=a.device, dtype=dtype).compile()
+    fast = pipe.plan.replace(cuda_graphs=pipe.device.type == "cuda")
+    spec = pipe.spec
+    rows, path = [], out / "probe" / "probe.jsonl"
+    for depth in a.depths:
+        sched = DepthSchedule.variant(spec, min(depth, spec.depth), a.switch)
+        for batch in a.batches:
+            labels = [i % spec.num_classes for i in range(batch)]
+            samples: dict[str, list[float]] = {n: [] for n in PROBE_VARIANTS}
+            for _ in range(a.repeats):
+                for name, change in PROBE_VARIANTS.items():
+                    plan = fast.replace(**change)
+                    samples[name] += measure(lambda: pipe.generate(labels, schedule=sched, plan=plan, decode=False),
+                                             warmup=1, min_repeats=1, device=pipe.device)
+            for name, ms in samples.items():
+                row = {"kind": "probe", "model": spec.name, "weights": "random", "depth": depth, "batch": batch,
+                       "switch": a.switch, "variant": name, "plan": fast.replace(**PROBE_VARIANTS[name]).as_dict(),
+                       "latency_ms_samples": ms, "latency_ms_p50": sorted(ms)[len(ms) // 2]}
+                results.append_row(path, row)
+                rows.append(row)
+    results.write_manifest(path.parent, {"kind": "probe", "variants": PROBE_VARIANTS})
+    return rows
+
+
+def tests_part(out: Path, a: argparse.Namespace) -> list[dict]:
+    (out / "tests").mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=a.timeout)
+    (out / "tests" / "pytest.txt").write_text(res.stdout + res.stderr)
+    return [{"kind": "tests", "returncode": res.returncode, "summary": (res.stdout.strip().splitlines() or [""])[-1]}]
+
+
+def table(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        if r.get("kind") == "tests":
+            lines.append(f"tests: rc {r['returncode']} · {r['summary']}")
+        elif r.get("kind") == "probe":
+            lines.append(f"probe d{r['depth']} b{r['batch']:<4} {r['variant']:<16} {r['latency_ms_p50']:9.2f} ms")
+        else:
+            mib = (r.get("peak_allocated_bytes") or 0) / 2**20
+            lines.append(f"{r.get('side', r.get('execution', '')):<9} d{r['depth']:<3} b{r['batch']:<4} "
+                         f"{r.get('status'):<5} gen {r.get('latency_ms_p50') or float('nan'):9.2f} ms  "
+                         f"decode {r.get('decode_ms_p50') or float('nan'):7.2f} ms  peak {mib:9.0f} MiB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("parts", nargs="+", choices=["tests", "compare", "probe", *PRESETS])
+    ap.add_argument("--model", default="var-d30")
+    ap.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[30, 2])
+    ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64])
+    ap.add_argument("--switch", type=int, default=6)
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--timeout", type=float, default=540.0)
+    ap.add_argument("--baseline-src", type=Path, default=None)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for part in a.parts:
+        t0 = time.time()
+        got = {"tests": tests_part, "compare": compare_part, "probe": probe_part}.get(part)
+        rows += got(a.out, a) if got else sweep_part(a.out, a, part)
+        print(f"[{part}] {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    (a.out / "summary.json").write_text(json.dumps(rows, default=str, indent=1))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

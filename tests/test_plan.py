@@ -1,0 +1,164 @@
+"""The inference plan: resolved once from the device, passed down explicitly, the CUDA-graph key as a whole, and one
+generation loop whose hooks fire the same way on the eager and the graphed step."""
+import dataclasses
+import pathlib
+import re
+
+import pytest
+import torch
+
+from model import spec
+from model.pipeline import VARPipeline
+from model.plan import InferencePlan
+from model.scale_step import EagerStep, FullLogits
+from model.schedule import DepthSchedule
+
+SPEC = spec.var_spec(4, name="plan", width=64, heads=2, patch_nums=(1, 2, 3, 4), vae=spec.TINY_VAE,
+                     num_classes=10, init_adaln_gamma=1.0, init_head=1.0)   # blocks that matter, not near-identity
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class FakeGraphed:
+    """A graphed step without CUDA: one capture per key, a cache that keeps every block's buffers and logits that
+    exist whole after ``run``, like ``model.cuda_graphs.GraphedScales``. Counts its captures."""
+
+    captures: list = []
+
+    def __init__(self, var, schedule, batch, dtype, device, plan, k_dtype=None):
+        self.inner = EagerStep(var, schedule, batch, dtype, device, plan, keep_skipped=True, k_dtype=k_dtype)
+        self.cache, self.plan = self.inner.cache, plan
+        FakeGraphed.captures.append(plan)
+
+    def start(self, cond_BD):
+        self.inner.cache.release()
+        self.inner.cache = self.cache = type(self.cache)(self.cache.spec, self.cache.schedule, self.cache.rows // 2,
+                                                         self.cache.dtype, self.cache.device, keep_skipped=True,
+                                                         k_dtype=self.cache.k_dtype, plan=self.plan)
+        self.inner.start(cond_BD)
+
+    def begin_scale(self, si):
+        self.inner.begin_scale(si)
+
+    def run(self, si, x_BlC):
+        out = self.inner.run(si, x_BlC)
+        B = out.h.shape[0] // 2
+        cond, uncond = out.pair(0, B)
+        return FullLogits(torch.cat((cond, uncond)))
+
+    def finish(self):
+        pass
+
+
+def _other_value(f: dataclasses.Field, value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if f.name == "kv_layout":
+        return "head" if value == "token" else "token"
+    if f.name == "decode_dtype":
+        return "bf16" if value == "fp32" else "fp32"
+    raise AssertionError(f"no other value for plan field {f.name}: extend this test")
+
+
+def test_plan_resolves_to_plain_on_cpu_and_drops_cuda_only_choices():
+    plan = InferencePlan.resolve("cpu", torch.bfloat16, compiled=True, cuda_graphs=True, kv_layout="head")
+    assert plan == InferencePlan.plain().replace(kv_layout="head")
+    assert plan.execution == "eager" and InferencePlan(cuda_graphs=True).execution == "graphs"
+    with pytest.raises(ValueError, match="unknown inference-plan field"):
+        InferencePlan.resolve("cpu", torch.float32, tiny_attn=3)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        InferencePlan(ffn_chunk_elems=0)
+    assert InferencePlan(**plan.as_dict()) == plan and hash(plan) == hash(InferencePlan(**plan.as_dict()))
+
+
+def test_pipeline_choices_survive_a_move():
+    p = VARPipeline.from_spec(SPEC, seed=0).set_plan(sample_chunk_logits=123, kv_layout="head")
+    p.to("cpu", torch.float32)
+    assert p.plan.sample_chunk_logits == 123 and p.plan.kv_layout == "head"
+    p.set_plan(InferencePlan.plain())
+    assert p.plan == InferencePlan.plain()
+
+
+def test_every_plan_field_changes_the_graph_key():
+    """A capture made under one plan is never replayed under another: every field, whatever it is, is in the key."""
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    sched = DepthSchedule.full(SPEC)
+    base = InferencePlan(cuda_graphs=True)
+    for f in dataclasses.fields(InferencePlan):
+        other = base.replace(**{f.name: _other_value(f, getattr(base, f.name))})
+        assert p.graph_key(other, sched, 2, None) != p.graph_key(base, sched, 2, None), f.name
+
+
+def test_a_capture_is_never_replayed_under_another_plan():
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    p.graph_factory = FakeGraphed
+    FakeGraphed.captures = []
+    a, b = InferencePlan(cuda_graphs=True), InferencePlan(cuda_graphs=True, sample_chunk_logits=64 * 9)
+    first = p.generate([1, 2], seed=1, plan=a, decode=False)
+    p.generate([1, 2], seed=1, plan=a, decode=False)
+    assert FakeGraphed.captures == [a]                      # same key: replayed
+    p.generate([1, 2], seed=1, plan=b, decode=False)
+    again = p.generate([1, 2], seed=1, plan=a, decode=False)
+    assert FakeGraphed.captures == [a, b, a]                # other plan: captured anew, never reused
+    assert all(torch.equal(x, y) for x, y in zip(first.indices, again.indices))
+    p.generate([1, 2], seed=1, plan=a, decode=False, schedule=DepthSchedule.variant(SPEC, 2, 2))
+    assert len(FakeGraphed.captures) == 4                   # the schedule is in the key too
+
+
+def _hooked(p, plan, schedule):
+    events = []
+    out = p.generate([3, 4, 5], seed=7, schedule=schedule, plan=plan, decode=False, return_logits=True,
+                     on_scale_begin=lambda si, c: events.append(("begin", si, c.nbytes())),
+                     on_scale_end=lambda si, c: events.append(("end", si, c.nbytes())))
+    return out, events
+
+
+@pytest.mark.parametrize("variant", [False, True])
+def test_hooks_fire_identically_on_the_eager_and_the_graphed_step(variant):
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    p.graph_factory = FakeGraphed
+    sched = DepthSchedule.variant(SPEC, 2, 2) if variant else DepthSchedule.full(SPEC)
+    eager, ev_e = _hooked(p, InferencePlan.plain(), sched)
+    graphed, ev_g = _hooked(p, InferencePlan(cuda_graphs=True), sched)
+    S = SPEC.num_scales
+    assert [e[:2] for e in ev_e] == [e[:2] for e in ev_g] == [(k, si) for si in range(S) for k in ("begin", "end")]
+    assert all(torch.equal(x, y) for x, y in zip(eager.indices, graphed.indices))
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(eager.logits, graphed.logits))
+    if not variant:                                          # same buffers either way
+        assert [e[2] for e in ev_e] == [e[2] for e in ev_g]
+    else:                                                    # graphed keeps skipped blocks' buffers
+        assert ev_g[-1][2] > ev_e[-1][2]
+    assert graphed.plan.cuda_graphs and not eager.plan.cuda_graphs
+
+
+@pytest.mark.gpu
+def test_hooks_fire_identically_with_real_cuda_graphs():
+    p = VARPipeline.from_spec(SPEC, device="cuda", seed=0)
+    sched = DepthSchedule.variant(SPEC, 2, 2)
+    eager, ev_e = _hooked(p, p.plan, sched)
+    graphed, ev_g = _hooked(p, p.plan.replace(cuda_graphs=True), sched)
+    assert [e[:2] for e in ev_e] == [e[:2] for e in ev_g]
+    assert all(torch.equal(x, y) for x, y in zip(eager.indices, graphed.indices))
+
+
+def test_teacher_forcing_runs_the_pipeline_plan():
+    """teacher_forcing passes the plan's kernels down: a plan with a tiny FFN chunk gives the same logits."""
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    out = p.generate([1, 2], seed=0, decode=False)
+    ref = p.teacher_forcing([1, 2], out.indices)
+    got = p.set_plan(ffn_chunk_elems=SPEC.mlp_hidden * 3).teacher_forcing([1, 2], out.indices)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+INFERENCE_MODULES = ("pipeline", "kernels", "kv_cache", "var", "sampling", "cuda_graphs", "scale_step", "plan",
+                     "triton_kernels", "vqvae", "vqvae_blocks")
+
+
+@pytest.mark.parametrize("name", INFERENCE_MODULES)
+def test_no_module_level_switch_steers_generation(name):
+    """What runs is the plan's: no environment variable, no global rebinding, no attribute swapped on a module."""
+    src = (ROOT / "model" / f"{name}.py").read_text()
+    assert "os.environ" not in src and "getenv" not in src
+    assert not re.search(r"^\s+global\s", src, re.M)
+    assert not re.search(r"setattr\((K|kernels|kv_cache|var)\b", src)
