@@ -5,7 +5,7 @@ Eager, each piece is 2-5 kernels over the whole activation; at d30 batch 64 thes
 attention. A plan with ``compiled`` gets Inductor-fused versions (one kernel each; automatic dynamic shapes, so the
 10 scales share one compilation per piece). The fused CUDA matmuls fall back to the plain ops on CPU and under
 autograd. Measured effects:
-docs/speed_notes.md, session 3.
+docs/performance.md, "The fast path".
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ class KVCache:
     transposed: a scale's slots are one contiguous block per row, which the fused q/k-norm kernel writes unit k and
     v into directly (``CachedAttend.from_qkv_rows``), and attention reads FlashAttention's native layout. "head"
     is the (rows, H, capacity, c) shape contiguous; appends are then strided copies from the projections (32 ms
-    of a d30 batch-64 generation on the H100, ~2.4x what their bytes need). docs/speed_notes.md, session 4.
+    of a d30 batch-64 generation on the H100, ~2.4x what their bytes need). docs/performance.md, "The fast path".
     """
 
     def __init__(self, spec: VARSpec, schedule: DepthSchedule, batch: int, dtype: torch.dtype,

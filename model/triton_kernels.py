@@ -3,7 +3,7 @@
 ``qkv_norm_into_cache``: one program per token row reads that row's q, k and v (3·H·c contiguous values) once,
 writes the unit q times the per-head scale, and writes unit k and v into the KV cache's slots. The Inductor-fused
 version of the same function ran at 1.2-1.5 TB/s on the H100 (per-element index arithmetic on the cache's
-run-time strides); here the cache offsets are computed once per row. docs/speed_notes.md, session 4.
+run-time strides); here the cache offsets are computed once per row. docs/performance.md, "The fast path".
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Training-step benchmark (issue 9): images/s and peak memory of one supernet step, random weights and tokens.
+"""Training-step benchmark: images/s and peak memory of one supernet step, random weights and tokens.
 
 Speed and memory do not depend on the values, so the VQ-VAE is skipped: the teacher-forcing inputs are random
-latents and the targets random indices. The step is the trainer's: bf16 autocast (or fp16 + GradScaler), the
-block-causal prefix attention, cross-entropy over all tokens, grad clip 2.0, fused AdamW on CUDA.
+latents and the targets random indices. The step is the trainer's: bf16 autocast (or fp16 + GradScaler), one
+masked block-causal SDPA while gradients flow, cross-entropy over all tokens, grad clip 2.0, fused AdamW on CUDA.
+Prints one JSON row (status "ok" or "oom"); --out appends it to a JSON-lines file.
 Usage: PYTHONPATH=. python3 scripts/bench_train.py --model var-d16 --batch 64 [--depth D --switch 6]
-       [--precision bf16|fp16|fp32] [--grad-checkpoint] [--compile] [--attn auto|prefix] [--profile N]
+       [--precision bf16|fp16|fp32] [--grad-checkpoint] [--compile] [--profile N]
        [--steps 10] [--device cuda] [--out FILE.jsonl]
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from model.var import VAR, compile_blocks  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="var-d16")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--depth", type=int, default=0, help="subnet depth for a VARiant step (0 = full)")
@@ -37,16 +38,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="append the JSON row to this JSON-lines file")
     ap.add_argument("--compile", action="store_true", help="torch.compile each block (static shapes)")
-    ap.add_argument("--attn", default="auto", choices=["auto", "prefix"],
-                    help="auto: the trainer's (one masked SDPA when gradients flow); prefix: per-scale SDPA "
-                         "slices (the inference path), for comparison")
     ap.add_argument("--profile", type=int, default=0, help="print the top N CUDA ops of one profiled step")
     a = ap.parse_args()
-    if a.attn == "prefix":
-        import model.var as var_mod
-        var_mod.block_causal = lambda ends, device: var_mod.prefix_attention(ends)
     dev = torch.device(a.device)
     spec = specs.get(a.model)
     torch.manual_seed(0)
@@ -77,7 +72,7 @@ def main() -> None:
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     row = dict(model=a.model, weights="random", batch=B, depth=a.depth or spec.depth, switch=a.switch,
-               precision=a.precision, grad_checkpoint=a.grad_checkpoint, compile=a.compile, attn=a.attn,
+               precision=a.precision, grad_checkpoint=a.grad_checkpoint, compile=a.compile, attn="auto",
                device=str(dev),
                gpu=torch.cuda.get_device_name() if dev.type == "cuda" else None)
     try:

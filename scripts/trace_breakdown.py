@@ -1,4 +1,4 @@
-"""Kernel time of a graphed generation trace (speed_probe.py's diag part), per CUDA graph replay and category.
+"""Kernel time of a graphed generation trace (a torch.profiler Chrome trace), per CUDA graph replay and category.
 
 Kernels launched inside a graph carry the correlation id of their ``cudaGraphLaunch``; replay 0 is the
 modulation graph, replay k the blocks and head of scale k-1, "eager" the sampling and VQ-VAE steps between them.

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from model import spec
 from model.checkpoint import CheckpointError
 from varbench.measuring import analytic
+from varbench import target
 from varbench.cli import common as cli_common
 from varbench.cli.app import VarbenchGroup, app, register_commands
 from varbench.errors import EnvironmentUnavailable, RegressionFailed, UsageError
@@ -113,32 +114,37 @@ def test_python_m_varbench_json_is_valid_and_exit_codes(tmp_path):
     assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_common_parsers(tmp_path):
-    assert cli_common.parse_int_list("2, 4,8", "--batch") == [2, 4, 8]
+def test_shared_option_checks(tmp_path):
+    """The library's checks (varbench.target) raise the domain errors the CLI turns into exit 2 / 3."""
+    assert target.parse_int_list("2, 4,8", "--batch") == [2, 4, 8]
     for text in ("", "2,", "0", "-1", "2.5"):
         with pytest.raises(UsageError, match="--batch"):
-            cli_common.parse_int_list(text, "--batch")
+            target.parse_int_list(text, "--batch")
     s = spec.SPECS["var-tiny"]
-    assert cli_common.resolve_depths(s, "4,2,2") == [4, 2]
-    assert cli_common.resolve_depths(s, None) == [2, 4]
+    assert target.resolve_depths(s, "4,2,2") == [4, 2]
+    assert target.resolve_depths(s, None) == [2, 4]
+    assert target.resolve_depths(s, None, with_full=False) == [2]
     with pytest.raises(UsageError, match="2..4"):
-        cli_common.resolve_depths(s, "1")
-    assert cli_common.check_switch(s, 4) == 4
-    assert cli_common.check_switch(s, None) == 3 and cli_common.check_switch(spec.SPECS["var-d30"], None) == 6
+        target.resolve_depths(s, "1")
+    assert target.check_switch(s, 4) == 4
+    assert target.check_switch(s, None) == 3 and target.check_switch(spec.SPECS["var-d30"], None) == 6
     with pytest.raises(UsageError):
-        cli_common.check_switch(s, 5)
+        target.check_switch(s, 5)
     import torch
 
-    assert cli_common.parse_dtype("BF16") is torch.bfloat16
+    assert target.check_dtype("BF16") == "bf16" and target.torch_dtype("bf16") is torch.bfloat16
+    assert target.resolve_dtype(None, "cpu") == "fp32" and target.resolve_dtype(None, "cuda:1") == "bf16"
     with pytest.raises(UsageError, match="bf16"):
-        cli_common.parse_dtype("int8")
-    assert cli_common.resolve_device("cpu") == "cpu"
+        target.check_dtype("int8")
+    assert target.resolve_device("cpu") == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(EnvironmentUnavailable):
-            cli_common.resolve_device("cuda")
-        assert cli_common.resolve_device("auto") == "cpu"
-    with pytest.raises(UsageError):
-        cli_common.resolve_device("tpu")
+        for name in ("cuda", "cuda:0"):
+            with pytest.raises(EnvironmentUnavailable):
+                target.resolve_device(name)
+        assert target.resolve_device("auto") == "cpu" and target.resolve_device("auto", local_rank=1) == "cpu"
+    for name in ("tpu", "cuda:x", "cuda:"):
+        with pytest.raises(UsageError):
+            target.resolve_device(name)
     out = cli_common.ensure_out_dir(tmp_path / "a" / "b")
     assert out.is_dir()
     (tmp_path / "file").write_text("x")

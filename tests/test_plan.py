@@ -162,3 +162,20 @@ def test_no_module_level_switch_steers_generation(name):
     assert "os.environ" not in src and "getenv" not in src
     assert not re.search(r"^\s+global\s", src, re.M)
     assert not re.search(r"setattr\((K|kernels|kv_cache|var)\b", src)
+
+
+def test_sweep_rows_record_the_plan_they_ran_under(tmp_path):
+    """A point's explicit plan fields reach its worker, the row records the whole plan, and a typo in a field is a
+    usage error before any worker starts."""
+    from varbench.errors import UsageError
+    from varbench.measuring.sweep import SweepConfig, run_sweep
+    cfg = SweepConfig(model="var-tiny", depths=[2], batches=[1], switches=[2], dtype="fp32", device="cpu",
+                      repeats=1, min_seconds=0.0, warmup=0, nvml_pass=False, threads=1,
+                      plan_overrides={"sample_chunk_logits": 999, "kv_layout": "head"})
+    (row,) = run_sweep(cfg, tmp_path, progress=False)
+    assert row["status"] == "ok", row.get("error")
+    want = InferencePlan.plain().replace(sample_chunk_logits=999, kv_layout="head")
+    assert row["plan"] == want.as_dict() and row["execution"] == "eager"
+    assert row["plan_overrides"] == {"sample_chunk_logits": 999, "kv_layout": "head"}
+    with pytest.raises(UsageError, match="unknown inference-plan field"):
+        run_sweep(SweepConfig(model="var-tiny", device="cpu", plan_overrides={"tiny": 1}), tmp_path / "x")

@@ -123,7 +123,7 @@ def test_speed_ratio_within_run():
     def rows(full_ms: float, d2_ms: float):
         return [{"kind": "sweep", "model": "var-tiny", "depth": d, "switch": 2, "batch": 1, "dtype": "fp32",
                  "status": "ok", "latency_ms_p50": ms} for d, ms in ((4, full_ms), (2, d2_ms))]
-    tol = regress.Tolerances(check_speed=False, ratio=0.1, ratios=[("full", "d2")])
+    tol = regress.Tolerances(check_speed=False, ratio_tolerance=0.1, ratios=[("full", "d2")])
     base = regress.make_baseline(regress.metrics_from_rows(rows(10.0, 5.0), tol), "cpu")
     assert regress.compare(base, regress.metrics_from_rows(rows(20.0, 10.0), tol), "cpu", tol).passed
     res = regress.compare(base, regress.metrics_from_rows(rows(10.0, 7.0), tol), "cpu", tol)

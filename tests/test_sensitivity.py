@@ -210,7 +210,8 @@ def test_cli_with_checkpoint_files(tmp_path):
                "--out", str(out), "--scales", "2", "--depths", "2", "--samples", "1", "--json")
     assert res.exit_code == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert rows and all(r["weights"].endswith("var.safetensors") for r in rows)
+    assert rows and all(r["weights"].startswith("file:var.safetensors@") for r in rows)
+    assert str(tmp_path) not in (out / "manifest.json").read_text()
     assert "RANDOM WEIGHTS" not in res.stderr
 
 

@@ -70,7 +70,7 @@ def test_ci_suite_maps_onto_library_configs():
 
 def test_tolerances_from_check_table(tmp_path):
     t = load_suite(write(tmp_path, GOOD)).tolerances()
-    assert t.speed_factor == 1.5 and t.ratios == [("full", "d2")] and t.per_metric == {"kv_bytes": 0.02}
+    assert t.speed_factor == 1.5 and t.ratios == [("full", "d2")] and t.tolerance == {"kv_bytes": 0.02}
 
 
 @pytest.mark.parametrize("text, key, problem", [

@@ -13,7 +13,8 @@ from varbench import results
 from varbench.measuring import timing
 from varbench.measuring import sweep as sweep_mod
 from varbench.results import read_rows
-from varbench.measuring.sweep import KEY_FIELDS, MEASURED_FIELDS, SweepConfig, run_sweep
+from varbench.measuring.sweep import SweepConfig, run_sweep
+from varbench.schema import SWEEP, key_of
 
 # threads=1: two intra-op threads spinning on busy shared cores make var-tiny ~100x slower
 TINY = dict(model="var-tiny", depths=[2, 4], batches=[1, 2], switches=[2], dtype="fp32", device="cpu",
@@ -62,9 +63,9 @@ def test_sweep_rows_complete_then_resume_skips_all(tmp_path):
     for r in rows:
         assert r["status"] == "ok", r["error"]
         assert r["kind"] == "sweep" and r["weights"] == "random" and "RANDOM" in r["weights_notice"]
-        for f in MEASURED_FIELDS:
+        for f in SWEEP.required:                                           # every row carries these
             assert f in r
-            if f not in ("peak_allocated_bytes", "nvml_peak_used_bytes"):   # GPU-only figures
+            if f not in ("error", "peak_allocated_bytes", "nvml_peak_used_bytes"):   # GPU-only figures
                 assert r[f] is not None, f
         assert r["peak_allocated_bytes"] is None and r["nvml_peak_used_bytes"] is None   # CPU: no allocator/NVML
         assert r["n"] >= 2 and r["latency_ms_p50"] <= r["latency_ms_p99"]
@@ -85,7 +86,7 @@ def test_sweep_rows_complete_then_resume_skips_all(tmp_path):
     rows2, ev2 = _events(cfg, tmp_path)
     assert [e for e, *_ in ev2] == ["skip"] * 4
     assert len(results.read_rows(tmp_path / "sweep.jsonl")) == 4
-    assert [results.row_key(r, KEY_FIELDS) for r in rows2] == [results.row_key(r, KEY_FIELDS) for r in rows]
+    assert [key_of(r, SWEEP) for r in rows2] == [key_of(r, SWEEP) for r in rows]
     assert len(results.read_manifest(tmp_path)["resumes"]) == 1
 
 

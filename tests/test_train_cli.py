@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("args, msg", [
     (["--strategy", "nope"], "unknown strategy"),
-    (["--strategy", "fixed", "--p", "1.5"], "outside [0, 1]"),
+    (["--strategy", "fixed", "--subnet-p", "1.5"], "outside [0, 1]"),
     (["--data", "/definitely/not/here"], "does not exist"),
     (["--model", "var-d99"], "unknown model"),
     (["--depths", "2,9"], "outside"),
@@ -65,7 +65,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     tok = pretokenize(ToyDataset(16, 0, spec.image_size, 10), VARPipeline.from_spec(spec, seed=0).vae,
                       tmp_path / "tok", spec.patch_nums, spec.vae.vocab_size)
     common = ["train", "--model", "var-tiny", "--vae", "random", "--data", str(tok), "--strategy", "fixed",
-              "--p", "0.5", "--batch", "8", "--epochs", "2", "--max-steps", "3", "--log-every", "1",
+              "--subnet-p", "0.5", "--batch", "8", "--epochs", "2", "--max-steps", "3", "--log-every", "1",
               "--drop-path", "0", "--lr", "3e-3", "--warmup", "1", "--device", "cpu", "--val-size", "0"]
     one = _run([sys.executable, "-m", "varbench", *common, "--out", str(tmp_path / "one")], tmp_path / "one")
     two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

@@ -1,7 +1,8 @@
 """One results schema: JSON-lines rows appended and fsynced as each measurement finishes, plus an atomic
 manifest describing the environment they were measured in (DESIGN "Measurement rules": results).
 
-Rows are plain dicts with units in field names; every row carries ``model``, ``weights`` and ``kind``.
+Rows are plain dicts with units in field names; every row carries ``model``, ``weights`` and ``kind``; each kind's
+fields, units, key fields and rows file are declared in ``varbench.schema``.
 A crash can leave at most a truncated last line, which ``read_rows`` skips, so a rerun resumes cleanly.
 """
 from __future__ import annotations
@@ -19,9 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from varbench.schema import SWEEP
+
 log = logging.getLogger(__name__)
 
-ROWS_FILE = "sweep.jsonl"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -156,8 +158,9 @@ def append_row(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def read_rows(path_or_dir: str | os.PathLike, name: str = ROWS_FILE) -> list[dict[str, Any]]:
-    """All rows of a JSONL file (or ``dir/sweep.jsonl``); unparseable lines (a truncated tail) are skipped."""
+def read_rows(path_or_dir: str | os.PathLike, name: str = SWEEP.rows_file) -> list[dict[str, Any]]:
+    """All rows of a JSONL file (or ``dir/<name>``, sweep rows by default); unparseable lines (a truncated tail)
+    are skipped."""
     p = Path(path_or_dir)
     if p.is_dir():
         p = p / name
@@ -202,10 +205,12 @@ def finite_number(v: Any) -> float | None:
 
 
 def row_key(row: Mapping[str, Any], fields: Iterable[str]) -> tuple:
-    """Hashable identity of a row over ``fields`` (lists become tuples), used to skip finished points."""
+    """Hashable identity of a row over ``fields`` (lists and dicts become tuples), used to skip finished points."""
     def norm(v: Any) -> Any:
         if isinstance(v, list):
             return tuple(norm(x) for x in v)
+        if isinstance(v, dict):
+            return tuple(sorted((k, norm(x)) for k, x in v.items()))
         if isinstance(v, float) and v.is_integer():
             return int(v)
         return v

@@ -46,22 +46,13 @@ class DistEnv:
         return self.world > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """auto|cpu|cuda|cuda:N -> a device; under torchrun each rank takes cuda:LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("CUDA was asked for but no CUDA GPU is available")
-        return torch.device(name if ":" in name else f"cuda:{local_rank}")
-    return torch.device(name)
-
-
 def init_distributed(device: str = "auto", force: bool = False) -> DistEnv:
     """Start the process group when torchrun launched several processes (or ``force``, for FSDP on one GPU)."""
+    from varbench.target import resolve_device     # the one device resolution; a bare cuda -> cuda:LOCAL_RANK
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    dev = torch.device(resolve_device(device, local_rank))
     if force and "MASTER_ADDR" not in os.environ:
         raise ValueError("--fsdp needs a process group: launch with torchrun (even --nproc-per-node 1)")
     if (world > 1 or force) and not dist.is_initialized():

@@ -33,7 +33,6 @@ from .strategy import STRATEGIES, Strategy, StrategyConfig, valid_subnet_depths
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-TOY_VAE = Path(__file__).resolve().parents[1] / "weights" / "var-toy" / "vae.safetensors"
 
 
 @dataclass
@@ -148,13 +147,16 @@ def _build_models(cfg: TrainConfig, device: torch.device):
     if cfg.init != "random" and not cfg.resume:                 # a resumed run loads its checkpoint instead
         state_mod.load_init(var, cfg.init, f"VAR ({spec.name}) from --init")
     vae_path = cfg.vae
-    if vae_path is None:
-        if spec.name == "var-toy" and TOY_VAE.exists():
-            vae_path = str(TOY_VAE)
-        elif spec.official:
-            from ..checkpoint import resolve_official
+    if vae_path is None:          # the one weights resolution: shipped (var-toy), else official (HF cache / hub)
+        from varbench.target import find_weight_files
 
-            vae_path = str(resolve_official(spec)[1])
+        from ..checkpoint import WeightsNotFound
+
+        try:
+            vae_path = str(find_weight_files(spec)[3])
+        except WeightsNotFound:
+            if spec.official:     # an official model trains on its published tokenizer or not at all
+                raise
     if vae_path in (None, "random"):
         log.warning("VQ-VAE of %s has RANDOM weights: tokens are not meaningful images", spec.name)
     else:

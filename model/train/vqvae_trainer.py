@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from .. import checkpoint as ckpt_io
 from .. import spec as spec_mod
 from . import data as data_mod
-from .distributed import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +68,12 @@ def _batches(n: int, cfg: VQVAETrainConfig):
 
 def train_vqvae(cfg: VQVAETrainConfig, on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train; write ``vae.safetensors`` (official key names) + ``vae.json`` (config, steps, final losses) in out."""
+    from varbench.target import resolve_device
     from ..vqvae import VQVAE
 
     cfg.validate()
     spec = spec_mod.get(cfg.model)
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device, local_rank=0))
     out = Path(cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     train_ds, _ = data_mod.build_datasets(cfg.data, spec.image_size, spec.num_classes, spec.patch_nums, cfg.seed,

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from varbench import schema
 from varbench.errors import UsageError
 from varbench.results import finite_number
 
@@ -21,29 +22,32 @@ log = logging.getLogger(__name__)
 
 BASELINE_FORMAT = "varbench-baseline/1"
 
-# metric families: how each row field is judged
+# metric families: how each row field is judged (its unit and which way is better come from varbench.schema)
 ANALYTIC_FIELDS = ("kv_bytes_analytic", "params", "flops", "kv_bytes_kept")
 MEMORY_FIELDS = ("kv_bytes", "peak_allocated_bytes")
 SPEED_FIELDS = ("latency_ms_p50",)
-HIGHER_IS_BETTER = {"token_agreement", "psnr", "ssim", "toy_acc"}
-QUALITY_UNITS = {"kl": "nats", "token_agreement": "fraction", "psnr": "dB", "ssim": "1", "fid": "FID",
-                 "toy_acc": "fraction", "toy_fd": "FD"}
+MODELS_FIELDS = ("params", "kv_bytes", "kv_bytes_kept", "flops")
+TRACE_FIELDS = (("kv_bytes_analytic", "analytic"), ("kv_bytes_cache", "memory"), ("peak_allocated_bytes", "memory"))
+RATIO_METRIC = "latency_ratio"
 
 
 @dataclass
 class Tolerances:
-    """Thresholds of the gate; ``per_metric`` maps a field name (e.g. "peak_allocated_bytes") to a relative tol."""
+    """Thresholds of the gate, named as in a suite's [check] table (``varbench.workflows.suites`` maps it here).
 
-    memory: float = 0.01
-    analytic: float = 0.0
-    per_metric: dict[str, float] = field(default_factory=dict)
+    ``tolerance`` maps a field name (e.g. "peak_allocated_bytes") to a relative tolerance that overrides its family's.
+    """
+
+    memory_tolerance: float = 0.01
+    analytic_tolerance: float = 0.0
+    tolerance: dict[str, float] = field(default_factory=dict)
     speed_factor: float = 1.1
     alpha: float = 0.05
     min_samples: int = 5
     check_speed: bool = True
-    ratio: float = 0.1
+    ratio_tolerance: float = 0.1
     ratios: list[tuple[str, str]] = field(default_factory=lambda: [("full", "d2")])
-    quality: float = 0.01
+    quality_tolerance: float = 0.01
     quality_abs: float = 1e-6
 
 
@@ -105,8 +109,12 @@ def _full_depth(model: str, depths: Iterable[int]) -> int:
         return max(depths)
 
 
-def _unit(field_name: str) -> str:
-    return {"flops": "FLOP", "params": "count"}.get(field_name, "bytes")
+def _field_metric(name: str, family: str, f: str, value: float, samples: list[float] | None = None) -> Metric:
+    """A metric of row field ``f``; every field the gate judges declares a unit and a direction in the schema."""
+    decl = schema.field_of(f)
+    if decl is None or decl.unit is None or decl.direction is None:
+        raise KeyError(f"gate field {f!r} has no unit and direction in varbench.schema")
+    return Metric(name, family, decl.unit, value, better=decl.direction, field=f, samples=samples)
 
 
 def _point_name(r: Mapping[str, Any]) -> str:
@@ -128,13 +136,13 @@ def metrics_from_rows(rows: Iterable[Mapping[str, Any]], tol: Tolerances | None 
         for f in ANALYTIC_FIELDS + MEMORY_FIELDS:
             v = finite_number(r.get(f))
             if v is not None:
-                put(Metric(f"{base}/{f}", "analytic" if f in ANALYTIC_FIELDS else "memory", _unit(f), v, field=f))
+                put(_field_metric(f"{base}/{f}", "analytic" if f in ANALYTIC_FIELDS else "memory", f, v))
         if tol.check_speed:
             for f in SPEED_FIELDS:
                 v = finite_number(r.get(f))
                 if v is not None:
                     samples = [float(s) for s in (r.get("latency_ms_samples") or []) if finite_number(s) is not None]
-                    put(Metric(f"{base}/{f}", "speed", "ms", v, field=f, samples=samples or None))
+                    put(_field_metric(f"{base}/{f}", "speed", f, v, samples=samples or None))
     # ratios measured within the same run: latency(a) / latency(b), e.g. full/d2 = the d2 speedup
     groups: dict[tuple, dict[int, float]] = {}
     for r in sweep:
@@ -147,33 +155,32 @@ def metrics_from_rows(rows: Iterable[Mapping[str, Any]], tol: Tolerances | None 
         for a, b in tol.ratios:
             da, db = (full if t == "full" else _parse_depth_token(t) for t in (a, b))
             if da in lat and db in lat and lat[db] > 0:
-                put(Metric(f"{model}/s{switch}/b{batch}/{dtype}/{select}/latency_{a}_over_{b}", "ratio", "x",
-                           lat[da] / lat[db], better="higher", field="latency_ratio"))
+                put(_field_metric(f"{model}/s{switch}/b{batch}/{dtype}/{select}/latency_{a}_over_{b}", "ratio",
+                                  RATIO_METRIC, lat[da] / lat[db]))
     for r in rows:
         kind = r.get("kind")
         if kind == "models":
             base = f"{r.get('model')}/d{r.get('depth')}/s{r.get('switch')}"
-            for f in ("params", "kv_bytes", "kv_bytes_kept", "flops"):
+            for f in MODELS_FIELDS:
                 v = finite_number(r.get(f))
                 if v is not None:
-                    put(Metric(f"models/{base}/{f}", "analytic", _unit(f), v, field=f))
+                    put(_field_metric(f"models/{base}/{f}", "analytic", f, v))
         elif kind == "trace_scale":
             base = (f"{r.get('model')}/trace/d{r.get('depth')}/s{r.get('switch')}/b{r.get('batch')}/"
                     f"{r.get('dtype')}/scale{r.get('scale')}")
-            for f, fam in (("kv_bytes_analytic", "analytic"), ("kv_bytes_cache", "memory"),
-                           ("peak_allocated_bytes", "memory")):
+            for f, fam in TRACE_FIELDS:
                 v = finite_number(r.get(f))
                 if v is not None:
-                    put(Metric(f"{base}/{f}", fam, "bytes", v, field=f))
+                    put(_field_metric(f"{base}/{f}", fam, f, v))
         elif kind == "sensitivity":
             metric = str(r.get("metric"))
             v = finite_number(r.get("value"))
             if v is None:
                 continue
             where = r.get("group") if r.get("mode") == "groups" else r.get("scale")
+            decl = schema.METRICS.get(metric)            # a metric the schema does not know: unitless, lower better
             put(Metric(f"{r.get('model')}/{r.get('mode')}/{where}/d{r.get('depth')}/{metric}", "quality",
-                       QUALITY_UNITS.get(metric, "1"), v, better="higher" if metric in HIGHER_IS_BETTER else "lower",
-                       field=metric))
+                       decl.unit if decl else "1", v, better=decl.direction if decl else "lower", field=metric))
     return out
 
 
@@ -246,16 +253,16 @@ def _judge(b: Metric, n: Metric, tol: Tolerances) -> Verdict:
     worse = (n.value - b.value) if b.better == "lower" else (b.value - n.value)  # > 0 means worse
     scale = abs(b.value) if b.value else 1.0
     if b.family == "analytic":
-        rt = tol.per_metric.get(b.field, tol.analytic)
+        rt = tol.tolerance.get(b.field, tol.analytic_tolerance)
         if abs(n.value - b.value) > rt * scale:
             v.verdict, v.detail = "changed", f"analytic value must match (tol {rt:g})"
     elif b.family in ("memory", "ratio", "quality"):
         if b.family == "memory":
-            rt, at = tol.per_metric.get(b.field, tol.memory), 0.0
+            rt, at = tol.tolerance.get(b.field, tol.memory_tolerance), 0.0
         elif b.family == "ratio":
-            rt, at = tol.per_metric.get(b.field, tol.ratio), 0.0
+            rt, at = tol.tolerance.get(b.field, tol.ratio_tolerance), 0.0
         else:
-            rt, at = tol.per_metric.get(b.field, tol.quality), tol.quality_abs
+            rt, at = tol.tolerance.get(b.field, tol.quality_tolerance), tol.quality_abs
         limit = rt * scale + at
         if worse > limit:
             v.verdict = "regression"

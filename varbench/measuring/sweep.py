@@ -30,18 +30,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from varbench import results
+from varbench.schema import SWEEP, key_of
+from varbench.target import ModelTarget, Weights, portable_config, resolve_weights
 
 log = logging.getLogger(__name__)
 
-ROWS_FILE = "sweep.jsonl"
 RESULT_MARK = "VARBENCH_RESULT "
-KEY_FIELDS = ("model", "weights", "depth", "switch", "select", "batch", "dtype", "device", "keep_skipped",
-              "cuda_graphs", "compile")
-KEY_DEFAULTS = {"cuda_graphs": False, "compile": False}     # key fields rows written before they existed lack
-DONE_STATUSES = ("ok", "oom")
-MEASURED_FIELDS = ("n", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
-                   "decode_ms_p50", "latency_incl_decode_ms_p50", "images_per_s", "scale_ms_p50", "kv_bytes",
-                   "kv_bytes_analytic", "peak_allocated_bytes", "nvml_peak_used_bytes")
 
 
 @dataclass
@@ -70,49 +64,13 @@ class SweepConfig:
     nvml_pass: bool = True              # one extra pass with the NVML sampler (GPU only)
     cuda_graphs: bool = False           # generate(cuda_graphs=True): per-scale graph replay (keeps every KV buffer)
     compile: bool = False               # pipe.compile(): fused element-wise kernels + compiled decoder (CUDA)
+    plan_overrides: dict[str, Any] | None = None   # explicit InferencePlan fields (model/plan.py), e.g. A/B probes
     devices: list[str] | None = None    # GPU ids, one concurrent worker each (CUDA_VISIBLE_DEVICES); None = one
     threads: int | None = None          # torch intra-op CPU threads per worker; None = torch's default (all cores)
 
-
-@dataclass
-class Weights:
-    """What the workers load: ``label`` is "random" or the VAR checkpoint path (it goes into every row)."""
-
-    label: str
-    var_path: str | None = None
-    vae_path: str | None = None
-    notice: str | None = None
-
-
-def resolve_weights(cfg: SweepConfig) -> Weights:
-    """Explicit files > shipped weights > official files (HF cache/hub) > random weights (with a loud notice)."""
-    from model import spec as spec_mod
-
-    spec = spec_mod.get(cfg.model)
-    if cfg.ckpt:
-        return Weights(str(cfg.ckpt), str(cfg.ckpt), str(cfg.vae) if cfg.vae else None)
-    try:
-        from model.pipeline import WEIGHTS_DIR
-        shipped = Path(WEIGHTS_DIR) / spec.name
-        if (shipped / "var.safetensors").exists() and (shipped / "vae.safetensors").exists():
-            return Weights(str(shipped / "var.safetensors"), str(shipped / "var.safetensors"),
-                           cfg.vae or str(shipped / "vae.safetensors"))
-    except ImportError:
-        pass
-    reason = f"{spec.name} has no published weights"
-    if spec.official:
-        try:
-            from model import checkpoint
-            var_p, vae_p = checkpoint.resolve_official(spec)
-            return Weights(str(var_p), str(var_p), cfg.vae or str(vae_p))
-        except Exception as e:  # noqa: BLE001 - WeightsNotFound, offline hub, missing module: all -> random
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if not cfg.allow_random:
-        from varbench.errors import UsageError
-        raise UsageError(f"no weights for {spec.name} ({reason}); pass --ckpt/--vae")
-    notice = f"RANDOM WEIGHTS for {spec.name}: {reason} (speed and memory are valid, images are not)"
-    log.warning(notice)
-    return Weights("random", notice=notice)
+    def target(self) -> ModelTarget:
+        """What every point loads; each worker rebuilds it from the point's fields (sweep_worker._build)."""
+        return ModelTarget(self.model, self.ckpt, self.vae, self.allow_random, self.dtype, self.device, self.seed)
 
 
 def expand_grid(cfg: SweepConfig, weights: Weights) -> list[dict[str, Any]]:
@@ -125,7 +83,7 @@ def expand_grid(cfg: SweepConfig, weights: Weights) -> list[dict[str, Any]]:
                     "model": cfg.model, "weights": weights.label, "depth": int(depth), "switch": int(switch),
                     "select": cfg.select, "batch": int(batch), "dtype": cfg.dtype, "device": cfg.device,
                     "keep_skipped": bool(cfg.keep_skipped), "cuda_graphs": bool(cfg.cuda_graphs),
-                    "compile": bool(cfg.compile),
+                    "compile": bool(cfg.compile), "plan_overrides": dict(cfg.plan_overrides or {}) or None,
                     "var_path": weights.var_path, "vae_path": weights.vae_path,
                     "repeats": cfg.repeats, "min_seconds": cfg.min_seconds, "warmup": cfg.warmup,
                     "cfg": cfg.cfg, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
@@ -136,10 +94,10 @@ def expand_grid(cfg: SweepConfig, weights: Weights) -> list[dict[str, Any]]:
 
 def base_row(point: dict[str, Any], weights: Weights) -> dict[str, Any]:
     """The row skeleton: identity fields filled, every measured field present (null until measured)."""
-    row: dict[str, Any] = {"kind": "sweep"}
-    row.update({k: point[k] for k in KEY_FIELDS})
-    row.update({"layers": None, "status": "error", "error": None})
-    row.update({k: None for k in MEASURED_FIELDS})
+    row: dict[str, Any] = {"kind": SWEEP.name}
+    row.update({k: point[k] for k in SWEEP.key_fields})
+    row.update({k: None for k in SWEEP.required if k not in row})     # layers, status, error, measured fields
+    row["status"] = "error"
     if weights.notice:
         row["weights_notice"] = weights.notice
     return row
@@ -229,16 +187,16 @@ def run_point(point: dict[str, Any], timeout_s: float | None = None, gpu: str | 
 def _latest_by_key(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     latest: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if r.get("kind", "sweep") == "sweep":
-            latest[results.row_key({**KEY_DEFAULTS, **r}, KEY_FIELDS)] = r
+        if r.get("kind", SWEEP.name) == SWEEP.name:
+            latest[key_of(r, SWEEP)] = r
     return latest
 
 
 def _write_manifest(out_dir: Path, cfg: SweepConfig, weights: Weights, n_points: int) -> None:
     """First run writes the manifest; a resume keeps its environment and appends when/where it resumed."""
-    extra: dict[str, Any] = {"kind": "sweep", "config": asdict(cfg), "weights": weights.label,
+    extra: dict[str, Any] = {"kind": "sweep", "config": portable_config(asdict(cfg)), "weights": weights.label,
                              "weights_notice": weights.notice, "dtype": cfg.dtype, "points": n_points,
-                             "rows_file": ROWS_FILE}
+                             "rows_file": SWEEP.rows_file}
     old = results.read_manifest(out_dir)
     if old:
         env = results.environment()
@@ -262,10 +220,17 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, progress: bool | Pro
     if cfg.repeats < 1 or cfg.min_seconds < 0 or cfg.warmup < 0 or (cfg.threads is not None and cfg.threads < 1):
         raise ValueError(f"bad sweep settings: repeats={cfg.repeats}, min_seconds={cfg.min_seconds}, "
                          f"warmup={cfg.warmup}, threads={cfg.threads}")
+    if cfg.plan_overrides:                # a typo in a plan field fails here, not in every worker
+        from model.plan import InferencePlan
+        try:
+            InferencePlan.resolve("cpu", **cfg.plan_overrides)
+        except (TypeError, ValueError) as e:
+            from varbench.errors import UsageError
+            raise UsageError(f"plan_overrides: {e}") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / ROWS_FILE
-    weights = resolve_weights(cfg)
+    rows_path = out / SWEEP.rows_file
+    weights = resolve_weights(cfg.target())
     points = expand_grid(cfg, weights)
     _write_manifest(out, cfg, weights, len(points))
 
@@ -280,8 +245,8 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, progress: bool | Pro
     rows: list[dict[str, Any] | None] = [None] * len(points)
     todo = []
     for i, point in enumerate(points):
-        prev = done.get(results.row_key(point, KEY_FIELDS))
-        if prev is not None and prev.get("status") in DONE_STATUSES:
+        prev = done.get(key_of(point, SWEEP))
+        if prev is not None and prev.get("status") in SWEEP.done_statuses:
             rows[i] = prev
             report("skip", i, prev)
         else:

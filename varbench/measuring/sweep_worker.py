@@ -48,15 +48,13 @@ def _inject_fault(point: dict[str, Any]) -> None:
 
 
 def _build(point: dict[str, Any], device: Any, dtype: Any) -> Any:
-    import torch
-    from model import VARPipeline, spec as spec_mod
+    """The point's pipeline through the one loader; the parent resolved the weights (label and files) already."""
+    from varbench import target as target_mod
 
-    spec = spec_mod.get(point["model"])
-    torch.backends.cudnn.benchmark = True          # fixed shapes: let cuDNN pick the decoder's conv kernels
-    if point["weights"] == "random":
-        return VARPipeline.from_spec(spec, device=device, seed=point["seed"], dtype=dtype)
-    return VARPipeline.from_pretrained(spec.name, var_ckpt=point.get("var_path"), vae_ckpt=point.get("vae_path"),
-                                       device=device, dtype=dtype)
+    target = target_mod.ModelTarget(point["model"], allow_random=True, dtype=target_mod.dtype_name(dtype),
+                                    device=str(device), seed=point["seed"])
+    weights = target_mod.Weights(point["weights"], point.get("var_path"), point.get("vae_path"))
+    return target_mod.load_pipeline(target, weights)
 
 
 def _scale_pass(pipe: Any, gen_kw: dict[str, Any], device: Any) -> tuple[list[float], int]:
@@ -117,11 +115,12 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     labels = [i % spec.num_classes for i in range(batch)]
     gen_kw = dict(labels_B=labels, cfg=point["cfg"], top_k=point["top_k"], top_p=point["top_p"],
                   seed=point["seed"], schedule=schedule, keep_skipped=point["keep_skipped"], decode=False)
-    graphs = bool(point.get("cuda_graphs")) and cuda
-    if point.get("compile") and cuda:
-        pipe.compile()                    # compiles during the warm-up generation(s), which are not timed
-    if graphs:
-        gen_kw["cuda_graphs"] = True      # the graphed cache keeps every block's buffers (keep_skipped accounting)
+    # the point's execution choices become the pipeline's inference plan (resolved for this device; compiling
+    # happens during the warm-up generation(s), which are not timed); the row records the plan that ran
+    pipe.set_plan(compiled=bool(point.get("compile")), cuda_graphs=bool(point.get("cuda_graphs")),
+                  **(point.get("plan_overrides") or {}))
+    graphs = pipe.plan.cuda_graphs        # the graphed cache keeps every block's buffers (keep_skipped accounting)
+    res["plan"], res["execution"] = pipe.plan.as_dict(), pipe.plan.execution
     if cuda:
         gc.collect()
         torch.cuda.synchronize(device)

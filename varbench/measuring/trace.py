@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from varbench import results
+from varbench.schema import TIMELINE_FILE, TRACE_FILE
+from varbench.target import ModelTarget, portable_config, resolve_weights, torch_dtype
 
 log = logging.getLogger(__name__)
-
-TRACE_FILE = "trace.jsonl"
-TIMELINE_FILE = "trace_timeline.jsonl"
 
 
 @dataclass
@@ -50,10 +49,8 @@ class TraceConfig:
     overhead_repeats: int = 10       # plain/sampled generation pairs for the overhead check (0 = skip)
     sampler: str = "auto"            # auto | process | thread (samplers.make_sampler)
 
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+    def target(self) -> ModelTarget:
+        return ModelTarget(self.model, self.ckpt, self.vae, self.allow_random, self.dtype, self.device, self.seed)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -95,29 +92,26 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Trace one generation under VARiant(depth, switch); write rows + timeline; return the summary row."""
     import torch
 
-    from model import DepthSchedule, VARPipeline, spec as spec_mod
+    from model import DepthSchedule
     from model.schedule import subnet_layers
     from varbench.measuring import analytic
     from varbench.measuring.memory import MemoryProbe, Nvml
     from varbench.measuring.samplers import make_sampler
-    from varbench.measuring.sweep import resolve_weights
+    from varbench.target import load_pipeline
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.interval_ms <= 0:
         raise ValueError(f"interval_ms must be > 0, got {cfg.interval_ms}")
-    spec = spec_mod.get(cfg.model)
-    dtype, dev = _torch_dtype(cfg.dtype), torch.device(cfg.device)
+    target = cfg.target()
+    spec = target.spec
+    dtype, dev = torch_dtype(target.dtype), torch.device(target.device)
     cuda = dev.type == "cuda"
     schedule = DepthSchedule.variant(spec, cfg.depth, cfg.switch, cfg.select)
-    weights = resolve_weights(cfg)
+    weights = resolve_weights(target)
     if cuda and dev.index is not None:
         torch.cuda.set_device(dev)
-    if weights.label == "random":
-        pipe = VARPipeline.from_spec(spec, device=dev, seed=cfg.seed, dtype=dtype)
-    else:
-        pipe = VARPipeline.from_pretrained(spec.name, var_ckpt=weights.var_path, vae_ckpt=weights.vae_path,
-                                           device=dev, dtype=dtype)
+    pipe = load_pipeline(target, weights)
     nvml = Nvml(index=dev.index) if cuda else None
     probe = MemoryProbe(dev, nvml=nvml)
     labels = [i % spec.num_classes for i in range(cfg.batch)]
@@ -237,7 +231,7 @@ def _write(out: Path, cfg: TraceConfig, weights: Any, scale_rows: list[dict[str,
         os.fsync(f.fileno())
     old = results.read_manifest(out)
     name = "trace_manifest.json" if old and old.get("kind") not in (None, "trace") else results.MANIFEST_FILE
-    results.write_manifest(out, {"kind": "trace", "config": asdict(cfg), "weights": weights.label,
+    results.write_manifest(out, {"kind": "trace", "config": portable_config(asdict(cfg)), "weights": weights.label,
                                  "weights_notice": weights.notice, "dtype": cfg.dtype, "run_id": summary["run_id"],
                                  "files": [TRACE_FILE, TIMELINE_FILE]}, name=name)
     log.info("trace %s: %d scales, %d NVML samples at %.0f Hz", summary["run_id"], len(scale_rows), sampler.n,

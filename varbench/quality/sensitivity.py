@@ -24,25 +24,24 @@ from typing import Any, Callable, Sequence
 import torch
 
 from model.schedule import SELECTS, DepthSchedule, subnet_layers
-from model.spec import SPECS, VARSpec, get as get_spec
+from model.spec import SPECS, VARSpec
 from varbench.measuring import analytic
 from varbench.quality import metrics
 from varbench import results
-from varbench.errors import EnvironmentUnavailable, UsageError, VarbenchError
+from varbench.errors import UsageError
+from varbench.schema import SENSITIVITY
+from varbench.target import (ModelTarget, portable_config, resolve_depths, resolve_device, resolve_dtype,
+                             resolve_spec, resolve_weights)
 
 log = logging.getLogger(__name__)
 
 MODES = ("single", "from", "groups")
 METRICS = ("fidelity", "fid", "toy")
-FIDELITY = ("kl", "token_agreement", "psnr", "ssim")
-HIGHER_IS_BETTER = {"kl": False, "token_agreement": True, "psnr": True, "ssim": True, "toy_acc": True,
-                    "toy_fd": False, "fid": False}
-ROWS_FILE = "sensitivity.jsonl"
+FIDELITY = ("kl", "token_agreement", "psnr", "ssim")     # row metrics; units and directions: varbench.schema.METRICS
+ROWS_FILE = SENSITIVITY.rows_file
 REFERENCE_FILE = "reference.pt"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # a row's identity for resume: same model, weights, sampling settings and cell -> already measured
-KEY_FIELDS = ("model", "weights", "mode", "scale", "group", "depth", "select", "metric", "samples", "batch",
-              "seed", "cfg", "top_k", "top_p", "dtype", "device", "fid_ref")
+KEY_FIELDS = SENSITIVITY.key_fields
 
 Progress = Callable[[str, int, int, dict], None]
 
@@ -68,6 +67,12 @@ class SensitivityConfig:
     device: str = "auto"
     dtype: str | None = None                     # None: fp32 on CPU, bf16 on CUDA
     fid_ref: str | None = None                   # .npz (mu, sigma) or image folder; None: the full network
+
+    def target(self) -> ModelTarget:
+        """The model to score, device (auto -> cuda if present) and dtype (None -> bf16 on CUDA) resolved."""
+        device = resolve_device(self.device)
+        return ModelTarget(self.model, self.ckpt, self.vae, self.allow_random, resolve_dtype(self.dtype, device),
+                           device, self.seed)
 
 
 @dataclass(frozen=True)
@@ -137,16 +142,11 @@ def default_groups(num_scales: int) -> list[tuple[int, int]]:
     return [(0, k - 1), (k, 2 * k - 1), (2 * k, num_scales - 1)]
 
 
-def resolve_depths(cfg: SensitivityConfig, spec: VARSpec) -> list[int]:
-    D = spec.depth
-    if cfg.depths is None:
-        vals = [max(2, round(D / 2))] if cfg.mode == "groups" else [d for d in (2, 4, 8, 16) if d < D] or [D]
-    else:
-        vals = [int(d) for d in cfg.depths]
-    bad = [d for d in vals if not 2 <= d <= D]
-    if bad or not vals:
-        raise UsageError(f"--depths: {bad[0] if bad else 'empty'} is outside 2..{D} ({spec.name} has {D} blocks)")
-    return list(dict.fromkeys(vals))
+def cell_depths(cfg: SensitivityConfig, spec: VARSpec) -> list[int]:
+    """The matrix's columns: as given, else 2,4,8,16 below D (groups mode: D/2); the full network is the
+    reference, not a column."""
+    default = [max(2, round(spec.depth / 2))] if cfg.mode == "groups" else (2, 4, 8, 16)
+    return resolve_depths(spec, cfg.depths, default, with_full=False)
 
 
 def plan_cells(cfg: SensitivityConfig, spec: VARSpec) -> list[Cell]:
@@ -155,7 +155,7 @@ def plan_cells(cfg: SensitivityConfig, spec: VARSpec) -> list[Cell]:
         raise UsageError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
     if cfg.select not in SELECTS:
         raise UsageError(f"--select: {cfg.select!r} is not one of {', '.join(SELECTS)}")
-    depths, S, D = resolve_depths(cfg, spec), spec.num_scales, spec.depth
+    depths, S, D = cell_depths(cfg, spec), spec.num_scales, spec.depth
     full = tuple(range(D))
     cells = []
     if cfg.mode == "groups":
@@ -207,42 +207,7 @@ def check_metric_available(metric: str, spec: VARSpec, samples: int) -> None:
             raise UsageError(f"--metric toy is not available ({e})") from None
 
 
-# ---- model and reference --------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EnvironmentUnavailable("--device cuda was asked but no CUDA GPU is available (try --device cpu)")
-    return torch.device(name)
-
-
-def has_weights(spec: VARSpec, cfg: SensitivityConfig) -> bool:
-    """A checkpoint was given, the model ships weights (var-toy), or it is official (HF cache / hub)."""
-    from model.pipeline import WEIGHTS_DIR
-
-    return cfg.ckpt is not None or (WEIGHTS_DIR / spec.name / "var.safetensors").exists() or spec.official
-
-
-def load_pipeline(cfg: SensitivityConfig, spec: VARSpec, device: torch.device, dtype: torch.dtype):
-    """Real weights, or random weights only when asked: quality on random weights is meaningless."""
-    from model.pipeline import VARPipeline
-
-    if cfg.allow_random and cfg.ckpt is None:
-        log.info("%s: RANDOM weights (--allow-random): quality numbers are for plumbing only", spec.name)
-        return VARPipeline.from_spec(spec, device=device, seed=cfg.seed, dtype=dtype)
-    if not has_weights(spec, cfg):
-        raise UsageError(f"{spec.name} has no weights: quality on random weights is meaningless; pass --ckpt "
-                         "VAR.pth --vae VAE.pth, or --allow-random for plumbing tests and timing only")
-    try:
-        return VARPipeline.from_pretrained(spec, cfg.ckpt, cfg.vae, device=device, dtype=dtype)
-    except VarbenchError:
-        raise
-    except Exception as e:  # noqa: BLE001 - missing/bad files, no hub: one line, exit 2, never a traceback
-        hint = "" if cfg.ckpt else ("; quality on random weights is meaningless: pass --ckpt/--vae, or "
-                                    "--allow-random for plumbing tests and timing only")
-        raise UsageError(f"cannot load {spec.name} weights: {type(e).__name__}: {e}{hint}") from None
-
-
+# ---- reference ------------------------------------------------------------------------------------------------
 @dataclass
 class Reference:
     """The full network's samples (per batch) and its teacher-forced logits on them."""
@@ -355,21 +320,22 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     """Fill the matrix: rows appended to out_dir/sensitivity.jsonl (resumable), matrices as CSV, a manifest.
     Returns this configuration's rows (resumed and new). ``progress(event, done, total, info)`` with events
     'plan', 'reference', 'cell'."""
-    spec = cfg.model if isinstance(cfg.model, VARSpec) else _spec(cfg.model)
+    from varbench.target import load_pipeline    # looked up per call: tests count the loads
+
+    spec = resolve_spec(cfg.model)
     if cfg.samples < 1 or cfg.batch < 1:
         raise UsageError(f"--samples and --batch must be >= 1 (got {cfg.samples}, {cfg.batch})")
     cells, names = plan_cells(cfg, spec), metric_names(cfg.metric)
     check_metric_available(cfg.metric, spec, cfg.samples)
-    device = resolve_device(cfg.device)
-    dtype = DTYPES.get(cfg.dtype or ("bf16" if device.type == "cuda" else "fp32"))
-    if dtype is None:
-        raise UsageError(f"--dtype: {cfg.dtype!r} is not one of {', '.join(DTYPES)}")
+    target = cfg.target()
+    device = torch.device(target.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(cfg, spec, device, dtype)
-    base = {"kind": "sensitivity", "model": spec.name, "weights": pipe.weights, "select": cfg.select,
+    weights = resolve_weights(target)
+    pipe = load_pipeline(target, weights)
+    base = {"kind": "sensitivity", "model": spec.name, "weights": weights.label, "select": cfg.select,
             "samples": cfg.samples, "batch": cfg.batch, "seed": cfg.seed, "cfg": cfg.cfg, "top_k": cfg.top_k,
-            "top_p": cfg.top_p, "dtype": {v: k for k, v in DTYPES.items()}[dtype], "device": device.type,
+            "top_p": cfg.top_p, "dtype": target.dtype, "device": device.type,
             "fid_ref": cfg.fid_ref if "fid" in names else None}
     rows_path = out / ROWS_FILE
     done = {results.row_key(r, KEY_FIELDS): r for r in results.read_rows(rows_path)
@@ -383,7 +349,7 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     todo = [c for c in cells if missing(_cell_row(base, c, spec), names)]
     ref_todo = missing(ref_row, ref_names)
     info = {"cells": len(cells), "todo": len(todo), "samples": cfg.samples, "metrics": names,
-            "weights": pipe.weights, "model": spec.name, "mode": cfg.mode,
+            "weights": weights.label, "model": spec.name, "mode": cfg.mode,
             "generations": (len({c.schedule for c in todo}) + 1) * cfg.samples if todo or ref_todo else 0}
     log.info("sensitivity: %d cells x %d samples (%d to run)", len(cells), cfg.samples, len(todo))
     if progress:
@@ -422,13 +388,6 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     return rows
 
 
-def _spec(name: str) -> VARSpec:
-    try:
-        return get_spec(name)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
 def _row(base: dict, mode: str, scale: int | None, group: tuple[int, int] | None, depth: int,
          layers: tuple[int, ...], schedule: DepthSchedule, spec: VARSpec) -> dict:
     return {**base, "mode": mode, "scale": scale, "group": f"{group[0]}-{group[1]}" if group else None,
@@ -447,7 +406,7 @@ def _append(path: Path, done: dict, row: dict) -> None:
 
 
 def _config_dict(cfg: SensitivityConfig, spec: VARSpec) -> dict:
-    d = dataclasses.asdict(cfg)
+    d = portable_config(dataclasses.asdict(cfg))
     d["model"] = spec.name
     return d
 

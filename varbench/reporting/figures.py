@@ -14,20 +14,31 @@ from plotly.colors import sample_colorscale
 
 from varbench.reporting.pareto import pareto_indices, step_line
 from varbench.results import finite_number as _num
+from varbench.schema import METRICS, direction, unit
 
 MIB = 2 ** 20
 QUALITY_PREFERENCE = ("toy_fd", "fid", "toy_acc", "kl", "token_agreement", "psnr", "ssim")
-HIGHER_IS_BETTER = {"token_agreement", "psnr", "ssim", "toy_acc"}
-METRIC_UNITS = {"kl": "nats", "token_agreement": "fraction", "psnr": "dB", "ssim": "unitless", "fid": "FID",
-                "toy_acc": "fraction", "toy_fd": "Fréchet distance"}
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "pentagon", "hexagon", "triangle-down")
-# x-axis choices of the Pareto selector: point key, axis title (with unit), larger is better
+# x-axis choices of the Pareto selector: point key, axis title (with unit), larger is better (the direction of the
+# row field each is derived from; memory is shown in MiB)
 AXES: dict[str, tuple[str, str, bool]] = {
-    "latency": ("latency_ms", "latency p50 (ms)", False),
-    "throughput": ("throughput", "throughput (img/s)", True),
-    "kv": ("kv_mib", "KV cache (MiB)", False),
-    "peak": ("peak_mib", "peak memory (MiB; allocator, else NVML, else RSS)", False),
+    "latency": ("latency_ms", f"latency p50 ({unit('latency_ms_p50')})", direction("latency_ms_p50") == "higher"),
+    "throughput": ("throughput", f"throughput ({unit('images_per_s')})", direction("images_per_s") == "higher"),
+    "kv": ("kv_mib", "KV cache (MiB)", direction("kv_bytes") == "higher"),
+    "peak": ("peak_mib", "peak memory (MiB; allocator, else NVML, else RSS)",
+             direction("peak_allocated_bytes") == "higher"),
 }
+
+
+def metric_unit(metric: str) -> str:
+    """A quality metric's unit for axis titles ("1" for an unknown metric)."""
+    decl = METRICS.get(metric)
+    return decl.unit if decl and decl.unit else "1"
+
+
+def higher_is_better(metric: str) -> bool:
+    decl = METRICS.get(metric)
+    return decl is not None and decl.direction == "higher"
 LAYOUT = dict(template="plotly_white", height=480, margin=dict(l=70, r=30, t=110, b=60))
 
 
@@ -197,9 +208,8 @@ def pareto_figures(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[
         note = ("no quality joined: needs sensitivity rows with mode 'from' at scale = switch and the same depth")
         out += [("Quality vs latency", note), ("Quality vs peak memory", note)]
     else:
-        unit = METRIC_UNITS.get(metric, "unitless")
-        higher = metric in HIGHER_IS_BETTER
-        y_label = f"{esc(metric)} ({unit}, {'higher' if higher else 'lower'} is better)"
+        higher = higher_is_better(metric)
+        y_label = f"{esc(metric)} ({metric_unit(metric)}, {'higher' if higher else 'lower'} is better)"
         qpts = [p for p in points if p.get("quality") is not None]
         out.append(("Quality vs latency", pareto_figure(qpts, f"Quality ({metric}) vs latency", "quality", y_label,
                                                         higher, list(AXES), "latency", metric)))
@@ -229,14 +239,14 @@ def heatmap_figures(sens_rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, g
             if r.get(col) in cols and r.get("depth") is not None:
                 z[depths.index(int(r["depth"]))][cols.index(r.get(col))] = float(r["value"])
         text = [["" if v is None else f"{v:.3g}" for v in row] for row in z]
-        unit = METRIC_UNITS.get(metric, "unitless")
+        m_unit = metric_unit(metric)
         xlab = {"from": "subnet from scale (index)", "single": "ablated scale (index)",
                 "groups": "ablated scale group (indices)"}.get(mode, "scale (index)")
         fig = go.Figure(go.Heatmap(
             z=z, x=[esc(c) for c in cols], y=[str(d) for d in depths], text=text, texttemplate="%{text}",
-            colorscale="Viridis", reversescale=metric in HIGHER_IS_BETTER, hoverongaps=False,
-            colorbar=dict(title=f"{esc(metric)} ({unit})"),
-            hovertemplate=f"{col} %{{x}}<br>depth %{{y}} blocks<br>{esc(metric)} %{{z:.4g}} {unit}<extra></extra>"))
+            colorscale="Viridis", reversescale=higher_is_better(metric), hoverongaps=False,
+            colorbar=dict(title=f"{esc(metric)} ({m_unit})"),
+            hovertemplate=f"{col} %{{x}}<br>depth %{{y}} blocks<br>{esc(metric)} %{{z:.4g}} {m_unit}<extra></extra>"))
         title = f"Sensitivity: {model}, mode {mode}, {metric}"
         fig.update_layout(**LAYOUT, title=dict(text=esc(title)), xaxis_title=xlab,
                           yaxis_title="subnet depth (blocks)", xaxis_type="category", yaxis_type="category")

@@ -16,22 +16,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from varbench import schema
 from varbench.errors import UsageError
 from varbench.results import read_rows, strict_json_value
 
 log = logging.getLogger(__name__)
 
-KINDS = ("sweep", "sensitivity", "trace_scale", "models")
-# field -> unit shown in table headers; fields with a unit suffix are recognised by ``unit_of``
-UNITS = {"depth": "blocks", "switch": "scale index", "scale": "scale index", "batch": "images", "layers": "blocks",
-         "n": "count", "samples": "count", "params": "count", "flops": "FLOP", "flops_speedup": "x",
-         "kv_reduction": "x", "images_per_s": "img/s", "value": "metric unit", "elapsed_ms": "ms", "t_ms": "ms"}
-
 
 def unit_of(field: str) -> str:
-    """The unit of a result field, from the naming convention (units in field names)."""
-    if field in UNITS:
-        return UNITS[field]
+    """The unit shown under a table header: the schema's for a declared field, else the naming convention (units
+    in field names) for fields of rows the schema does not describe."""
+    decl = schema.field_of(field)
+    if decl is not None:
+        return decl.unit or "—"
     if "_ms" in field:
         return "ms"
     if field.endswith("bytes") or "_bytes" in field:
@@ -95,7 +92,7 @@ def load_results(result_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[st
     return manifests, rows
 
 
-TIMELINE_KINDS = ("trace_sample", "trace_mark")
+TIMELINE_KINDS = schema.kinds_in(schema.TIMELINE_FILE)     # plotted, not tabulated
 
 
 def _kind_from_name(name: str, row: Mapping[str, Any]) -> str:

@@ -90,8 +90,8 @@ def demo_plan(quick: bool = False) -> DemoPlan:
     from varbench.measuring.sweep import SweepConfig
     from varbench.measuring.trace import TraceConfig
 
-    var_p, vae_p = shipped_weights()
-    w = {"model": MODEL, "ckpt": str(var_p), "vae": str(vae_p)}
+    shipped_weights()                   # missing: exit 3 here; present: every part's target resolves to them
+    w = {"model": MODEL}
     if quick:
         sens = dict(depths=[2], scales=[SWITCH, 6], samples=2, batch=2)
         grid = dict(depths=[2, 12], batches=[1], repeats=1, min_seconds=0.0)
@@ -207,10 +207,11 @@ def run_demo(out: str | os.PathLike = "results/demo", quick: bool = False, on_pa
     from varbench.quality.sensitivity import run_sensitivity
     from varbench.measuring.sweep import run_sweep
     from varbench.measuring.trace import run_trace
+    from varbench.target import resolve_weights
 
     t0 = time.perf_counter()
     plan = demo_plan(quick)
-    weights = str(plan.sweep.ckpt)            # the label every part writes (sweep/trace/sensitivity agree on it)
+    weights = resolve_weights(plan.sweep.target()).label   # the label every part writes (one resolver, one hash)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_out(out_dir, plan, weights)

@@ -1,54 +1,39 @@
 """TOML benchmark suites: one file names a model, a sweep grid, optional sensitivity/trace parts and CI tolerances.
 
-Validation is strict because a typo in a CI suite would otherwise silently test less: an unknown key, a wrong
-type or a depth outside 2..D is a ``UsageError`` naming the file, the key and the problem. The tables are mapped
-onto the config dataclasses of ``varbench.measuring.sweep/sensitivity/trace`` by field name, checked against
-``dataclasses.fields`` at run time so a rename there fails loudly here.
+Each table maps straight onto a library config dataclass ([sweep] SweepConfig, [sensitivity] SensitivityConfig,
+[trace] TraceConfig, [check] Tolerances): a table's keys are its dataclass's field names and their types the fields'
+type hints, so what a suite accepts follows the libraries with no copied schema; [model] sets the fields every part
+shares. Validation is strict because a typo in a CI suite would otherwise silently test less: an unknown key, a
+wrong type or a depth outside 2..D is a ``UsageError`` naming the file, the key and the problem.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import tomllib
+import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union, get_args, get_origin, get_type_hints
 
 from varbench.errors import UsageError
 from varbench.gating.regress import Tolerances
 
-# key -> (python type(s) accepted, element type for lists or None, human description)
-_INT_LIST = (list, int, "a list of integers")
-_STR_LIST = (list, str, "a list of strings")
-SCHEMA: dict[str, dict[str, tuple]] = {
-    "": {"name": (str, None, "a string"), "description": (str, None, "a string")},
-    "model": {"name": (str, None, "a string"), "ckpt": (str, None, "a path string"),
-              "vae": (str, None, "a path string"), "allow_random": (bool, None, "true or false")},
-    "sweep": {"depths": _INT_LIST, "batches": _INT_LIST, "switches": _INT_LIST, "select": (str, None, "a string"),
-              "dtype": (str, None, "a string"), "device": (str, None, "a string"),
-              "repeats": (int, None, "an integer"), "min_seconds": ((int, float), None, "a number"),
-              "warmup": (int, None, "an integer"), "threads": (int, None, "an integer"),
-              "cuda_graphs": (bool, None, "true or false"), "compile": (bool, None, "true or false"),
-              "keep_skipped": (bool, None, "true or false")},
-    "sensitivity": {"modes": _STR_LIST, "mode": (str, None, "a string"), "depths": _INT_LIST, "scales": _INT_LIST,
-                    "groups": (list, list, "a list of [first, last] scale pairs such as [[0, 2], [3, 5]]"),
-                    "select": (str, None, "a string"), "samples": (int, None, "an integer"),
-                    "batch": (int, None, "an integer"), "metric": (str, None, "a string"),
-                    "seed": (int, None, "an integer"), "device": (str, None, "a string"),
-                    "dtype": (str, None, "a string")},
-    "trace": {"depth": (int, None, "an integer"), "switch": (int, None, "an integer"),
-              "select": (str, None, "a string"),
-              "batch": (int, None, "an integer"), "dtype": (str, None, "a string"),
-              "device": (str, None, "a string"), "interval_ms": ((int, float), None, "a number")},
-    "check": {"tolerance": (dict, (int, float), "a table of metric = relative tolerance"),
-              "memory_tolerance": ((int, float), None, "a number"),
-              "analytic_tolerance": ((int, float), None, "a number"),
-              "speed_factor": ((int, float), None, "a number"), "alpha": ((int, float), None, "a number"),
-              "min_samples": (int, None, "an integer"), "check_speed": (bool, None, "true or false"),
-              "ratio_tolerance": ((int, float), None, "a number"),
-              "ratios": (list, list, "a list of [slow, fast] pairs such as [[\"full\", \"d2\"]]"),
-              "quality_tolerance": ((int, float), None, "a number"),
-              "quality_abs": ((int, float), None, "a number")},
-}
+PARTS = ("sweep", "sensitivity", "trace")
+# table -> the config dataclass it maps onto, imported only when a suite has that table
+CONFIGS = {"sweep": "varbench.measuring.sweep:SweepConfig",
+           "sensitivity": "varbench.quality.sensitivity:SensitivityConfig",
+           "trace": "varbench.measuring.trace:TraceConfig", "check": "varbench.gating.regress:Tolerances"}
+# fields that [model] gives every part's config (part tables do not repeat them)
+MODEL_FIELDS = ("model", "ckpt", "vae", "allow_random")
+# the one suite key that differs from its field: every shipped suite names its model as [model] name = "..."
+RENAMES = {("model", "name"): "model"}
+# suite keys that are no config field: top-level name/description; [sensitivity] modes runs the part once per
+# mode (SensitivityConfig.mode holds one)
+EXTRA_KEYS: dict[str, dict[str, Any]] = {"": {"name": str, "description": str}, "sensitivity": {"modes": list[str]}}
+GRID_KEYS = ("depths", "batches", "switches", "scales", "groups", "modes")       # an empty list would test nothing
+POSITIVE_KEYS = ("batches", "batch", "samples", "repeats", "threads")
 CHOICES = {"select": ("isometric", "nested"), "dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
            "modes": ("single", "from", "groups"), "mode": ("single", "from", "groups"),
            "metric": ("fidelity", "fid", "toy")}
@@ -67,19 +52,36 @@ def _choices(key: str) -> tuple[str, ...]:
         pass
     return CHOICES[key]
 
-# suite key -> candidate field names in the library config dataclasses (first match wins)
-ALIASES: dict[str, tuple[str, ...]] = {
-    "model": ("model", "model_name", "name"), "ckpt": ("ckpt", "var_ckpt", "ckpt_path"),
-    "vae": ("vae", "vae_ckpt", "vae_path"), "allow_random": ("allow_random",),
-    "batches": ("batches", "batch_sizes", "batch"), "switches": ("switches", "switch"),
-    "metric": ("metric", "metrics"), "samples": ("samples", "num_samples", "n_samples"),
-    "interval_ms": ("interval_ms", "sample_interval_ms"), "min_seconds": ("min_seconds", "min_time_s", "min_s"),
-}
+
+def config_class(table: str) -> type:
+    """The config dataclass of a table ([sweep] -> SweepConfig, ...)."""
+    module, _, name = CONFIGS[table].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def table_keys(table: str) -> dict[str, Any]:
+    """Suite key -> type hint for one table ("" = the top level): its config's init fields (less the [model]
+    fields in a part table), the renamed keys and the extra keys."""
+    if table == "":
+        return dict(EXTRA_KEYS[""])
+    if table == "model":
+        hints = get_type_hints(config_class("sweep"))
+        keys = {f: hints[f] for f in MODEL_FIELDS}
+    else:
+        cls = config_class(table)
+        hints = get_type_hints(cls)
+        keys = {f.name: hints[f.name] for f in dataclasses.fields(cls)
+                if f.init and not (table in PARTS and f.name in MODEL_FIELDS)}
+    keys.update(EXTRA_KEYS.get(table, {}))
+    for (t, key), name in RENAMES.items():
+        if t == table:
+            keys[key] = keys.pop(name)
+    return keys
 
 
 @dataclass
 class Suite:
-    """A validated suite; raw tables are kept so configs can be built once the libraries are importable."""
+    """A validated suite: each table's values converted to its fields' types, keyed as in the file."""
 
     path: Path
     name: str
@@ -91,94 +93,154 @@ class Suite:
     description: str = ""
 
     def tolerances(self) -> Tolerances:
-        c = self.check
-        t = Tolerances()
-        t.per_metric = {k: float(v) for k, v in c.get("tolerance", {}).items()}
-        for key, attr in (("memory_tolerance", "memory"), ("analytic_tolerance", "analytic"),
-                          ("speed_factor", "speed_factor"), ("alpha", "alpha"), ("ratio_tolerance", "ratio"),
-                          ("quality_tolerance", "quality"), ("quality_abs", "quality_abs")):
-            if key in c:
-                setattr(t, attr, float(c[key]))
-        if "min_samples" in c:
-            t.min_samples = int(c["min_samples"])
-        if "check_speed" in c:
-            t.check_speed = bool(c["check_speed"])
-        if "ratios" in c:
-            t.ratios = [(str(a), str(b)) for a, b in c["ratios"]]
-        return t
+        return build_config(config_class("check"), self.check, self.path, "check")
 
     def _model_fields(self) -> dict[str, Any]:
-        out = {"model": self.model["name"], "ckpt": self.model.get("ckpt"), "vae": self.model.get("vae")}
-        if "allow_random" in self.model:      # else each library keeps its own default (sweep/trace: allowed)
-            out["allow_random"] = self.model["allow_random"]
-        return out
+        """[model] keyed by field name; a field it does not give keeps each library's default (allow_random)."""
+        return {RENAMES.get(("model", k), k): v for k, v in self.model.items()}
 
     def sweep_config(self) -> Any:
-        from varbench.measuring.sweep import SweepConfig
-        return build_config(SweepConfig, {**self._model_fields(), **(self.sweep or {})}, self.path, "sweep")
+        return build_config(config_class("sweep"), {**self._model_fields(), **(self.sweep or {})}, self.path,
+                            "sweep")
 
     def sensitivity_configs(self) -> list[Any]:
         """One SensitivityConfig per mode (the library runs one mode at a time)."""
-        from varbench.quality.sensitivity import SensitivityConfig
         table = dict(self.sensitivity or {})
         modes = table.pop("modes", None) or [table.pop("mode", "single")]
         table.pop("mode", None)
-        if "groups" in table:
-            table["groups"] = [tuple(g) for g in table["groups"]]
-        return [build_config(SensitivityConfig, {**self._model_fields(), **table, "mode": m}, self.path,
+        return [build_config(config_class("sensitivity"), {**self._model_fields(), **table, "mode": m}, self.path,
                              "sensitivity") for m in modes]
 
     def trace_config(self) -> Any:
-        from varbench.measuring.trace import TraceConfig
-        return build_config(TraceConfig, {**self._model_fields(), **(self.trace or {})}, self.path, "trace")
+        return build_config(config_class("trace"), {**self._model_fields(), **(self.trace or {})}, self.path,
+                            "trace")
 
 
 def _err(path: Path, key: str, problem: str) -> UsageError:
     return UsageError(f"{path}: {key}: {problem}")
 
 
-def _check_type(path: Path, key: str, value: Any, spec: tuple) -> None:
-    typ, elem, desc = spec
-    typs = typ if isinstance(typ, tuple) else (typ,)
-    ok = isinstance(value, typs) and not (isinstance(value, bool) and bool not in typs)
-    if ok and typ is list:
-        ok = all(isinstance(v, elem) and not isinstance(v, bool) for v in value) and (len(value) > 0 or
-                                                                                      key.endswith("ratios"))
-    if ok and typ is dict:
-        ok = all(isinstance(v, elem) and not isinstance(v, bool) for v in value.values())
-    if not ok:
-        raise _err(path, key, f"must be {desc}, got {value!r}")
+# ---- values against type hints ---------------------------------------------------------------------------------
+_SCALARS = {bool: ("true or false", "boolean", "booleans"), int: ("an integer", "integer", "integers"),
+            float: ("a number", "number", "numbers"), str: ("a string", "string", "strings")}
+_SEQUENCES = (list, tuple, Sequence)
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite file; every problem is a one-line UsageError naming file and key."""
-    p = Path(path)
+class _Mismatch(Exception):
+    pass
+
+
+def _arms(hint: Any) -> list[Any]:
+    """The alternatives of a union, less None (TOML has no null); a plain hint is its own one alternative."""
+    if get_origin(hint) in (Union, types.UnionType):
+        return [a for a in get_args(hint) if a is not type(None)]
+    return [hint]
+
+
+def _representable(hint: Any) -> bool:
+    """Whether TOML can spell a value of this type (a VARSpec or a Path object it cannot)."""
+    if hint in _SCALARS or hint is Any or hint in (list, tuple, dict):
+        return True
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_representable(a) for a in _arms(hint))
+    return origin in (*_SEQUENCES, dict) and all(_representable(a) for a in get_args(hint) if a is not Ellipsis)
+
+
+def _describe(hint: Any, form: int = 0) -> str:
+    """"a list of integers" and the like; ``form`` 0 = with an article, 1 = bare, 2 = plural."""
+    arms = [a for a in _arms(hint) if _representable(a)]
+    if len(arms) != 1:
+        return " or ".join(_describe(a, form) for a in arms)
+    h, origin, args = arms[0], get_origin(arms[0]) or arms[0], get_args(arms[0])
+    if h in _SCALARS:
+        return _SCALARS[h][form]
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        pair = "[" + ", ".join(_describe(a, 1) for a in args) + "] " + ("pair" if len(args) == 2 else "tuple")
+        return pair + "s" if form == 2 else pair if form == 1 else f"a {pair}"
+    if origin in _SEQUENCES:
+        return ("lists" if form == 2 else "list" if form == 1 else "a list") + (
+            f" of {_describe(args[0], 2)}" if args and args[0] is not Any else "")
+    if origin is dict:
+        return ("tables" if form == 2 else "table" if form == 1 else "a table") + (
+            f" of {_describe(args[1], 2)}" if len(args) == 2 and args[1] is not Any else "")
+    return "values" if form == 2 else "value" if form == 1 else "a value"
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    """``value`` as the hint's type (TOML lists -> list or tuple, integers -> float where a number is asked)."""
+    for h in _arms(hint):
+        origin, args = get_origin(h) or h, get_args(h)
+        if h is Any:
+            return value
+        if h is bool and isinstance(value, bool):
+            return value
+        if h is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if h is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if h is str and isinstance(value, str):
+            return value
+        if origin in _SEQUENCES and isinstance(value, (list, tuple)):
+            try:
+                if origin is tuple and args and args[-1] is not Ellipsis:
+                    if len(value) != len(args):
+                        raise _Mismatch
+                    return tuple(_convert(a, v) for a, v in zip(args, value))
+                items = [_convert(args[0] if args else Any, v) for v in value]
+                return tuple(items) if origin is tuple else items
+            except _Mismatch:
+                continue
+        if origin is dict and isinstance(value, dict):
+            try:
+                return {str(k): _convert(args[1] if len(args) == 2 else Any, v) for k, v in value.items()}
+            except _Mismatch:
+                continue
+    raise _Mismatch
+
+
+def _convert_key(path: Path, key: str, value: Any, hint: Any) -> Any:
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        return _convert(hint, value)
+    except _Mismatch:
+        raise _err(path, key, f"must be {_describe(hint)}, got {value!r}") from None
+
+
+def _read(p: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{p}: suite file does not exist") from None
     except OSError as e:
         raise UsageError(f"{p}: cannot read suite ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{p}: not valid TOML ({e})") from None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; every problem is a one-line UsageError naming file and key."""
+    p = Path(path)
+    raw = _read(p)
+    top, tables = table_keys(""), ("model", *PARTS, "check")
+    values: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
-        if key in SCHEMA and key:
+        if key in top:
+            _convert_key(p, key, value, top[key])
+        elif key in tables:
             if not isinstance(value, dict):
                 raise _err(p, key, f"must be a table ([{key}])")
-            for sub, v in value.items():
-                if sub not in SCHEMA[key]:
-                    raise _err(p, f"{key}.{sub}", f"unknown key (known: {', '.join(SCHEMA[key])})")
-                _check_type(p, f"{key}.{sub}", v, SCHEMA[key][sub])
-        elif key in SCHEMA[""]:
-            _check_type(p, key, value, SCHEMA[""][key])
+            known = table_keys(key)
+            for sub in value:
+                if sub not in known:
+                    raise _err(p, f"{key}.{sub}", f"unknown key (known: {', '.join(known)})")
+            values[key] = {sub: _convert_key(p, f"{key}.{sub}", v, known[sub]) for sub, v in value.items()}
         else:
-            known = [k for k in SCHEMA if k] + list(SCHEMA[""])
-            raise _err(p, key, f"unknown key (known: {', '.join(known)})")
-    if "model" not in raw or "name" not in raw["model"]:
+            raise _err(p, key, f"unknown key (known: {', '.join([*tables, *top])})")
+    if "name" not in values.get("model", {}):
         raise _err(p, "model.name", "missing (every suite names a model)")
-    suite = Suite(path=p, name=raw.get("name", p.stem), model=dict(raw["model"]),
-                  sweep=raw.get("sweep"), sensitivity=raw.get("sensitivity"), trace=raw.get("trace"),
-                  check=dict(raw.get("check", {})), description=raw.get("description", ""))
+    suite = Suite(path=p, name=raw.get("name", p.stem), model=values["model"], sweep=values.get("sweep"),
+                  sensitivity=values.get("sensitivity"), trace=values.get("trace"), check=values.get("check", {}),
+                  description=raw.get("description", ""))
     _check_values(suite)
     return suite
 
@@ -192,8 +254,13 @@ def _check_values(s: Suite) -> None:
     except ValueError as e:
         raise _err(p, "model.name", str(e)) from None
     D, S = sp.depth, sp.num_scales
-    for table in ("sweep", "sensitivity", "trace"):
+    for table in PARTS:
         t = getattr(s, table) or {}
+        for key in GRID_KEYS:
+            if key in t and len(t[key]) == 0:
+                raise _err(p, f"{table}.{key}", "must not be empty")
+        if "mode" in t and "modes" in t:
+            raise _err(p, f"{table}.mode", "give mode or modes, not both")
         depths = t.get("depths", [t["depth"]] if "depth" in t else [])
         for d in depths:
             if not 2 <= d <= D:
@@ -204,7 +271,10 @@ def _check_values(s: Suite) -> None:
             if not 0 <= sw <= S:
                 key = f"{table}.switches" if "switches" in t else f"{table}.switch"
                 raise _err(p, key, f"switch {sw} is outside 0..{S} ({sp.name} has {S} scales)")
-        for sc in t.get("scales", []):
+        scales = t.get("scales", [])
+        if isinstance(scales, str) and scales.strip().lower() != "all":
+            raise _err(p, f"{table}.scales", f"{scales!r} is not \"all\" or a list of scale indices")
+        for sc in [] if isinstance(scales, str) else scales:
             if not 0 <= sc < S:
                 raise _err(p, f"{table}.scales", f"scale {sc} is outside 0..{S - 1} ({sp.name} has {S} scales)")
         for g in t.get("groups", []):
@@ -217,7 +287,7 @@ def _check_values(s: Suite) -> None:
             for v in ([vals] if isinstance(vals, str) else vals or []):
                 if v not in choices:
                     raise _err(p, f"{table}.{key}", f"{v!r} is not one of {', '.join(choices)}")
-        for key in ("batches", "batch", "samples", "repeats", "threads"):
+        for key in POSITIVE_KEYS:
             vals = t.get(key)
             for v in ([vals] if isinstance(vals, int) else vals or []):
                 if v <= 0:
@@ -236,28 +306,22 @@ def _check_values(s: Suite) -> None:
         raise _err(p, "check.speed_factor", "must be >= 1")
 
 
-def build_config(cls: type, values: Mapping[str, Any], path: Path, table: str,
-                 convert: Callable[[str, Any, Any], Any] | None = None) -> Any:
-    """Instantiate a library config dataclass from suite keys, matching field names (with a few aliases).
+def build_config(cls: type, values: Mapping[str, Any], path: Path, table: str) -> Any:
+    """Instantiate a config dataclass from values keyed by field name, each converted to its field's type hint.
 
-    A suite key with no counterpart field is an error naming the key, so renames in the libraries surface.
-    Scalars given where the field holds a sequence (and vice versa) are adapted by looking at the default.
+    A key with no field of that name is an error naming the key, so a rename in the libraries surfaces here.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        target = next((c for c in (key,) + ALIASES.get(key, ()) if c in fields), None)
-        if target is None:
-            if value is None or key in ("ckpt", "vae", "allow_random", "model"):
-                if value not in (None, False) and key != "model":
-                    raise _err(path, f"model.{key}", f"{cls.__name__} has no field for it "
-                                                     f"(fields: {', '.join(fields)})")
-                continue
-            raise _err(path, f"{table}.{key}", f"{cls.__name__} has no matching field "
-                                               f"(fields: {', '.join(fields)})")
-        kwargs[target] = _adapt(fields[target], value)
+        if key not in fields:
+            where = f"model.{next((k for (t, k), n in RENAMES.items() if t == 'model' and n == key), key)}" \
+                if table in PARTS and key in MODEL_FIELDS else f"{table}.{key}"
+            raise _err(path, where, f"{cls.__name__} has no matching field (fields: {', '.join(fields)})")
+        kwargs[key] = _convert_key(path, f"{table}.{key}", value, hints[key])
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -268,26 +332,9 @@ def build_config(cls: type, values: Mapping[str, Any], path: Path, table: str,
         raise _err(path, f"[{table}]", f"invalid for {cls.__name__}: {e}") from None
 
 
-def _adapt(f: dataclasses.Field, value: Any) -> Any:
-    """list <-> scalar and list -> tuple, guided by the field's default or annotation."""
-    default = f.default if f.default is not dataclasses.MISSING else (
-        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-    ann = str(f.type)
-    seq_field = isinstance(default, (list, tuple)) or any(s in ann for s in ("list", "tuple", "Sequence"))
-    if isinstance(value, list) and not seq_field and len(value) == 1:
-        return value[0]
-    if not isinstance(value, list) and seq_field and isinstance(value, (int, str)):
-        value = [value]
-    if isinstance(value, list) and (isinstance(default, tuple) or "tuple" in ann.lower()):
-        return tuple(value)
-    if isinstance(value, str) and ("Path" in ann) and value:
-        return Path(value)
-    return value
-
-
 def _resolved(values: Mapping[str, Any] | None) -> dict[str, Any]:
     """A part's table with ``device`` resolved (auto -> cuda/cpu; cuda without a GPU -> exit 3)."""
-    from varbench.cli.common import resolve_device
+    from varbench.target import resolve_device
     out = dict(values or {})
     if "device" in out:
         out["device"] = resolve_device(out["device"])
@@ -297,7 +344,7 @@ def _resolved(values: Mapping[str, Any] | None) -> dict[str, Any]:
 def suite_configs(suite: Suite) -> dict[str, Any]:
     """Every part's library config, built before anything runs so a bad suite fails in seconds, not hours."""
     cfgs: dict[str, Any] = {}
-    for part in ("sweep", "sensitivity", "trace"):
+    for part in PARTS:
         table = getattr(suite, part)
         if table is None:
             continue

@@ -8,6 +8,8 @@ import typer
 from rich.text import Text
 
 from varbench.cli.common import OutOpt, ensure_out_dir, err_console
+from varbench.cli.render import (SensitivityProgress, fmt_metric, matrix_table, subnet_table, sweep_point_printer,
+                                 sweep_table, trace_scales_table, trace_summary_lines)
 from varbench.errors import RegressionFailed
 
 SHOWN_METRICS = ("kl", "toy_acc")      # of the six metrics per cell, the two printed (the report has them all)
@@ -17,11 +19,8 @@ class _Printer:
     """Prints each part's table on stderr as the library finishes it; one progress bar per sensitivity mode."""
 
     def __init__(self, trace_dir: Path) -> None:
-        from varbench.cli.commands.sensitivity import _Renderer
-
         self.trace_dir = trace_dir
-        self._renderer_cls = _Renderer
-        self.render = _Renderer()
+        self.render = SensitivityProgress()
 
     def sensitivity_progress(self, event: str, done: int, total: int, info: dict) -> None:
         self.render(event, done, total, info)
@@ -31,15 +30,11 @@ class _Printer:
 
         spec = spec_mod.get("var-toy")
         if name == "models":
-            from varbench.cli.commands.models import _subnet_table
-
-            err_console.print(_subnet_table(payload))
+            err_console.print(subnet_table(payload))
             err_console.print(f"weights: {payload[0]['weights']}", markup=False, highlight=False, soft_wrap=True)
         elif name.startswith("sensitivity-"):
-            from varbench.cli.commands.sensitivity import _fmt, matrix_table
-
             self.render.close()
-            self.render = self._renderer_cls()
+            self.render = SensitivityProgress()
             mode = name.split("-", 1)[1]
             for m in SHOWN_METRICS:
                 table = matrix_table(payload, mode, m, spec.depth)
@@ -48,24 +43,22 @@ class _Printer:
             for r in payload:
                 if r["mode"] == "reference":
                     extra = f" (real images at this count: {r['real_fd']:.3f})" if r.get("real_fd") else ""
-                    err_console.print(f"full network (d{spec.depth}): {r['metric']} = {_fmt(r['value'], r['metric'])}"
-                                      f"{extra}", markup=False, highlight=False, soft_wrap=True)
+                    value = fmt_metric(r["value"], r["metric"])
+                    err_console.print(f"full network (d{spec.depth}): {r['metric']} = {value}{extra}", markup=False,
+                                      highlight=False, soft_wrap=True)
         elif name == "sweep":
-            from varbench.cli.commands.sweep import rows_table
-
-            err_console.print(rows_table(payload))
+            err_console.print(sweep_table(payload))
             bad = [r for r in payload if r.get("status") != "ok"]
             for r in bad:
                 err_console.print(Text(f"sweep point depth={r.get('depth')} batch={r.get('batch')}: "
                                        f"{r.get('status')}: {r.get('error')}", style="red"))
         elif name == "trace":
-            from varbench.cli.commands.trace import _summary_lines, scales_table
             from varbench.workflows.demo import trace_scale_rows
 
             rows = trace_scale_rows(self.trace_dir, payload["run_id"])
             if rows:
-                err_console.print(scales_table(rows, payload))
-            for line in _summary_lines(payload):
+                err_console.print(trace_scales_table(rows, payload))
+            for line in trace_summary_lines(payload):
                 err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
@@ -79,7 +72,6 @@ def demo(
 ) -> None:
     """The whole pipeline on the shipped toy model (offline, CPU): models table, sensitivity matrices, sweep,
     trace and report; ends with the report's path and the best Pareto configurations. Re-running resumes."""
-    from varbench.cli.commands.run import progress_printer
     from varbench.workflows.demo import run_demo, shipped_weights
 
     var_p, _ = shipped_weights()
@@ -89,7 +81,7 @@ def demo(
                       markup=False, highlight=False, soft_wrap=True)
     printer = _Printer(out_dir / "trace")
     try:
-        res = run_demo(out_dir, quick=quick, on_part=printer.part, on_sweep_point=progress_printer,
+        res = run_demo(out_dir, quick=quick, on_part=printer.part, on_sweep_point=sweep_point_printer,
                        on_sensitivity=printer.sensitivity_progress)
     finally:
         printer.close()

@@ -2,22 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from varbench.cli.common import ensure_out_dir, err_console
-
-
-def progress_printer(event: str, i: int, total: int, row: dict[str, Any]) -> None:
-    """One stderr line per finished (or skipped) sweep point."""
-    if event == "start":
-        return
-    what = " ".join(f"{k}={row.get(k)}" for k in ("depth", "switch", "batch") if row.get(k) is not None)
-    lat = row.get("latency_ms_p50")
-    tail = f"{lat:.2f} ms p50" if isinstance(lat, (int, float)) else str(row.get("status", ""))
-    err_console.print(f"[{i + 1}/{total}] {'resumed' if event == 'skip' else 'done'} {what}: {tail}",
-                      markup=False, highlight=False)
+from varbench.cli.render import sweep_point_printer
 
 
 def run(
@@ -30,7 +20,7 @@ def run(
 
     s = load_suite(suite)
     out_dir = ensure_out_dir(out or Path("out") / s.name)
-    dirs = run_suite(s, out_dir, progress=progress_printer)
+    dirs = run_suite(s, out_dir, progress=sweep_point_printer)
     err_console.print(f"suite {s.name}: {', '.join(dirs)} written under {out_dir}", markup=False)
     try:
         import plotly  # noqa: F401

@@ -5,45 +5,15 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from varbench.cli.common import (BatchOpt, CkptOpt, DepthsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SelectOpt,
-                                 VaeOpt, check_select, check_switch, check_weight_files, err_console, ensure_out_dir,
-                                 parse_dtype, parse_int_list, print_json, resolve_depths, resolve_device,
-                                 resolve_spec)
+                                 VaeOpt, check_weight_files, err_console, ensure_out_dir, print_json)
+from varbench.cli.render import sweep_table
 from varbench.errors import RegressionFailed, UsageError
-
-MIB = 1 << 20
-
-
-def _mib(v: Any) -> str:
-    return "-" if v is None else f"{v / MIB:,.1f}" if v < 100 * MIB else f"{v / MIB:,.0f}"
-
-
-def _ms(v: Any) -> str:
-    return "-" if v is None else f"{v:,.1f}"
-
-
-def rows_table(rows: list[dict[str, Any]]) -> Table:
-    """Human table of sweep rows (MiB, ms); the weights label is in the title so random weights are never hidden."""
-    weights = sorted({str(r.get("weights")) for r in rows}) or ["-"]
-    title = f"sweep {rows[0]['model'] if rows else ''} · weights: {', '.join(weights)}"
-    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    cols = ("depth", "switch", "batch", "status", "n", "p50 ms", "p90 ms", "decode ms", "img/s",
-            "KV MiB", "KV analytic", "peak alloc MiB", "NVML peak MiB")
-    for i, c in enumerate(cols):
-        t.add_column(c, justify="left" if i == 3 else "right")
-    for r in rows:
-        st = r.get("status")
-        style = {"ok": "", "oom": "yellow"}.get(st, "red")
-        t.add_row(str(r.get("depth")), str(r.get("switch")), str(r.get("batch")), f"[{style}]{st}[/]" if style else st,
-                  str(r.get("n") or "-"), _ms(r.get("latency_ms_p50")), _ms(r.get("latency_ms_p90")),
-                  _ms(r.get("decode_ms_p50")), _ms(r.get("images_per_s")), _mib(r.get("kv_bytes")),
-                  _mib(r.get("kv_bytes_analytic")), _mib(r.get("peak_allocated_bytes")),
-                  _mib(r.get("nvml_peak_used_bytes")))
-    return t
+from varbench.schema import SWEEP
+from varbench.target import (check_dtype, check_select, check_switch, parse_int_list, resolve_depths, resolve_device,
+                             resolve_spec)
 
 
 def _parse_switches(text: str, spec: Any) -> list[int]:
@@ -99,7 +69,7 @@ def sweep(
     bs = list(dict.fromkeys(parse_int_list(batch, "--batch")))
     sws = _parse_switches(switch, s)
     sel = check_select(select)
-    parse_dtype(dtype)
+    dt = check_dtype(dtype)
     if repeats < 1:
         raise UsageError(f"--repeats: must be >= 1, got {repeats}")
     if min_seconds < 0 or warmup < 0:
@@ -126,7 +96,7 @@ def sweep(
         err_console.print(f"[yellow]warning: {s.name} on CPU is slow (minutes per point); var-toy is the small "
                           "model (--model var-toy)[/]")
     cfg = SweepConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depths=ds,
-                      batches=bs, switches=sws, select=sel, dtype=dtype.strip().lower(), device=dev,
+                      batches=bs, switches=sws, select=sel, dtype=dt, device=dev,
                       repeats=repeats, min_seconds=min_seconds, warmup=warmup, keep_skipped=keep_skipped,
                       timeout_s=timeout, cuda_graphs=cuda_graphs, compile=compile, threads=threads,
                       devices=gpus)
@@ -144,8 +114,8 @@ def sweep(
                     bar.console.print(f"[yellow]{where}: {obj.get('status')}: {obj.get('error')}[/]")
 
         rows = run_sweep(cfg, out_dir, progress=progress)
-    err_console.print(rows_table(rows))
-    err_console.print(f"rows: {out_dir / 'sweep.jsonl'}")
+    err_console.print(sweep_table(rows))
+    err_console.print(f"rows: {out_dir / SWEEP.rows_file}")
     if json_out:
         print_json(rows)
     failed = [r for r in rows if r.get("status") == "error"]

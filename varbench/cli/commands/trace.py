@@ -2,65 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich import box
-from rich.table import Table
 
 from varbench.cli.common import (CkptOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SelectOpt, SwitchOpt, VaeOpt,
-                                 check_select, check_switch, check_weight_files, err_console, ensure_out_dir,
-                                 parse_dtype, print_json, resolve_device, resolve_spec)
+                                 check_weight_files, err_console, ensure_out_dir, print_json)
+from varbench.cli.render import trace_scales_table, trace_summary_lines
 from varbench.errors import UsageError
-
-MIB = 1 << 20
-
-
-def _mib(v: Any) -> str:
-    """Bytes in the largest unit that keeps the figure readable (tiny models on CPU hold KiB, d30 GiB)."""
-    if v is None:
-        return "-"
-    for unit, div in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10)):
-        if abs(v) >= div:
-            return f"{v / div:,.1f} {unit}"
-    return f"{v} B"
-
-
-def scales_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> Table:
-    """Per-scale memory: analytic vs real KV, allocator (or RSS on CPU), NVML."""
-    cuda = summary["device"].startswith("cuda")
-    t = Table(title=f"trace {summary['model']} depth {summary['depth']} switch {summary['switch']} "
-                    f"batch {summary['batch']} {summary['dtype']} · weights: {summary['weights']}",
-              caption=summary["nvml"], box=box.SIMPLE_HEAD, pad_edge=False)
-    mem_cols = ("alloc Δ", "peak", "reserved") if cuda else ("RSS Δ", "RSS peak", "")
-    for c in ("scale", "pn", "blocks", "ms", "KV analytic", "KV cache", *mem_cols, "NVML dev", "NVML proc Δ"):
-        if c:
-            t.add_column(c, justify="right")
-    for r in rows:
-        mem = ((_mib(r["allocated_delta_bytes"]), _mib(r["peak_allocated_bytes"]), _mib(r["reserved_bytes"]))
-               if cuda else (_mib(r["rss_delta_bytes"]), _mib(r["rss_peak_bytes"])))
-        t.add_row(str(r["scale"]), str(r["pn"]), str(r["blocks"]), f"{r['elapsed_ms']:.1f}",
-                  _mib(r["kv_bytes_analytic"]), _mib(r["kv_bytes_cache"]), *mem,
-                  _mib(r["nvml_device_used_bytes"]), _mib(r["nvml_process_delta_bytes"]))
-    return t
-
-
-def _summary_lines(s: dict[str, Any]) -> list[str]:
-    lines = [f"generate {s['latency_ms']:.1f} ms + decode {s['decode_ms']:.1f} ms; "
-             f"analytic KV == cache bytes at every scale: {s['analytic_equals_cache']}"]
-    if s["sampler_samples"]:
-        lines.append(f"NVML sampler: {s['sampler_samples']} samples at {s['sampler_hz']:.0f} Hz "
-                     f"(asked {1000 / s['sampler_interval_ms']:.0f} Hz); peak device {_mib(s['nvml_peak_used_bytes'])}"
-                     f", process {_mib(s['nvml_peak_process_used_bytes'])}")
-    if s["sampler_overhead_pct"] is not None:
-        lines.append(f"sampler latency overhead: {s['sampler_overhead_pct']:+.2f}% "
-                     f"({s['latency_ms_p50_no_sampler']:.1f} -> {s['latency_ms_p50_with_sampler']:.1f} ms p50, "
-                     f"{s['overhead_pairs']} pairs; from minima {s['sampler_overhead_pct_min']:+.2f}%)")
-    for key, what in (("analytic_over_allocated_delta", "allocator Δ"),
-                      ("analytic_over_nvml_process_delta", "NVML process Δ")):
-        if s[key] is not None:
-            lines.append(f"last scale: analytic KV / {what} = {s[key]:.4f}")
-    return lines
+from varbench.schema import TRACE_FILE
+from varbench.target import check_dtype, check_select, check_switch, resolve_device, resolve_spec
 
 
 def trace(
@@ -91,7 +42,7 @@ def trace(
         raise UsageError(f"--depth: {d} is outside 2..{s.depth} ({s.name} has {s.depth} blocks)")
     sw = check_switch(s, switch)
     sel = check_select(select)
-    parse_dtype(dtype)
+    dt = check_dtype(dtype)
     if batch < 1:
         raise UsageError(f"--batch: must be a positive integer, got {batch}")
     if not interval_ms > 0:
@@ -106,16 +57,16 @@ def trace(
     if dev == "cpu" and s.depth >= 16:
         err_console.print(f"[yellow]warning: {s.name} on CPU is slow; var-toy is the small model[/]")
     cfg = TraceConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depth=d,
-                      switch=sw, select=sel, batch=batch, dtype=dtype.strip().lower(), device=dev,
+                      switch=sw, select=sel, batch=batch, dtype=dt, device=dev,
                       interval_ms=interval_ms, keep_skipped=keep_skipped, overhead_repeats=overhead_pairs,
                       sampler=sampler)
     with err_console.status(f"tracing {s.name} depth {d} batch {batch} on {dev}"):
         summary = run_trace(cfg, out_dir)
     rows = [r for r in read_trace(out_dir)[0] if r.get("run_id") == summary["run_id"]]
-    err_console.print(scales_table(rows, summary))
-    for line in _summary_lines(summary):
+    err_console.print(trace_scales_table(rows, summary))
+    for line in trace_summary_lines(summary):
         err_console.print(line, highlight=False)
-    err_console.print(f"rows: {out_dir / 'trace.jsonl'}")
+    err_console.print(f"rows: {out_dir / TRACE_FILE}")
     if json_out:
         print_json({"summary": summary, "scales": rows})
 

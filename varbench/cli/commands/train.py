@@ -11,15 +11,77 @@ import dataclasses
 import os
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from varbench.cli.common import err_console, parse_int_list, print_json, resolve_device, resolve_spec
+from varbench.cli.common import err_console, print_json
 from varbench.errors import EnvironmentUnavailable, UsageError
+from varbench.target import parse_int_list, resolve_device, resolve_spec
 
 RUNTIME_OPTIONS = ("max_steps", "log_every", "val_every", "save_every", "save_final", "workers", "device", "out")
+FLAGS = {"p": "--subnet-p"}           # config fields whose option is not --field-name (torchrun owns --p*)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The command line's training options, typed, each None unless given. Field names are TrainConfig's (and
+    VQVAETrainConfig's for ``recon``/``restart_every``), so ``overrides()`` lays them over the defaults and the
+    TOML file without any renaming."""
+
+    model: str | None = None
+    init: str | None = None
+    vae: str | None = None
+    data: str | None = None
+    strategy: str | None = None
+    p: float | None = None
+    p0: float | None = None
+    e1: float | None = None
+    e2: float | None = None
+    e3: float | None = None
+    depths: list[int] | None = None
+    depth_weights: list[float] | None = None
+    switch: int | None = None
+    select: str | None = None
+    distill: bool | None = None
+    epochs: int | None = None
+    batch: int | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    tblr: float | None = None
+    wd: float | None = None
+    warmup: int | None = None
+    grad_clip: float | None = None
+    precision: str | None = None
+    label_smoothing: float | None = None
+    drop_path: float | None = None
+    cond_drop: float | None = None
+    synthetic_size: int | None = None
+    val_size: int | None = None
+    log_every: int | None = None
+    val_every: int | None = None
+    save_every: int | None = None
+    compile: bool | None = None
+    save_final: bool | None = None
+    seed: int | None = None
+    workers: int | None = None
+    fsdp: bool | None = None
+    grad_checkpoint: bool | None = None
+    device: str | None = None
+    out: str | None = None
+    recon: str | None = None
+    restart_every: int | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """Only the options given on the command line: config field -> value."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+def flag(field: str) -> str:
+    """The command-line spelling of a config field, for error messages."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _opt(help_: str, *names: str) -> Any:
@@ -78,7 +140,8 @@ def train(
     vae: Annotated[Optional[str], _opt("Frozen VQ-VAE weights ('random' for plumbing tests).", "--vae")] = None,
     data: Annotated[Optional[str], _opt("ImageNet-layout folder, pre-tokenised folder or 'synthetic'.", "--data")] = None,
     strategy: Annotated[Optional[str], _opt("progressive | fixed | sandwich | full.", "--strategy")] = None,
-    p: Annotated[Optional[float], _opt("fixed: subnet-step probability.", "--p")] = None,
+    subnet_p: Annotated[Optional[float], _opt("fixed: subnet-step probability (config field p).",
+                                              "--subnet-p")] = None,
     p0: Annotated[Optional[float], _opt("progressive: phase-1 subnet probability.", "--p0")] = None,
     e1: Annotated[Optional[float], _opt("progressive: epochs at p0.", "--e1")] = None,
     e2: Annotated[Optional[float], _opt("progressive: epochs of the ramp to 1.", "--e2")] = None,
@@ -123,18 +186,21 @@ def train(
     json_out: Annotated[bool, _opt("Print the final metrics as JSON on stdout.", "--json")] = False,
 ) -> None:
     """Train a VARiant supernet (progressive / fixed / sandwich / full) or the toy VQ-VAE."""
-    given = {k: v for k, v in locals().items() if v is not None and k not in
-             ("stage", "config", "resume", "json_out", "depths", "depth_weights", "out")}
-    if out is not None:
-        given["out"] = str(out)
-    if depths is not None:
-        given["depths"] = parse_int_list(depths, "--depths")
-    if depth_weights is not None:
-        given["depth_weights"] = _float_list(depth_weights, "--depth-weights")
-    if given.get("device"):
-        resolve_device(given["device"])                 # cuda without a GPU -> exit 3
-    if "model" in given:
-        resolve_spec(given["model"])
+    opts = TrainOptions(
+        model=model, init=init, vae=vae, data=data, strategy=strategy, p=subnet_p, p0=p0, e1=e1, e2=e2, e3=e3,
+        depths=parse_int_list(depths, "--depths") if depths is not None else None,
+        depth_weights=_float_list(depth_weights, "--depth-weights") if depth_weights is not None else None,
+        switch=switch, select=select, distill=distill, epochs=epochs, batch=batch, max_steps=max_steps, lr=lr,
+        tblr=tblr, wd=wd, warmup=warmup, grad_clip=grad_clip, precision=precision, label_smoothing=label_smoothing,
+        drop_path=drop_path, cond_drop=cond_drop, synthetic_size=synthetic_size, val_size=val_size,
+        log_every=log_every, val_every=val_every, save_every=save_every, compile=compile, save_final=save_final,
+        seed=seed, workers=workers, fsdp=fsdp, grad_checkpoint=grad_checkpoint, device=device,
+        out=str(out) if out is not None else None, recon=recon, restart_every=restart_every)
+    if opts.device:
+        resolve_device(opts.device)                     # cuda without a GPU -> exit 3, before any work
+    if opts.model is not None:
+        resolve_spec(opts.model)
+    given = opts.overrides()
     if stage == "vqvae":
         result = _run_vqvae(given, config)
     elif stage == "var":
@@ -151,13 +217,13 @@ def _run_var(given: dict[str, Any], config: Path | None, resume: Path | None) ->
 
     for k in ("recon", "restart_every"):
         if k in given:
-            raise UsageError(f"--{k.replace('_', '-')} only applies to --stage vqvae")
+            raise UsageError(f"{flag(k)} only applies to --stage vqvae")
     try:
         if resume is not None:
             fixed = sorted(k for k in given if k not in RUNTIME_OPTIONS)
             if fixed or config is not None:
                 raise UsageError(f"--resume takes the training options from the checkpoint; drop "
-                                 f"{', '.join('--' + k.replace('_', '-') for k in fixed) or '--config'}")
+                                 f"{', '.join(flag(k) for k in fixed) or '--config'}")
             saved = state_mod.load_meta(resume)["config"]
             cfg = config_from_dict(saved | {"out": str(resume)} | given | {"resume": str(resume)})
         else:
