@@ -26,6 +26,19 @@ from .vqvae import VQVAE
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
+def locate_weights(spec: VARSpec) -> tuple[str, Path, Path]:
+    """("shipped" | "hf", VAR file, VQ-VAE file) of a model without explicit files: the weights shipped in
+    model/weights/<name>/, else the official files (HF cache, else a hub download); else ``WeightsNotFound``.
+    The one lookup the pipeline, the trainer and ``varbench.target`` share."""
+    from . import checkpoint
+    shipped = WEIGHTS_DIR / spec.name
+    if (shipped / "var.safetensors").exists() and (shipped / "vae.safetensors").exists():
+        return "shipped", shipped / "var.safetensors", shipped / "vae.safetensors"
+    if not spec.official:
+        raise checkpoint.WeightsNotFound(f"{spec.name} has no published weights")
+    return ("hf", *checkpoint.resolve_official(spec))
+
+
 @dataclass
 class GenerateOutput:
     images: torch.Tensor | None          # (B, 3, H, W) in [0, 1], None when decode=False
@@ -68,14 +81,8 @@ class VARPipeline:
         """Official .pth or our safetensors; without paths: shipped weights (var-toy) or the HF cache/hub."""
         spec = get_spec(name) if isinstance(name, str) else name
         if var_ckpt is None or vae_ckpt is None:
-            shipped = WEIGHTS_DIR / spec.name
-            if (shipped / "var.safetensors").exists() and (shipped / "vae.safetensors").exists():
-                var_ckpt = var_ckpt or shipped / "var.safetensors"
-                vae_ckpt = vae_ckpt or shipped / "vae.safetensors"
-            else:
-                from . import checkpoint
-                found_var, found_vae = checkpoint.resolve_official(spec)
-                var_ckpt, vae_ckpt = var_ckpt or found_var, vae_ckpt or found_vae
+            _, found_var, found_vae = locate_weights(spec)
+            var_ckpt, vae_ckpt = var_ckpt or found_var, vae_ckpt or found_vae
         if 18 * spec.width ** 2 * spec.depth < 50_000_000:       # small (toy/tiny): a CPU build takes ms
             var, vae = VAR(spec), VQVAE(spec.vae, spec.patch_nums)
         else:                                                    # large: no init work for weights we overwrite

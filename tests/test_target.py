@@ -154,14 +154,15 @@ def test_demo_parts_share_one_target():
     assert targets == {ModelTarget("var-toy", dtype="fp32", device="cpu")}      # shipped weights, never random
 
 
-def test_trainer_finds_the_vae_through_the_resolver(monkeypatch):
+def test_trainer_finds_the_vae_through_the_shared_lookup(monkeypatch):
     import torch
 
+    from model import pipeline
     from model.train import loop
 
     seen = []
-    real = target_mod.find_weight_files
-    monkeypatch.setattr(target_mod, "find_weight_files", lambda *a, **k: seen.append(a[0].name) or real(*a, **k))
+    real = pipeline.locate_weights
+    monkeypatch.setattr(pipeline, "locate_weights", lambda *a, **k: seen.append(a[0].name) or real(*a, **k))
     *_, vae_path = loop._build_models(loop.TrainConfig(model="var-toy"), torch.device("cpu"))
     assert seen == ["var-toy"] and Path(vae_path) == SHIPPED / "vae.safetensors"
 

@@ -247,6 +247,9 @@ TRACE = RowKind(
         Field("sampler_overhead_pct", "%", "lower", "sampler's latency overhead (p50)"),
         Field("sampler_overhead_pct_min", "%", "lower", "the same on the minima"),
         Field("files", doc="the files the trace wrote"),
+        Field("plan", doc="the inference plan the generation ran under (model.plan.InferencePlan.as_dict())",
+              optional=True),
+        Field("execution", doc="eager | compile | graphs", optional=True),
     ),
 )
 _TIMELINE = (KIND, MODEL, WEIGHTS, RUN_ID, Field("t_ms", "ms", doc="since the generation started"))

@@ -238,10 +238,10 @@ def find_weight_files(spec: "VARSpec", ckpt: str | None = None,
     official files (HF cache, else hub download). ``vae`` overrides the found VQ-VAE; with an explicit ``ckpt``
     and no ``vae`` the vae is None (the pipeline then finds the shipped or official one). Raises
     ``model.checkpoint.WeightsNotFound`` saying why when there are none."""
-    from model import checkpoint
+    from model import pipeline
 
     shipped = _shipped_dir(spec)
-    ship_var, ship_vae = shipped / "var.safetensors", shipped / "vae.safetensors"
+    ship_var = shipped / "var.safetensors"
     if ckpt:
         var_p = Path(ckpt).expanduser()
         if not var_p.is_file():
@@ -249,12 +249,8 @@ def find_weight_files(spec: "VARSpec", ckpt: str | None = None,
         if ship_var.is_file() and var_p.resolve() == ship_var.resolve():
             return "shipped", spec.name, var_p, Path(vae) if vae else None
         return "file", var_p.name, var_p, Path(vae) if vae else None
-    if ship_var.exists() and ship_vae.exists():
-        return "shipped", spec.name, ship_var, Path(vae) if vae else ship_vae
-    if not spec.official:
-        raise checkpoint.WeightsNotFound(f"{spec.name} has no published weights")
-    var_p, vae_p = checkpoint.resolve_official(spec)
-    return "hf", var_p.name, var_p, Path(vae) if vae else vae_p
+    source, var_p, vae_p = pipeline.locate_weights(spec)
+    return source, (spec.name if source == "shipped" else var_p.name), var_p, Path(vae) if vae else vae_p
 
 
 def resolve_weights(target: ModelTarget) -> Weights:

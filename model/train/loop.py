@@ -148,12 +148,11 @@ def _build_models(cfg: TrainConfig, device: torch.device):
         state_mod.load_init(var, cfg.init, f"VAR ({spec.name}) from --init")
     vae_path = cfg.vae
     if vae_path is None:          # the one weights resolution: shipped (var-toy), else official (HF cache / hub)
-        from varbench.target import find_weight_files
-
         from ..checkpoint import WeightsNotFound
+        from ..pipeline import locate_weights
 
         try:
-            vae_path = str(find_weight_files(spec)[3])
+            vae_path = str(locate_weights(spec)[2])
         except WeightsNotFound:
             if spec.official:     # an official model trains on its published tokenizer or not at all
                 raise

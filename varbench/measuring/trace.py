@@ -185,7 +185,8 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     last = scale_rows[-1]
     summary: dict[str, Any] = {
         "kind": "trace", **ident, "layers": list(subnet_layers(spec.depth, cfg.depth, cfg.select)),
-        "schedule": schedule.describe(), "weights_notice": weights.notice, "nvml": probe.nvml_reason,
+        "schedule": schedule.describe(), "plan": pipe.plan.as_dict(), "execution": pipe.plan.execution,
+        "weights_notice": weights.notice, "nvml": probe.nvml_reason,
         "scales": len(scale_rows), "latency_ms": (t_gen - t0) / 1e6, "decode_ms": (t_dec - t_gen) / 1e6,
         "baseline": base, "sampler_interval_ms": cfg.interval_ms, "sampler_samples": sampler.n,
         "sampler_hz": round(sampler.achieved_hz(), 1),
@@ -233,6 +234,7 @@ def _write(out: Path, cfg: TraceConfig, weights: Any, scale_rows: list[dict[str,
     name = "trace_manifest.json" if old and old.get("kind") not in (None, "trace") else results.MANIFEST_FILE
     results.write_manifest(out, {"kind": "trace", "config": portable_config(asdict(cfg)), "weights": weights.label,
                                  "weights_notice": weights.notice, "dtype": cfg.dtype, "run_id": summary["run_id"],
+                                 "inference_plan": summary["plan"],
                                  "files": [TRACE_FILE, TIMELINE_FILE]}, name=name)
     log.info("trace %s: %d scales, %d NVML samples at %.0f Hz", summary["run_id"], len(scale_rows), sampler.n,
              sampler.achieved_hz())

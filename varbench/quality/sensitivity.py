@@ -354,7 +354,8 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     log.info("sensitivity: %d cells x %d samples (%d to run)", len(cells), cfg.samples, len(todo))
     if progress:
         progress("plan", 0, len(todo), info)
-    results.write_manifest(out, {"kind": "sensitivity", "config": _config_dict(cfg, spec), "plan": info})
+    results.write_manifest(out, {"kind": "sensitivity", "config": _config_dict(cfg, spec), "plan": info,
+                                 "inference_plan": pipe.plan.as_dict()})
     if todo or ref_todo:
         ref = compute_reference(pipe, cfg, out, progress)
         if ref_todo:
