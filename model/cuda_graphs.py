@@ -27,10 +27,12 @@ class GraphedScales:
         self.var, self.schedule, self.spec = var, schedule, spec
         self.plan, self.kernels = plan, kernels_for(plan)
         rows, C = 2 * batch, spec.width
+        self.batch = batch
         self.cond_BD = torch.zeros(rows, C, dtype=dtype, device=device)
-        self.x_in = [torch.zeros(rows, t, C, dtype=torch.float32, device=device) for t in spec.tokens]
         self.blocks = schedule.used_blocks()
         self.cache = KVCache(spec, schedule, batch, dtype, device, keep_skipped=True, k_dtype=k_dtype, plan=plan)
+        self.x_in = [torch.zeros(self.cache.rows_at(si), t, C, dtype=torch.float32, device=device)
+                     for si, t in enumerate(spec.tokens)]           # guidance-skip scales: one row per image
         self.mods_graph, self.mods = None, None
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.logits: list[torch.Tensor] = []
@@ -38,8 +40,10 @@ class GraphedScales:
 
     def _run_scale(self, si: int) -> torch.Tensor:
         self.cache.begin_scale(si)
-        h = self.var.step(self.x_in[si], self.mods, self.schedule.layers[si], self.cache)
-        return self.var.get_logits(h, self.cond_BD, self.kernels)
+        r = self.cache.rows_at(si)
+        mods = self.mods if r == 2 * self.batch else {b: tuple(m[:r] for m in mod) for b, mod in self.mods.items()}
+        h = self.var.step(self.x_in[si], mods, self.schedule.layers[si], self.cache)
+        return self.var.get_logits(h, self.cond_BD[:r], self.kernels)
 
     def _capture(self, device: torch.device) -> None:
         var = self.var
@@ -74,7 +78,7 @@ class GraphedScales:
         """Logits (2B, pn², V) float32 of scale ``si``; valid until the next replay of that scale."""
         self.x_in[si].copy_(x_BlC)
         self.graphs[si].replay()
-        return FullLogits(self.logits[si])
+        return FullLogits(self.logits[si], self.batch)
 
     def finish(self) -> None:
         """The buffers stay: the next generation with this key replays against them."""

@@ -18,8 +18,16 @@ from .schedule import DepthSchedule
 from .spec import VARSpec
 
 
-def segment_ends(spec: VARSpec, schedule: DepthSchedule, keep_skipped: bool) -> list[int]:
-    """Last scale of each allocation segment (sorted, always ends with S−1)."""
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0          # largest finite e4m3 value
+FP8_FIRST_WRITE = 224.0  # a block's first write maps each head's amax here: 2x headroom for later scales
+
+
+def segment_ends(spec: VARSpec, schedule: DepthSchedule, keep_skipped: bool, cfg_until: int | None = None
+                 ) -> list[int]:
+    """Last scale of each allocation segment (sorted, always ends with S−1). ``cfg_until``: scales from there on
+    run without CFG, so (unless buffers are kept) a segment starts there and the buffers shrink to one row per
+    image."""
     S = spec.num_scales
     releases = set()
     if not keep_skipped:
@@ -27,6 +35,8 @@ def segment_ends(spec: VARSpec, schedule: DepthSchedule, keep_skipped: bool) -> 
             last = schedule.last_active(b)
             if 0 <= last < S - 1:
                 releases.add(last)
+        if cfg_until is not None and 0 < cfg_until < S:
+            releases.add(cfg_until - 1)
     return sorted(releases | {S - 1})
 
 
@@ -39,6 +49,12 @@ class KVCache:
     v into directly (``CachedAttend.from_qkv_rows``), and attention reads FlashAttention's native layout. "head"
     is the (rows, H, capacity, c) shape contiguous; appends are then strided copies from the projections (32 ms
     of a d30 batch-64 generation on the H100, ~2.4x what their bytes need). docs/performance.md, "The fast path".
+
+    ``plan.cfg_until`` (guidance-skip): from that scale on only the conditional rows run; the views shrink to them
+    and, unless ``keep_skipped``, the buffers are reallocated with one row per image. ``plan.kv_fp8``: K and V are
+    stored in float8 e4m3 with one scale per block and head, fixed at the block's first write (amax → 224, values
+    clamped to ±448); reads dequantise to the compute dtype. ``nbytes`` counts the K/V buffers (the scales are
+    2·H floats per block, not counted).
     """
 
     def __init__(self, spec: VARSpec, schedule: DepthSchedule, batch: int, dtype: torch.dtype,
@@ -48,16 +64,26 @@ class KVCache:
         self.layout = self.plan.kv_layout
         self.kernels: Kernels = kernels_for(self.plan)
         self.spec, self.schedule = spec, schedule.validate(spec)
+        self.batch, self.cfg = batch, cfg
         self.rows = batch * (2 if cfg else 1)
+        self.cfg_until = self.plan.cfg_until if cfg else None
         self.dtype, self.k_dtype = dtype, (k_dtype or dtype)
+        self.store_k, self.store_v = (FP8, FP8) if self.plan.kv_fp8 else (self.k_dtype, dtype)
         self.device, self.keep_skipped = torch.device(device), keep_skipped
-        self.seg_ends = segment_ends(spec, schedule, keep_skipped)
+        self.seg_ends = segment_ends(spec, schedule, keep_skipped, self.cfg_until)
         D = spec.depth
         self.k: list[torch.Tensor | None] = [None] * D
         self.v: list[torch.Tensor | None] = [None] * D
+        self.k_scale: list[torch.Tensor | None] = [None] * D     # fp8: (1, H, 1, 1) float32 per block
+        self.v_scale: list[torch.Tensor | None] = [None] * D
         self.filled = [0] * D
         self.last = [schedule.last_active(b) for b in range(D)]
         self._segment = -1
+        self.live_rows = self.rows
+
+    def rows_at(self, si: int) -> int:
+        """Rows that run at scale ``si``: 2·batch with CFG, batch from ``cfg_until`` on."""
+        return self.batch if self.cfg_until is not None and si >= self.cfg_until else self.rows
 
     # ---- plan --------------------------------------------------------------------------------------------
     def capacity(self, block: int, upto_scale: int) -> int:
@@ -71,6 +97,7 @@ class KVCache:
     def begin_scale(self, si: int) -> None:
         """Free blocks past their last scale and (re)allocate at the start of a segment."""
         seg = next(j for j, end in enumerate(self.seg_ends) if si <= end)
+        self.live_rows = self.rows_at(si)
         if seg == self._segment:
             return
         self._segment = seg
@@ -85,22 +112,23 @@ class KVCache:
     def _grow(self, b: int, cap: int) -> None:
         old_k, old_v = self.k[b], self.v[b]
         have = 0 if old_k is None else old_k.shape[2]
-        if cap <= have:
+        rows = self.rows if self.keep_skipped else self.live_rows    # kept buffers never shrink
+        if cap <= have and (old_k is None or old_k.shape[0] == rows):
             return
-        new_k, new_v = self._empty(cap, self.k_dtype), self._empty(cap, self.dtype)
+        new_k, new_v = self._empty(cap, self.store_k, rows), self._empty(cap, self.store_v, rows)
         n = self.filled[b]
         if old_k is not None and n:
-            new_k[:, :, :n].copy_(old_k[:, :, :n])
-            new_v[:, :, :n].copy_(old_v[:, :, :n])
+            new_k[:, :, :n].copy_(old_k[:rows, :, :n])
+            new_v[:, :, :n].copy_(old_v[:rows, :, :n])
         self.k[b] = self.v[b] = None
         del old_k, old_v
         self.k[b], self.v[b] = new_k, new_v
 
-    def _empty(self, cap: int, dtype: torch.dtype) -> torch.Tensor:
+    def _empty(self, cap: int, dtype: torch.dtype, rows: int) -> torch.Tensor:
         H, c = self.spec.heads, self.spec.head_dim
         if self.layout == "token":
-            return torch.empty((self.rows, cap, H, c), dtype=dtype, device=self.device).transpose(1, 2)
-        return torch.empty((self.rows, H, cap, c), dtype=dtype, device=self.device)
+            return torch.empty((rows, cap, H, c), dtype=dtype, device=self.device).transpose(1, 2)
+        return torch.empty((rows, H, cap, c), dtype=dtype, device=self.device)
 
     # ---- use ---------------------------------------------------------------------------------------------
     def reserve(self, b: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,18 +140,29 @@ class KVCache:
         if k_buf is None or n1 > k_buf.shape[2]:
             raise RuntimeError(f"KV cache overflow in block {b}: begin_scale() was not called for this scale")
         self.filled[b] = n1
-        return k_buf[:, :, n0:n1], v_buf[:, :, n0:n1]
+        r = self.live_rows
+        return k_buf[:r, :, n0:n1], v_buf[:r, :, n0:n1]
 
     def prefix(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, H, n, c) views of everything block ``b`` has cached."""
-        n = self.filled[b]
-        return self.k[b][:, :, :n], self.v[b][:, :, :n]
+        """(rows, H, n, c) views of everything block ``b`` has cached (the live rows; fp8: dequantised copies)."""
+        n, r = self.filled[b], self.live_rows
+        k, v = self.k[b][:r, :, :n], self.v[b][:r, :, :n]
+        if self.plan.kv_fp8:
+            return k.to(self.dtype) * self.k_scale[b].to(self.dtype), v.to(self.dtype) * self.v_scale[b].to(self.dtype)
+        return k, v
 
     def append(self, b: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this scale's K/V at the block's running offset; return views of everything cached so far."""
+        first = self.filled[b] == 0
         k_slot, v_slot = self.reserve(b, k_BHlc.shape[2])
-        k_slot.copy_(k_BHlc)
-        v_slot.copy_(v_BHlc)
+        if self.plan.kv_fp8:
+            if first:
+                self.k_scale[b], self.v_scale[b] = _fp8_scale(k_BHlc), _fp8_scale(v_BHlc)
+            k_slot.copy_((k_BHlc.float() / self.k_scale[b]).clamp(-FP8_MAX, FP8_MAX))
+            v_slot.copy_((v_BHlc.float() / self.v_scale[b]).clamp(-FP8_MAX, FP8_MAX))
+        else:
+            k_slot.copy_(k_BHlc)
+            v_slot.copy_(v_BHlc)
         return self.prefix(b)
 
     def attend_fn(self, b: int) -> "CachedAttend":
@@ -136,6 +175,12 @@ class KVCache:
     def release(self) -> None:
         self.k = [None] * self.spec.depth
         self.v = [None] * self.spec.depth
+
+
+def _fp8_scale(x_BHlc: torch.Tensor) -> torch.Tensor:
+    """Per-head scale (1, H, 1, 1) float32 mapping this write's amax to ``FP8_FIRST_WRITE`` (a zero head: 1)."""
+    amax = x_BHlc.detach().float().abs().amax(dim=(0, 2, 3), keepdim=True)
+    return torch.where(amax > 0, amax / FP8_FIRST_WRITE, torch.ones_like(amax))
 
 
 def cached_attention(q_BHLc: torch.Tensor, k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, scale: float,
@@ -180,7 +225,8 @@ class CachedAttend:
         return cached_attention(q, k_all, v_all, scale, self.cache.plan)
 
     def fuses_qkv(self) -> bool:
-        return self.cache.layout == "token"
+        """The fused q/k-norm cache write: token layout, and the cache stores what the projections give (not fp8)."""
+        return self.cache.layout == "token" and not self.cache.plan.kv_fp8
 
     def from_qkv_rows(self, qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, B: int, L: int, scale: float
                       ) -> torch.Tensor:

@@ -189,7 +189,8 @@ class VARPipeline:
             if next_BlCv is not None:
                 b0, b1 = spec.begin_ends[si + 1]
                 x_BlC = var.embed_words(next_BlCv) + lvl_pos_1LC[:, b0:b1]
-                x_BlC = x_BlC.repeat(2, 1, 1)
+                if plan.cfg_until is None or si + 1 < plan.cfg_until:
+                    x_BlC = x_BlC.repeat(2, 1, 1)      # conditional and unconditional rows
         stepper.finish()
         images = self.decode(f_hat) if decode else None
         return GenerateOutput(images, indices, f_hat, logits_out, kv_peak, plan)
@@ -206,7 +207,8 @@ class VARPipeline:
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
             cond, uncond = out.pair(b0, b1)
-            idx.append(sample_tokens(torch.lerp(uncond, cond, 1 + t), top_k, top_p, gen, kernels))
+            guided = cond if uncond is None else torch.lerp(uncond, cond, 1 + t)
+            idx.append(sample_tokens(guided, top_k, top_p, gen, kernels))
             if return_logits:
                 kept.append(cond.clone())
         return torch.cat(idx), (torch.cat(kept) if return_logits else None)

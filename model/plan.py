@@ -35,6 +35,9 @@ class InferencePlan:
     sample_chunk_logits: head + CFG + sampling on batch chunks of at most this many logits.
     ffn_chunk_elems: MLP hidden elements per row chunk at inference (bounds the largest transient).
     decode_dtype: the VQ-VAE decoder's dtype ("bf16" | "fp16" | "fp32"); decode_channels_last: its memory format.
+    cfg_until: classifier-free guidance on scales < cfg_until only (None: every scale); later scales run one row
+        per image (the guidance-skip method).
+    kv_fp8: the KV cache stored in float8 e4m3 with a per-block, per-head scale (the kv-fp8 method).
     """
 
     kv_layout: str = "token"
@@ -49,6 +52,8 @@ class InferencePlan:
     ffn_chunk_elems: int = 1 << 28
     decode_dtype: str = "fp32"
     decode_channels_last: bool = False
+    cfg_until: int | None = None
+    kv_fp8: bool = False
 
     def __post_init__(self) -> None:
         if self.kv_layout not in KV_LAYOUTS:
@@ -58,6 +63,8 @@ class InferencePlan:
         for name in ("tiny_attn_max_keys", "small_attn_max_keys"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.cfg_until is not None and self.cfg_until < 0:
+            raise ValueError(f"cfg_until must be >= 0, got {self.cfg_until}")
         for name in ("sample_chunk_logits", "ffn_chunk_elems"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

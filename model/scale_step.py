@@ -24,8 +24,9 @@ class ScaleLogits(Protocol):
     def rows(self) -> int:
         """Tokens per row at this scale (pn²)."""
 
-    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conditional, unconditional) float32 logits (b1 − b0, pn², V) of images b0..b1."""
+    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(conditional, unconditional) float32 logits (b1 − b0, pn², V) of images b0..b1; unconditional is None
+        on a scale that runs without guidance."""
 
 
 class ScaleStep(Protocol):
@@ -49,14 +50,16 @@ class ScaleStep(Protocol):
 class HiddenLogits:
     """The final hidden state of a scale; the head runs on batch chunks when asked."""
 
-    def __init__(self, var, h_2BlC: torch.Tensor, cond_BD: torch.Tensor, kernels: Kernels):
-        self.var, self.h, self.cond, self.kernels = var, h_2BlC, cond_BD, kernels
+    def __init__(self, var, h_2BlC: torch.Tensor, cond_BD: torch.Tensor, kernels: Kernels, batch: int):
+        self.var, self.h, self.cond, self.kernels, self.batch = var, h_2BlC, cond_BD, kernels, batch
 
     def rows(self) -> int:
         return self.h.shape[1]
 
-    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        B = self.h.shape[0] // 2
+    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B = self.batch
+        if self.h.shape[0] == B:                 # no guidance at this scale: conditional rows only
+            return self.var.get_logits(self.h[b0:b1], self.cond[b0:b1], self.kernels), None
         rows = torch.cat((self.h[b0:b1], self.h[B + b0:B + b1]))
         cond = torch.cat((self.cond[b0:b1], self.cond[B + b0:B + b1]))
         return self.var.get_logits(rows, cond, self.kernels).chunk(2)
@@ -65,14 +68,16 @@ class HiddenLogits:
 class FullLogits:
     """Logits (2B, pn², V) that exist already (a graph's static output)."""
 
-    def __init__(self, logits_2BlV: torch.Tensor):
-        self.logits = logits_2BlV
+    def __init__(self, logits_2BlV: torch.Tensor, batch: int):
+        self.logits, self.batch = logits_2BlV, batch
 
     def rows(self) -> int:
         return self.logits.shape[1]
 
-    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        B = self.logits.shape[0] // 2
+    def pair(self, b0: int, b1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B = self.batch
+        if self.logits.shape[0] == B:
+            return self.logits[b0:b1], None
         return self.logits[b0:b1], self.logits[B + b0:B + b1]
 
 
@@ -85,20 +90,25 @@ class EagerStep:
         self.kernels = kernels_for(plan)
         self.cache = KVCache(var.spec, schedule, batch, dtype, device, keep_skipped=keep_skipped, k_dtype=k_dtype,
                              plan=plan)
+        self.batch = batch
         self.cond_BD: torch.Tensor | None = None
         self.mods: dict | None = None
+        self.mods_cond: dict | None = None
 
     def start(self, cond_BD: torch.Tensor) -> None:
         self.cond_BD = cond_BD
         self.mods = self.var.modulations(self.var.cond_for_blocks(cond_BD), self.schedule.used_blocks())
+        self.mods_cond = {b: tuple(m[:self.batch] for m in mod) for b, mod in self.mods.items()}
 
     def begin_scale(self, si: int) -> None:
         self.cache.begin_scale(si)
 
     def run(self, si: int, x_BlC: torch.Tensor) -> ScaleLogits:
-        h_BlC = self.var.step(x_BlC, self.mods, self.schedule.layers[si], self.cache)
-        return HiddenLogits(self.var, h_BlC, self.cond_BD, self.kernels)
+        guided = x_BlC.shape[0] != self.batch          # guidance-skip scales carry the conditional rows only
+        mods, cond = (self.mods, self.cond_BD) if guided else (self.mods_cond, self.cond_BD[:self.batch])
+        h_BlC = self.var.step(x_BlC, mods, self.schedule.layers[si], self.cache)
+        return HiddenLogits(self.var, h_BlC, cond, self.kernels, self.batch)
 
     def finish(self) -> None:
         self.cache.release()
-        self.cond_BD = self.mods = None
+        self.cond_BD = self.mods = self.mods_cond = None

@@ -4,7 +4,7 @@ Each part writes raw rows under OUT/<part>/ (commit them under results/<device>/
 command prints a short table last. Parts:
 
   tests      the GPU-marked tests (pytest -m gpu) -> OUT/tests/pytest.txt
-  fast       the fast path (CUDA graphs + compile): --depths x --batches -> OUT/fast/sweep.jsonl
+  fast       the fast path (CUDA graphs + compile): --depths x --batches (or --methods) -> OUT/fast/sweep.jsonl
   lean       compile without CUDA graphs (the leanest memory)           -> OUT/lean/
   eager      the plain path (no flags)                                   -> OUT/eager/
   compare    the fast path of --baseline-src (another checkout) and of this tree, point by point in alternating
@@ -43,7 +43,7 @@ def sweep_part(out: Path, a: argparse.Namespace, preset: str) -> list[dict]:
     from varbench.measuring.sweep import SweepConfig, run_sweep
     cfg = SweepConfig(model=a.model, depths=a.depths, batches=a.batches, switches=[a.switch], dtype=a.dtype,
                       device=a.device, repeats=a.repeats, min_seconds=a.min_seconds, timeout_s=a.timeout,
-                      **PRESETS[preset])
+                      methods=a.methods, **PRESETS[preset])
     return run_sweep(cfg, out / preset, progress=False)
 
 
@@ -121,7 +121,8 @@ def table(rows: list[dict]) -> str:
             lines.append(f"probe d{r['depth']} b{r['batch']:<4} {r['variant']:<16} {r['latency_ms_p50']:9.2f} ms")
         else:
             mib = (r.get("peak_allocated_bytes") or 0) / 2**20
-            lines.append(f"{r.get('side', r.get('execution', '')):<9} d{r['depth']:<3} b{r['batch']:<4} "
+            lines.append(f"{r.get('side', r.get('execution', '')):<9} {r.get('method') or '':<44.44} "
+                         f"d{r['depth']:<3} b{r['batch']:<4} "
                          f"{r.get('status'):<5} gen {r.get('latency_ms_p50') or float('nan'):9.2f} ms  "
                          f"decode {r.get('decode_ms_p50') or float('nan'):7.2f} ms  peak {mib:9.0f} MiB")
     return "\n".join(lines)
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=540.0)
     ap.add_argument("--baseline-src", type=Path, default=None)
+    ap.add_argument("--methods", type=lambda s: s.split(";"), default=None,
+                    help="efficiency-method configurations separated by ';' (varbench methods); replaces --depths")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

@@ -41,15 +41,17 @@ class FakeGraphed:
 
     def run(self, si, x_BlC):
         out = self.inner.run(si, x_BlC)
-        B = out.h.shape[0] // 2
+        B = out.batch
         cond, uncond = out.pair(0, B)
-        return FullLogits(torch.cat((cond, uncond)))
+        return FullLogits(torch.cat((cond, uncond)) if uncond is not None else cond, B)
 
     def finish(self):
         pass
 
 
 def _other_value(f: dataclasses.Field, value):
+    if value is None:
+        return 1
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):

@@ -115,8 +115,8 @@ _MEASURED = (
 SWEEP = RowKind(
     "sweep", "sweep.jsonl",
     key_fields=("model", "weights", "depth", "switch", "select", "batch", "dtype", "device", "keep_skipped",
-                "cuda_graphs", "compile", "plan_overrides"),
-    key_defaults={"cuda_graphs": False, "compile": False, "plan_overrides": None},
+                "cuda_graphs", "compile", "plan_overrides", "method"),
+    key_defaults={"cuda_graphs": False, "compile": False, "plan_overrides": None, "method": None},
     done_statuses=("ok", "oom"),
     doc="latency and memory of one point, measured in its own worker process",
     fields=(
@@ -126,6 +126,8 @@ SWEEP = RowKind(
         Field("compile", doc="torch.compile of the fast path was asked"),
         Field("plan_overrides", doc="explicit inference-plan fields asked for (null: the device's resolved plan)",
               optional=True),
+        Field("method", doc="the efficiency-method configuration, canonical (model/methods.py)", optional=True),
+        Field("method_params", doc="its parameters, one dict per method", optional=True),
         LAYERS,
         Field("status", doc="ok | oom | error"),
         Field("error", doc="what went wrong (null when ok)"),
@@ -157,7 +159,7 @@ SWEEP = RowKind(
 SENSITIVITY = RowKind(
     "sensitivity", "sensitivity.jsonl",
     key_fields=("model", "weights", "mode", "scale", "group", "depth", "select", "metric", "samples", "batch",
-                "seed", "cfg", "top_k", "top_p", "dtype", "device", "fid_ref"),
+                "seed", "cfg", "top_k", "top_p", "dtype", "device", "fid_ref", "kl_kind"),
     doc="one quality metric of one cell, scored against the full network",
     fields=(
         KIND, MODEL, WEIGHTS, SELECT,
@@ -172,12 +174,21 @@ SENSITIVITY = RowKind(
         Field("cell_seconds", "s", doc="time to score the cell (null for the reference)"),
         _opt(Field("per_scale", "metric unit", doc="the metric per scale (KL, token agreement)")),
         _opt(Field("real_fd", "FD", doc="toy FD of as many real images: the floor at this sample count")),
+        # optional only for rows written before intervals existed; every row written now carries them
+        *(_opt(f) for f in (
+            Field("kl_kind", doc="guided (the sampled CFG, top-k/top-p distribution) | conditional; null: not KL"),
+            Field("ci_low", "metric unit", doc="lower end of the 95% interval of `value` over the samples"),
+            Field("ci_high", "metric unit", doc="upper end of the 95% interval of `value` over the samples"),
+            Field("n", "count", doc="samples the value and its interval are computed over"),
+            Field("ci_method", doc="bca-bootstrap | percentile-bootstrap | wilson | exact | none"),
+        )),
     ),
 )
 
 # ---- quality metrics: the `value` of a sensitivity row whose `metric` is the name ----------------------------------
 METRICS: dict[str, Field] = {f.name: f for f in (
-    Field("kl", "nats", "lower", "KL(full || subnet) per token, mean over scales, teacher-forced"),
+    Field("kl", "nats", "lower", "KL(full || subnet) per token, mean over scales, teacher-forced; kl_kind: of the "
+          "sampled (guided, truncated) or the conditional distribution"),
     Field("token_agreement", "fraction", "higher", "tokens equal to the full network's under coupled sampling"),
     Field("psnr", "dB", "higher", "PSNR of coupled samples against the full network's images"),
     Field("ssim", "1", "higher", "SSIM of coupled samples against the full network's images"),

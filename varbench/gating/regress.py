@@ -118,8 +118,11 @@ def _field_metric(name: str, family: str, f: str, value: float, samples: list[fl
 
 
 def _point_name(r: Mapping[str, Any]) -> str:
-    return (f"{r.get('model')}/d{r.get('depth')}/s{r.get('switch')}/b{r.get('batch')}/{r.get('dtype')}"
+    """A point's metric-name prefix; a configuration other than a plain variant adds its canonical method."""
+    name = (f"{r.get('model')}/d{r.get('depth')}/s{r.get('switch')}/b{r.get('batch')}/{r.get('dtype')}"
             f"/{r.get('select', 'isometric')}")
+    method = r.get("method")
+    return name if not method or method.startswith("variant:") and "+" not in method else f"{name}/{method}"
 
 
 def metrics_from_rows(rows: Iterable[Mapping[str, Any]], tol: Tolerances | None = None) -> dict[str, Metric]:

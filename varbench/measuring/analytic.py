@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from model.plan import InferencePlan
 from model.schedule import DepthSchedule
 from model.spec import VARSpec, VQVAESpec
 
@@ -104,32 +105,38 @@ def _schedule(spec: VARSpec, schedule: DepthSchedule | None) -> DepthSchedule:
     return (schedule or DepthSchedule.full(spec)).validate(spec)
 
 
-def kv_segments(spec: VARSpec, schedule: DepthSchedule | None = None,
-                keep_skipped: bool = False) -> list[tuple[int, int]]:
-    """Scale ranges [start, end] between release scales (docs/interfaces.md). One segment if keep_skipped."""
+def kv_segments(spec: VARSpec, schedule: DepthSchedule | None = None, keep_skipped: bool = False,
+                cfg_until: int | None = None) -> list[tuple[int, int]]:
+    """Scale ranges [start, end] between release scales (docs/interfaces.md). One segment if keep_skipped.
+    ``cfg_until`` (guidance-skip) starts a segment there: the buffers shrink to one row per image."""
     sch = _schedule(spec, schedule)
     S = spec.num_scales
     used = sch.used_blocks()
-    release = [] if keep_skipped else sorted({sch.last_active(b) for b in used if sch.last_active(b) < S - 1})
-    ends = release + [S - 1]
+    release = set() if keep_skipped else {sch.last_active(b) for b in used if sch.last_active(b) < S - 1}
+    if not keep_skipped and cfg_until is not None and 0 < cfg_until < S:
+        release.add(cfg_until - 1)
+    ends = sorted(release) + [S - 1]
     return [(prev + 1, end) for prev, end in zip([-1] + ends[:-1], ends)]
 
 
 def kv_bytes_per_token(spec: VARSpec, batch: int = 1, dtype: torch.dtype = torch.bfloat16,
-                       k_dtype: torch.dtype | None = None, cfg: bool = True) -> int:
-    """Bytes one block caches for one token position: rows (2·B with CFG) × width × (K bytes + V bytes)."""
+                       k_dtype: torch.dtype | None = None, cfg: bool = True, plan: InferencePlan | None = None) -> int:
+    """Bytes one block caches for one token position: rows (2·B with CFG) × width × (K bytes + V bytes); fp8 KV
+    (``plan.kv_fp8``): one byte each."""
     rows = 2 * batch if cfg else batch
+    if plan is not None and plan.kv_fp8:
+        return rows * spec.width * 2
     k_size = (k_dtype or dtype).itemsize
     return rows * spec.width * (k_size + dtype.itemsize)
 
 
 def kv_tokens_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None,
-                        keep_skipped: bool = False) -> list[int]:
+                        keep_skipped: bool = False, cfg_until: int | None = None) -> list[int]:
     """Token-slots (summed over blocks) held during each scale, following the allocation plan."""
     sch = _schedule(spec, schedule)
     used = sch.used_blocks()
     held = [0] * spec.num_scales
-    for start, end in kv_segments(spec, sch, keep_skipped):
+    for start, end in kv_segments(spec, sch, keep_skipped, cfg_until):
         alive = used if keep_skipped else [b for b in used if sch.last_active(b) >= start]
         capacity = sum(spec.tokens[si] for b in alive for si in sch.active_scales(b) if si <= end)
         for si in range(start, end + 1):
@@ -139,31 +146,37 @@ def kv_tokens_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None,
 
 def kv_bytes_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None, batch: int = 1,
                        dtype: torch.dtype = torch.bfloat16, keep_skipped: bool = False,
-                       k_dtype: torch.dtype | None = None, cfg: bool = True) -> list[int]:
-    """KV bytes held during each scale (what ``KVCache.nbytes()`` reports after ``begin_scale(si)``)."""
-    per_tok = kv_bytes_per_token(spec, batch, dtype, k_dtype, cfg)
-    return [t * per_tok for t in kv_tokens_per_scale(spec, schedule, keep_skipped)]
+                       k_dtype: torch.dtype | None = None, cfg: bool = True,
+                       plan: InferencePlan | None = None) -> list[int]:
+    """KV bytes held during each scale (what ``KVCache.nbytes()`` reports after ``begin_scale(si)``). With
+    ``plan.cfg_until`` the scales from there on hold one row per image (unless buffers are kept)."""
+    cfg_until = plan.cfg_until if plan is not None and cfg else None
+    full = kv_bytes_per_token(spec, batch, dtype, k_dtype, cfg, plan)
+    half = kv_bytes_per_token(spec, batch, dtype, k_dtype, False, plan)
+    tokens = kv_tokens_per_scale(spec, schedule, keep_skipped, cfg_until)
+    return [t * (half if cfg_until is not None and si >= cfg_until and not keep_skipped else full)
+            for si, t in enumerate(tokens)]
 
 
 def kv_peak_bytes(spec: VARSpec, schedule: DepthSchedule | None = None, batch: int = 1,
                   dtype: torch.dtype = torch.bfloat16, keep_skipped: bool = False,
-                  k_dtype: torch.dtype | None = None, cfg: bool = True) -> int:
+                  k_dtype: torch.dtype | None = None, cfg: bool = True, plan: InferencePlan | None = None) -> int:
     """Peak KV bytes over the generation."""
-    return max(kv_bytes_per_scale(spec, schedule, batch, dtype, keep_skipped, k_dtype, cfg))
+    return max(kv_bytes_per_scale(spec, schedule, batch, dtype, keep_skipped, k_dtype, cfg, plan))
 
 
 def kv_bytes_final(spec: VARSpec, schedule: DepthSchedule | None = None, batch: int = 1,
                    dtype: torch.dtype = torch.bfloat16, keep_skipped: bool = False,
-                   k_dtype: torch.dtype | None = None, cfg: bool = True) -> int:
+                   k_dtype: torch.dtype | None = None, cfg: bool = True, plan: InferencePlan | None = None) -> int:
     """KV bytes held during the last scale (the cache's size when generation ends)."""
-    return kv_bytes_per_scale(spec, schedule, batch, dtype, keep_skipped, k_dtype, cfg)[-1]
+    return kv_bytes_per_scale(spec, schedule, batch, dtype, keep_skipped, k_dtype, cfg, plan)[-1]
 
 
 # ---------------------------------------------------------------------------------------------------- FLOPs
 
 
 def flops_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None, batch: int = 1,
-                    cfg: bool = True, ada_per_scale: bool = False) -> list[float]:
+                    cfg: bool = True, ada_per_scale: bool = False, plan: InferencePlan | None = None) -> list[float]:
     """Forward FLOPs of the transformer per scale (VQ-VAE excluded), for ``batch`` images.
 
     Per token and active block: 2·(4C² + 2·C·Hm) = 24C² for mlp_ratio 4 (qkv, proj, fc1, fc2).
@@ -173,8 +186,10 @@ def flops_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None, batch:
     AdaLN: ada_lin maps the class condition, which is the same at every scale, so it runs once per sample:
     12C² per block (charged at the block's first active scale; one shared Linear if AdaLN is shared) and 4C² for
     head_nm (charged at scale 0). ``ada_per_scale=True`` charges them at every active scale instead, as the
-    official loop recomputes them (+0.7% for var-d30). CFG doubles everything.
+    official loop recomputes them (+0.7% for var-d30). CFG doubles everything, on the scales below
+    ``plan.cfg_until`` only when that is set (guidance-skip).
     """
+    cfg_until = plan.cfg_until if plan is not None else None
     sch = _schedule(spec, schedule)
     C, Hm, V, Cvae = spec.width, spec.mlp_hidden, spec.vae.vocab_size, spec.vae.z_channels
     lin_per_tok = 2.0 * (4 * C * C + 2 * C * Hm)
@@ -193,14 +208,15 @@ def flops_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None, batch:
             f += ada_block
         f += 2.0 * C * V * n + (ada_head if ada_per_scale or first else 0.0)
         f += 2.0 * Cvae * C * n if si > 0 else 0.0
-        out.append(f * batch * (2 if cfg else 1))
+        guided = cfg and (cfg_until is None or si < cfg_until)
+        out.append(f * batch * (2 if guided else 1))
     return out
 
 
 def flops(spec: VARSpec, schedule: DepthSchedule | None = None, batch: int = 1, cfg: bool = True,
-          ada_per_scale: bool = False) -> float:
+          ada_per_scale: bool = False, plan: InferencePlan | None = None) -> float:
     """Total forward FLOPs of one generation of ``batch`` images (var-d30 with CFG: 3.77 TFLOP per image)."""
-    return float(sum(flops_per_scale(spec, schedule, batch, cfg, ada_per_scale)))
+    return float(sum(flops_per_scale(spec, schedule, batch, cfg, ada_per_scale, plan)))
 
 
 # ---------------------------------------------------------------------------------------------------- tables

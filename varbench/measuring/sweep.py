@@ -65,6 +65,7 @@ class SweepConfig:
     cuda_graphs: bool = False           # generate(cuda_graphs=True): per-scale graph replay (keeps every KV buffer)
     compile: bool = False               # pipe.compile(): fused element-wise kernels + compiled decoder (CUDA)
     plan_overrides: dict[str, Any] | None = None   # explicit InferencePlan fields (model/plan.py), e.g. A/B probes
+    methods: list[str] | None = None    # efficiency-method configurations (model/methods.py); None = the variant grid
     devices: list[str] | None = None    # GPU ids, one concurrent worker each (CUDA_VISIBLE_DEVICES); None = one
     threads: int | None = None          # torch intra-op CPU threads per worker; None = torch's default (all cores)
 
@@ -73,22 +74,53 @@ class SweepConfig:
         return ModelTarget(self.model, self.ckpt, self.vae, self.allow_random, self.dtype, self.device, self.seed)
 
 
+def method_grid(cfg: SweepConfig) -> list[tuple[str, int, int, str | None]]:
+    """(canonical method, depth, switch, select) per configuration: ``cfg.methods`` when given, else the
+    variant grid (switches × depths). A bad method is a UsageError naming it. For a schedule other than
+    variant's, depth is the blocks of the last scale and switch the first scale that runs fewer than all."""
+    from model import methods as methods_mod
+    from model import spec as spec_mod
+
+    from varbench.errors import UsageError
+
+    spec = spec_mod.get(cfg.model)
+    if not cfg.methods:
+        return [(methods_mod.variant(spec, d, sw, cfg.select).canonical(), int(d), int(sw), cfg.select)
+                for sw in cfg.switches for d in cfg.depths]
+    out = []
+    for text in cfg.methods:
+        try:
+            conf = methods_mod.parse(text, spec)
+        except methods_mod.MethodError as e:
+            raise UsageError(f"--method: {e}") from None
+        v = conf.variant_params()
+        if v is not None:
+            out.append((conf.canonical(), v["depth"], v["switch"], v["select"]))
+            continue
+        sched = conf.schedule()
+        S = spec.num_scales
+        switch = next((si for si in range(S) if sched.depth_at(si) < spec.depth), S)
+        out.append((conf.canonical(), sched.depth_at(S - 1), switch, None))
+    return list(dict.fromkeys(out))
+
+
 def expand_grid(cfg: SweepConfig, weights: Weights) -> list[dict[str, Any]]:
-    """Points in run order (switch, depth, batch); each carries the key fields and the settings the worker needs."""
+    """Points in run order (configuration, batch); each carries the key fields and the settings the worker
+    needs."""
     points = []
-    for switch in cfg.switches:
-        for depth in cfg.depths:
-            for batch in cfg.batches:
-                points.append({
-                    "model": cfg.model, "weights": weights.label, "depth": int(depth), "switch": int(switch),
-                    "select": cfg.select, "batch": int(batch), "dtype": cfg.dtype, "device": cfg.device,
-                    "keep_skipped": bool(cfg.keep_skipped), "cuda_graphs": bool(cfg.cuda_graphs),
-                    "compile": bool(cfg.compile), "plan_overrides": dict(cfg.plan_overrides or {}) or None,
-                    "var_path": weights.var_path, "vae_path": weights.vae_path,
-                    "repeats": cfg.repeats, "min_seconds": cfg.min_seconds, "warmup": cfg.warmup,
-                    "cfg": cfg.cfg, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
-                    "nvml_pass": cfg.nvml_pass, "threads": cfg.threads,
-                })
+    for method, depth, switch, select in method_grid(cfg):
+        for batch in cfg.batches:
+            points.append({
+                "model": cfg.model, "weights": weights.label, "depth": int(depth), "switch": int(switch),
+                "method": method, "select": select, "batch": int(batch), "dtype": cfg.dtype,
+                "device": cfg.device,
+                "keep_skipped": bool(cfg.keep_skipped), "cuda_graphs": bool(cfg.cuda_graphs),
+                "compile": bool(cfg.compile), "plan_overrides": dict(cfg.plan_overrides or {}) or None,
+                "var_path": weights.var_path, "vae_path": weights.vae_path,
+                "repeats": cfg.repeats, "min_seconds": cfg.min_seconds, "warmup": cfg.warmup,
+                "cfg": cfg.cfg, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
+                "nvml_pass": cfg.nvml_pass, "threads": cfg.threads,
+            })
     return points
 
 

@@ -92,7 +92,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     """All measurements of one point; raises on OOM (the caller turns it into status "oom")."""
     import torch
 
-    from model import DepthSchedule, spec as spec_mod
+    from model import spec as spec_mod
     from model.schedule import subnet_layers
     from varbench.measuring import analytic
     from varbench.measuring import timing
@@ -102,9 +102,14 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     cuda = device.type == "cuda"
     spec = spec_mod.get(point["model"])
     depth, switch, batch = int(point["depth"]), int(point["switch"]), int(point["batch"])
-    schedule = DepthSchedule.variant(spec, depth, switch, point["select"])
-    res: dict[str, Any] = {"layers": list(subnet_layers(spec.depth, depth, point["select"])),
-                           "schedule": schedule.describe()}
+    from model import methods
+    conf = (methods.parse(point["method"], spec) if point.get("method")
+            else methods.variant(spec, depth, switch, point["select"]))     # rows written before methods existed
+    schedule = conf.schedule()
+    v = conf.variant_params()
+    layers = subnet_layers(spec.depth, v["depth"], v["select"]) if v else schedule.layers[-1]
+    res: dict[str, Any] = {"layers": list(layers), "schedule": schedule.describe(),
+                           "method": conf.canonical(), "method_params": conf.params()}
     if cuda and device.index is not None:
         torch.cuda.set_device(device)
     if point.get("threads"):
@@ -118,7 +123,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     # the point's execution choices become the pipeline's inference plan (resolved for this device; compiling
     # happens during the warm-up generation(s), which are not timed); the row records the plan that ran
     pipe.set_plan(compiled=bool(point.get("compile")), cuda_graphs=bool(point.get("cuda_graphs")),
-                  **(point.get("plan_overrides") or {}))
+                  **{**conf.plan_changes(), **(point.get("plan_overrides") or {})})
     graphs = pipe.plan.cuda_graphs        # the graphed cache keeps every block's buffers (keep_skipped accounting)
     res["plan"], res["execution"] = pipe.plan.as_dict(), pipe.plan.execution
     if cuda:
@@ -155,7 +160,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
         res["rss_peak_bytes"] = MemoryProbe("cpu").snapshot()["rss_peak_bytes"]
 
     e2e = lat["p50"] + dec["p50"]
-    flops = analytic.flops(spec, schedule, batch)
+    flops = analytic.flops(spec, schedule, batch, plan=pipe.plan)
     res.update({
         "n": lat["n"], "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p99": lat["p99"],
         "latency_ms_mean": lat["mean"], "latency_ms_min": lat["min"], "decode_ms_p50": dec["p50"],
@@ -165,7 +170,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
         "images_per_s_excl_decode": batch * 1e3 / lat["p50"] if lat["p50"] > 0 else None,
         "scale_ms_p50": scale_ms_p50, "kv_bytes": kv_bytes,
         "kv_bytes_analytic": analytic.kv_peak_bytes(spec, schedule, batch, dtype,
-                                                    point["keep_skipped"] or graphs),
+                                                    point["keep_skipped"] or graphs, plan=pipe.plan),
         "flops": flops, "tflop_per_s": flops / (lat["p50"] * 1e9) if lat["p50"] > 0 else None,
         "nvml_peak_used_bytes": None, "nvml_peak_process_used_bytes": None,
     })

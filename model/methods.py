@@ -1,0 +1,188 @@
+"""Efficiency methods as named, parameterised configurations that resolve into a depth schedule and plan fields.
+
+A configuration is one or more methods joined by "+", each ``NAME[:key=value,...]``, e.g.
+``variant:depth=2,switch=6+kv-fp8``. At most one method sets the depth schedule (variant, early-exit); the others
+change the inference plan (guidance-skip, kv-fp8) and compose with any. ``canonical()`` is the string rows record
+(every parameter spelled out, methods in registry order), ``params()`` the dict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .schedule import SELECTS, DepthSchedule
+from .spec import VARSpec
+
+
+class MethodError(ValueError):
+    """A configuration that names an unknown method or parameter, a value out of range, or a composition that
+    makes no sense (two schedule methods, a method twice)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its type, default (may depend on the model) and range (inclusive; bounds may too)."""
+
+    name: str
+    kind: type
+    default: Callable[[VARSpec], Any]
+    doc: str
+    lo: Callable[[VARSpec], int] | None = None
+    hi: Callable[[VARSpec], int] | None = None
+    choices: tuple[str, ...] = ()
+
+    def parse(self, text: str, spec: VARSpec, method: str) -> Any:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise MethodError(f"{method}: {self.name}={text!r} is not {self.kind.__name__}") from None
+        self.check(value, spec, method)
+        return value
+
+    def check(self, value: Any, spec: VARSpec, method: str) -> None:
+        if self.choices and value not in self.choices:
+            raise MethodError(f"{method}: {self.name}={value!r} is not one of {', '.join(self.choices)}")
+        lo, hi = (self.lo(spec) if self.lo else None), (self.hi(spec) if self.hi else None)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise MethodError(f"{method}: {self.name}={value} is outside {lo}..{hi} for {spec.name}")
+
+    def describe(self, spec: VARSpec | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.kind.__name__, "doc": self.doc}
+        if spec is not None:
+            out["default"] = self.default(spec)
+            out["range"] = [self.lo(spec) if self.lo else None, self.hi(spec) if self.hi else None]
+        if self.choices:
+            out["choices"] = list(self.choices)
+        return out
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``sets`` says whether it decides the schedule or changes plan fields."""
+
+    name: str
+    doc: str
+    paper: str
+    sets: str                                   # "schedule" | "plan"
+    params: tuple[Param, ...] = ()
+    schedule: Callable[[VARSpec, Mapping[str, Any]], DepthSchedule] | None = None
+    plan: Callable[[VARSpec, Mapping[str, Any]], dict[str, Any]] | None = None
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.params) or "none"
+        raise MethodError(f"{self.name}: unknown parameter {name!r} (parameters: {known})")
+
+
+def _default_switch(spec: VARSpec) -> int:
+    return min(6, spec.num_scales - 1)
+
+
+def _early_exit(spec: VARSpec, p: Mapping[str, Any]) -> DepthSchedule:
+    first = tuple(range(p["blocks"]))
+    return DepthSchedule([first if si >= p["from_scale"] else tuple(range(spec.depth))
+                          for si in range(spec.num_scales)])
+
+
+_D = lambda s: s.depth            # noqa: E731 - bounds read off the spec
+_S = lambda s: s.num_scales       # noqa: E731
+
+REGISTRY: tuple[Method, ...] = (
+    Method("variant", "the subnet of `depth` blocks from scale `switch` on (VARiant's depth schedules)",
+           "VARiant (this project's paper): depth-elastic supernets", "schedule",
+           (Param("depth", int, _D, "blocks of the subnet (the model's depth = full network)", lambda s: 2, _D),
+            Param("switch", int, _default_switch, "first scale that runs the subnet", lambda s: 0, _S),
+            Param("select", str, lambda s: "isometric", "which blocks form the subnet", choices=SELECTS)),
+           schedule=lambda spec, p: DepthSchedule.variant(spec, p["depth"], p["switch"], p["select"])),
+    Method("early-exit", "run only the first `blocks` blocks from scale `from_scale` on (training-free)",
+           "early exit, the nested family's limit case (a training-free baseline)", "schedule",
+           (Param("blocks", int, lambda s: max(1, s.depth // 2), "blocks that run", lambda s: 1, _D),
+            Param("from_scale", int, lambda s: 0, "first scale that exits early", lambda s: 0,
+                  lambda s: s.num_scales - 1)),
+           schedule=_early_exit),
+    Method("guidance-skip", "no classifier-free guidance from scale `from_scale` on (one row per image)",
+           "SkipVAR / StageVAR-style fixed rule: late scales without CFG", "plan",
+           (Param("from_scale", int, lambda s: max(1, s.num_scales - 2), "first scale without guidance",
+                  lambda s: 1, lambda s: s.num_scales - 1),),
+           plan=lambda spec, p: {"cfg_until": p["from_scale"]}),
+    Method("kv-fp8", "the KV cache in float8 e4m3 with a per-block, per-head scale", "fp8 KV-cache quantisation",
+           "plan", (), plan=lambda spec, p: {"kv_fp8": True}),
+)
+METHODS: dict[str, Method] = {m.name: m for m in REGISTRY}
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """Methods with every parameter resolved for one model; immutable, hashable, printable as ``canonical()``."""
+
+    spec: VARSpec
+    settings: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+
+    def canonical(self) -> str:
+        return "+".join(name + (":" + ",".join(f"{k}={v}" for k, v in kv) if kv else "")
+                        for name, kv in self.settings)
+
+    def params(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(kv) for name, kv in self.settings}
+
+    def schedule(self) -> DepthSchedule:
+        for name, kv in self.settings:
+            if METHODS[name].sets == "schedule":
+                return METHODS[name].schedule(self.spec, dict(kv)).validate(self.spec)
+        return DepthSchedule.full(self.spec)
+
+    def plan_changes(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, kv in self.settings:
+            if METHODS[name].plan is not None:
+                out.update(METHODS[name].plan(self.spec, dict(kv)))
+        return out
+
+    def variant_params(self) -> dict[str, Any] | None:
+        """variant's (depth, switch, select), or None when the schedule is another method's."""
+        return self.params().get("variant")
+
+
+def parse(text: str, spec: VARSpec) -> Configuration:
+    """``"variant:depth=2,switch=6+kv-fp8"`` -> a Configuration for ``spec``; MethodError on bad input."""
+    text = text.strip()
+    if not text:
+        raise MethodError("empty method configuration")
+    chosen: dict[str, dict[str, Any]] = {}
+    for part in text.split("+"):
+        name, _, args = part.strip().partition(":")
+        name = name.strip()
+        if name not in METHODS:
+            raise MethodError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+        if name in chosen:
+            raise MethodError(f"method {name!r} given twice in {text!r}")
+        m = METHODS[name]
+        values = {p.name: p.default(spec) for p in m.params}
+        for item in filter(None, (a.strip() for a in args.split(","))):
+            key, eq, val = item.partition("=")
+            if not eq:
+                raise MethodError(f"{name}: {item!r} is not key=value")
+            values[key.strip()] = m.param(key.strip()).parse(val.strip(), spec, name)
+        for p in m.params:                       # defaults can fall outside a small model's range
+            p.check(values[p.name], spec, name)
+        chosen[name] = values
+    schedulers = [n for n in chosen if METHODS[n].sets == "schedule"]
+    if len(schedulers) > 1:
+        raise MethodError(f"{' and '.join(schedulers)} both set the depth schedule: choose one")
+    order = {m.name: i for i, m in enumerate(REGISTRY)}
+    settings = tuple((n, tuple((p.name, chosen[n][p.name]) for p in METHODS[n].params))
+                     for n in sorted(chosen, key=order.__getitem__))
+    return Configuration(spec, settings)
+
+
+def variant(spec: VARSpec, depth: int, switch: int, select: str = "isometric") -> Configuration:
+    """The configuration of today's ``--depths/--switch`` grid point."""
+    return parse(f"variant:depth={depth},switch={switch},select={select}", spec)
+
+
+def describe(spec: VARSpec | None = None) -> list[dict[str, Any]]:
+    """The registry as JSON-ready rows (``varbench methods --json``); with a spec, defaults and ranges for it."""
+    return [{"name": m.name, "sets": m.sets, "doc": m.doc, "paper": m.paper,
+             "params": [p.describe(spec) for p in m.params]} for m in REGISTRY]
