@@ -54,7 +54,7 @@ class GraphedScales:
             for si in range(self.spec.num_scales):
                 self._run_scale(si)
         torch.cuda.current_stream(device).wait_stream(stream)
-        self.cache.filled = [0] * self.spec.depth
+        self.cache.reset()
         pool = torch.cuda.graph_pool_handle()
         self.mods_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.mods_graph, pool=pool):

@@ -23,6 +23,19 @@ FP8_MAX = 448.0          # largest finite e4m3 value
 FP8_FIRST_WRITE = 224.0  # a block's first write maps each head's amax here: 2x headroom for later scales
 
 
+def window_keeps(window: tuple[int, int] | None, kept_scale: int, si: int) -> bool:
+    """Whether scale ``kept_scale``'s KV is still held (and attended to) at scale ``si`` under ``window``."""
+    if window is None:
+        return True
+    anchors, recent = window
+    return kept_scale < anchors or kept_scale > si - recent
+
+
+def window_tokens(spec: VARSpec, active: tuple[int, ...], si: int, window: tuple[int, int] | None) -> int:
+    """Tokens a block holds after writing scale ``si`` (``active``: the scales it processes)."""
+    return sum(spec.tokens[s] for s in active if s <= si and window_keeps(window, s, si))
+
+
 def segment_ends(spec: VARSpec, schedule: DepthSchedule, keep_skipped: bool, cfg_until: int | None = None
                  ) -> list[int]:
     """Last scale of each allocation segment (sorted, always ends with S−1). ``cfg_until``: scales from there on
@@ -54,7 +67,8 @@ class KVCache:
     and, unless ``keep_skipped``, the buffers are reallocated with one row per image. ``plan.kv_fp8``: K and V are
     stored in float8 e4m3 with one scale per block and head, fixed at the block's first write (amax → 224, values
     clamped to ±448); reads dequantise to the compute dtype. ``nbytes`` counts the K/V buffers (the scales are
-    2·H floats per block, not counted).
+    2·H floats per block, not counted). ``plan.kv_window`` (scale-window): at each scale the scales that left the
+    window are dropped and the later ones moved down (the buffers stay static, sized for the largest window).
     """
 
     def __init__(self, spec: VARSpec, schedule: DepthSchedule, batch: int, dtype: torch.dtype,
@@ -77,8 +91,11 @@ class KVCache:
         self.k_scale: list[torch.Tensor | None] = [None] * D     # fp8: (1, H, 1, 1) float32 per block
         self.v_scale: list[torch.Tensor | None] = [None] * D
         self.filled = [0] * D
+        self.held: list[list[tuple[int, int]]] = [[] for _ in range(D)]   # (scale, tokens) in cache order
+        self.window = self.plan.kv_window
         self.last = [schedule.last_active(b) for b in range(D)]
         self._segment = -1
+        self._scale = -1
         self.live_rows = self.rows
 
     def rows_at(self, si: int) -> int:
@@ -87,8 +104,33 @@ class KVCache:
 
     # ---- plan --------------------------------------------------------------------------------------------
     def capacity(self, block: int, upto_scale: int) -> int:
-        """Tokens block processes at scales <= upto_scale."""
-        return sum(self.spec.tokens[si] for si in self.schedule.active_scales(block) if si <= upto_scale)
+        """Tokens the block must hold at scales <= upto_scale: all it processes, or the largest window."""
+        active = self.schedule.active_scales(block)
+        if self.window is None:
+            return sum(self.spec.tokens[si] for si in active if si <= upto_scale)
+        return max((window_tokens(self.spec, active, si, self.window) for si in active if si <= upto_scale),
+                   default=0)
+
+    def reset(self) -> None:
+        """Empty (buffers kept): a graph capture starts from here after its warm-up generation."""
+        self.filled = [0] * self.spec.depth
+        self.held = [[] for _ in range(self.spec.depth)]
+
+    def _slide_window(self, si: int) -> None:
+        """Drop the scales that left the window (a contiguous middle run: anchors stay in front, the recent
+        scales behind) and move the recent ones down."""
+        for b in range(self.spec.depth):
+            held = self.held[b]
+            drop = [i for i, (s_, _) in enumerate(held) if not window_keeps(self.window, s_, si)]
+            if not drop or self.k[b] is None:
+                continue
+            a = sum(n for _, n in held[:drop[0]])
+            d = a + sum(n for _, n in held[drop[0]:drop[-1] + 1])
+            n_all = self.filled[b]
+            for buf in (self.k[b], self.v[b]):
+                buf[:, :, a:a + n_all - d].copy_(buf[:, :, d:n_all].clone())
+            self.held[b] = held[:drop[0]] + held[drop[-1] + 1:]
+            self.filled[b] = n_all - (d - a)
 
     def _alive(self, block: int, si: int) -> bool:
         last = self.last[block]
@@ -97,6 +139,9 @@ class KVCache:
     def begin_scale(self, si: int) -> None:
         """Free blocks past their last scale and (re)allocate at the start of a segment."""
         seg = next(j for j, end in enumerate(self.seg_ends) if si <= end)
+        self._scale = si
+        if self.window is not None:
+            self._slide_window(si)
         self.live_rows = self.rows_at(si)
         if seg == self._segment:
             return
@@ -140,6 +185,7 @@ class KVCache:
         if k_buf is None or n1 > k_buf.shape[2]:
             raise RuntimeError(f"KV cache overflow in block {b}: begin_scale() was not called for this scale")
         self.filled[b] = n1
+        self.held[b].append((self._scale, n))
         r = self.live_rows
         return k_buf[:r, :, n0:n1], v_buf[:r, :, n0:n1]
 

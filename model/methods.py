@@ -2,7 +2,7 @@
 
 A configuration is one or more methods joined by "+", each ``NAME[:key=value,...]``, e.g.
 ``variant:depth=2,switch=6+kv-fp8``. At most one method sets the depth schedule (variant, early-exit); the others
-change the inference plan (guidance-skip, kv-fp8) and compose with any. ``canonical()`` is the string rows record
+change the inference plan (guidance-skip, scale-window, kv-fp8) and compose with any. ``canonical()`` is the string rows record
 (every parameter spelled out, methods in registry order), ``params()`` the dict.
 """
 from __future__ import annotations
@@ -107,6 +107,13 @@ REGISTRY: tuple[Method, ...] = (
            (Param("from_scale", int, lambda s: max(1, s.num_scales - 2), "first scale without guidance",
                   lambda s: 1, lambda s: s.num_scales - 1),),
            plan=lambda spec, p: {"cfg_until": p["from_scale"]}),
+    Method("scale-window", "each block keeps (and attends to) the KV of the first `anchors` scales and of the "
+           "`recent` most recent ones only", "AMS-KV-style scale-wise KV policy (anchor + local scales)", "plan",
+           (Param("anchors", int, lambda s: min(2, s.num_scales - 1), "first scales always kept", lambda s: 0,
+                  lambda s: s.num_scales - 1),
+            Param("recent", int, lambda s: min(3, s.num_scales), "most recent scales kept (the current included)",
+                  lambda s: 1, _S)),
+           plan=lambda spec, p: {"kv_window": (p["anchors"], p["recent"])}),
     Method("kv-fp8", "the KV cache in float8 e4m3 with a per-block, per-head scale", "fp8 KV-cache quantisation",
            "plan", (), plan=lambda spec, p: {"kv_fp8": True}),
 )

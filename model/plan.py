@@ -38,6 +38,8 @@ class InferencePlan:
     cfg_until: classifier-free guidance on scales < cfg_until only (None: every scale); later scales run one row
         per image (the guidance-skip method).
     kv_fp8: the KV cache stored in float8 e4m3 with a per-block, per-head scale (the kv-fp8 method).
+    kv_window: (anchors, recent): each block keeps the KV of the first ``anchors`` scales and of the ``recent``
+        most recent scales (the current one included) only, and attends to those (the scale-window method).
     """
 
     kv_layout: str = "token"
@@ -54,6 +56,7 @@ class InferencePlan:
     decode_channels_last: bool = False
     cfg_until: int | None = None
     kv_fp8: bool = False
+    kv_window: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.kv_layout not in KV_LAYOUTS:
@@ -63,6 +66,11 @@ class InferencePlan:
         for name in ("tiny_attn_max_keys", "small_attn_max_keys"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.kv_window is not None:
+            window = tuple(int(v) for v in self.kv_window)      # JSON gives a list; the plan stays hashable
+            object.__setattr__(self, "kv_window", window)
+            if len(window) != 2 or window[0] < 0 or window[1] < 1:
+                raise ValueError(f"kv_window must be (anchors >= 0, recent >= 1), got {self.kv_window}")
         if self.cfg_until is not None and self.cfg_until < 0:
             raise ValueError(f"cfg_until must be >= 0, got {self.cfg_until}")
         for name in ("sample_chunk_logits", "ffn_chunk_elems"):

@@ -122,9 +122,9 @@ def test_methods_cli_and_sweep_rows(tmp_path):
     cfg = SweepConfig(model="var-tiny", batches=[1], dtype="fp32", device="cpu", repeats=1, min_seconds=0.0,
                       warmup=0, nvml_pass=False, threads=1,
                       methods=["guidance-skip:from_scale=2", "early-exit:blocks=1,from_scale=2",
-                               "variant:depth=2+kv-fp8"])
+                               "variant:depth=2+kv-fp8", "scale-window:anchors=1,recent=1"])
     rows = run_sweep(cfg, tmp_path / "ok", progress=False)
-    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert [r["status"] for r in rows] == ["ok"] * 4
     assert all(r["kv_bytes"] == r["kv_bytes_analytic"] for r in rows)
     by = {r["method"]: r for r in rows}
     assert by["guidance-skip:from_scale=2"]["plan"]["cfg_until"] == 2
@@ -134,7 +134,8 @@ def test_methods_cli_and_sweep_rows(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("text", ["guidance-skip:from_scale=2", "kv-fp8", "early-exit:blocks=1,from_scale=2"])
+@pytest.mark.parametrize("text", ["guidance-skip:from_scale=2", "kv-fp8", "early-exit:blocks=1,from_scale=2",
+                                  "scale-window:anchors=1,recent=2", "scale-window:anchors=0,recent=2"])
 def test_methods_under_cuda_graphs_equal_eager(text):
     """The static-shape methods run under per-scale CUDA graphs and give the eager path's tokens and logits."""
     p = VARPipeline.from_spec(SPEC, device="cuda", seed=0, dtype=torch.bfloat16)
@@ -144,3 +145,65 @@ def test_methods_under_cuda_graphs_equal_eager(text):
     b, _ = _gen(p, plan.replace(cuda_graphs=True), conf.schedule())
     assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices))
     assert rel_err(torch.cat(b.logits, 1), torch.cat(a.logits, 1)) <= 1e-3
+
+
+def _windowed_teacher_forcing(p, labels, indices, window):
+    """The reference: every block attends over its scale's prefix restricted to the window, by an explicit mask."""
+    import torch.nn.functional as F
+    var, s = p.var, p.spec
+    anchors, recent = window
+    with torch.no_grad():
+        x_BLCv = p.vae.quantize.idx_to_var_input(indices)
+        cond_BD = var.class_emb(p._labels(labels))
+        lvl_pos = var.lvl_pos()
+        sos = cond_BD.float().unsqueeze(1) + var.pos_start.float() + lvl_pos[:, :1]
+        x = torch.cat((sos, var.embed_words(x_BLCv) + lvl_pos[:, 1:]), dim=1)
+        lvl = torch.tensor(s.level_of_token)
+        q_lvl, k_lvl = lvl[:, None], lvl[None, :]
+        mask = (k_lvl <= q_lvl) & ((k_lvl < anchors) | (k_lvl > q_lvl - recent))
+        attend = lambda q, k, v, scale: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # noqa
+        cond = var.cond_for_blocks(cond_BD)
+        for blk in var.blocks:
+            x = blk(x, cond, attend)
+        return var.get_logits(x, cond_BD)
+
+
+@pytest.mark.parametrize("window", [(1, 1), (0, 2), (2, 1)])
+def test_scale_window_equals_windowed_teacher_forcing(window):
+    """Cached generation with the window (scales dropped and moved down in static buffers) computes exactly the
+    block-causal attention restricted to anchor + recent scales."""
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    out, _ = _gen(p, InferencePlan(kv_window=window))
+    ref = _windowed_teacher_forcing(p, [1, 2, 3], out.indices, window)
+    assert rel_err(torch.cat(out.logits, 1), ref) <= 1e-5
+    full = p.teacher_forcing([1, 2, 3], out.indices)
+    assert rel_err(ref, full) > 1e-3                    # the window changed the function
+
+
+def test_scale_window_covering_everything_is_the_plain_cache():
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    a, _ = _gen(p, InferencePlan.plain())
+    b, _ = _gen(p, InferencePlan(kv_window=(0, SPEC.num_scales)))
+    assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices))
+    assert torch.equal(torch.cat(a.logits, 1), torch.cat(b.logits, 1))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("text", ["scale-window:anchors=1,recent=1", "scale-window:anchors=0,recent=2+kv-fp8",
+                                  "variant:depth=2,switch=2+scale-window:anchors=1,recent=2",
+                                  "early-exit:blocks=1,from_scale=1+guidance-skip:from_scale=2+scale-window"])
+def test_analytic_kv_equals_the_cache_for_every_method(text, keep):
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    conf = methods.parse(text, SPEC)
+    plan = InferencePlan(**conf.plan_changes())
+    _, seen = _gen(p, plan, conf.schedule(), keep_skipped=keep)
+    assert seen == analytic.kv_bytes_per_scale(SPEC, conf.schedule(), 3, torch.float32, keep, plan=plan)
+
+
+def test_scale_window_flops_count_only_the_window():
+    plan = InferencePlan(kv_window=(1, 1))
+    full, win = analytic.flops_per_scale(SPEC, None, 1), analytic.flops_per_scale(SPEC, None, 1, plan=plan)
+    C = SPEC.width
+    # scale 2 (9 queries): keys of scales 0 and 2 only (1 + 9) instead of 0..2 (1 + 4 + 9), per block, with CFG
+    assert full[2] - win[2] == pytest.approx(2 * SPEC.depth * 4.0 * C * 9 * 4)
+    assert win[:2] == full[:2]

@@ -51,7 +51,7 @@ class FakeGraphed:
 
 def _other_value(f: dataclasses.Field, value):
     if value is None:
-        return 1
+        return (1, 1) if f.name == "kv_window" else 1
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):

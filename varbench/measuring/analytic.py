@@ -130,15 +130,24 @@ def kv_bytes_per_token(spec: VARSpec, batch: int = 1, dtype: torch.dtype = torch
     return rows * spec.width * (k_size + dtype.itemsize)
 
 
+def _block_capacity(spec: VARSpec, active: tuple[int, ...], upto: int, window: tuple[int, int] | None) -> int:
+    """Token slots one block is allocated for scales <= upto: all it processes, or its largest window."""
+    if window is None:
+        return sum(spec.tokens[si] for si in active if si <= upto)
+    return max((sum(spec.tokens[s] for s in active if s <= si and (s < window[0] or s > si - window[1]))
+                for si in active if si <= upto), default=0)
+
+
 def kv_tokens_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None,
-                        keep_skipped: bool = False, cfg_until: int | None = None) -> list[int]:
+                        keep_skipped: bool = False, cfg_until: int | None = None,
+                        window: tuple[int, int] | None = None) -> list[int]:
     """Token-slots (summed over blocks) held during each scale, following the allocation plan."""
     sch = _schedule(spec, schedule)
     used = sch.used_blocks()
     held = [0] * spec.num_scales
     for start, end in kv_segments(spec, sch, keep_skipped, cfg_until):
         alive = used if keep_skipped else [b for b in used if sch.last_active(b) >= start]
-        capacity = sum(spec.tokens[si] for b in alive for si in sch.active_scales(b) if si <= end)
+        capacity = sum(_block_capacity(spec, sch.active_scales(b), end, window) for b in alive)
         for si in range(start, end + 1):
             held[si] = capacity
     return held
@@ -153,7 +162,7 @@ def kv_bytes_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None, bat
     cfg_until = plan.cfg_until if plan is not None and cfg else None
     full = kv_bytes_per_token(spec, batch, dtype, k_dtype, cfg, plan)
     half = kv_bytes_per_token(spec, batch, dtype, k_dtype, False, plan)
-    tokens = kv_tokens_per_scale(spec, schedule, keep_skipped, cfg_until)
+    tokens = kv_tokens_per_scale(spec, schedule, keep_skipped, cfg_until, plan.kv_window if plan else None)
     return [t * (half if cfg_until is not None and si >= cfg_until and not keep_skipped else full)
             for si, t in enumerate(tokens)]
 
@@ -181,7 +190,7 @@ def flops_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None, batch:
 
     Per token and active block: 2·(4C² + 2·C·Hm) = 24C² for mlp_ratio 4 (qkv, proj, fc1, fc2).
     Attention: 4·C per query-key pair (QKᵀ and AV); a block at scale si attends to the tokens it processed at
-    scales <= si (skipped scales are not in its cache).
+    scales <= si (skipped scales are not in its cache; with ``plan.kv_window`` only those in the window).
     Head: 2·C·V per token. word_embed: 2·Cvae·C per token at scales >= 1 (scale 0 is the class token).
     AdaLN: ada_lin maps the class condition, which is the same at every scale, so it runs once per sample:
     12C² per block (charged at the block's first active scale; one shared Linear if AdaLN is shared) and 4C² for
@@ -190,6 +199,8 @@ def flops_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None, batch:
     ``plan.cfg_until`` only when that is set (guidance-skip).
     """
     cfg_until = plan.cfg_until if plan is not None else None
+    window = plan.kv_window if plan is not None else None
+    done: list[list[int]] = [[] for _ in range(spec.depth)]   # scales each block has processed
     sch = _schedule(spec, schedule)
     C, Hm, V, Cvae = spec.width, spec.mlp_hidden, spec.vae.vocab_size, spec.vae.z_channels
     lin_per_tok = 2.0 * (4 * C * C + 2 * C * Hm)
@@ -202,7 +213,10 @@ def flops_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None, batch:
         for b in blocks:
             charge_ada = ada_per_scale or seen[b] == 0
             seen[b] += n
-            f += lin_per_tok * n + 4.0 * C * n * seen[b]
+            done[b].append(si)
+            keys = seen[b] if window is None else sum(spec.tokens[s] for s in done[b]
+                                                      if s < window[0] or s > si - window[1])
+            f += lin_per_tok * n + 4.0 * C * n * keys
             f += ada_block if charge_ada and not spec.shared_aln else 0.0
         if spec.shared_aln and blocks and (ada_per_scale or first):
             f += ada_block
