@@ -207,3 +207,13 @@ def test_scale_window_flops_count_only_the_window():
     # scale 2 (9 queries): keys of scales 0 and 2 only (1 + 9) instead of 0..2 (1 + 4 + 9), per block, with CFG
     assert full[2] - win[2] == pytest.approx(2 * SPEC.depth * 4.0 * C * 9 * 4)
     assert win[:2] == full[:2]
+
+
+def test_trace_runs_a_method_and_its_analytic_kv_matches_every_scale(tmp_path):
+    from varbench.measuring.trace import TraceConfig, run_trace
+    cfg = TraceConfig(model="var-tiny", dtype="fp32", device="cpu", batch=2, overhead_repeats=0, sampler="thread",
+                      method="scale-window:anchors=1,recent=1+guidance-skip:from_scale=2")
+    summary = run_trace(cfg, tmp_path)
+    assert summary["analytic_equals_cache"] is True
+    assert summary["method"] == "guidance-skip:from_scale=2+scale-window:anchors=1,recent=1"
+    assert list(summary["plan"]["kv_window"]) == [1, 1] and summary["plan"]["cfg_until"] == 2

@@ -261,6 +261,8 @@ TRACE = RowKind(
         Field("plan", doc="the inference plan the generation ran under (model.plan.InferencePlan.as_dict())",
               optional=True),
         Field("execution", doc="eager | compile | graphs", optional=True),
+        Field("method", doc="the efficiency-method configuration, canonical (model/methods.py)", optional=True),
+        Field("method_params", doc="its parameters, one dict per method", optional=True),
     ),
 )
 _TIMELINE = (KIND, MODEL, WEIGHTS, RUN_ID, Field("t_ms", "ms", doc="since the generation started"))

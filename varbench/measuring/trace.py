@@ -48,6 +48,7 @@ class TraceConfig:
     allow_random: bool = True
     overhead_repeats: int = 10       # plain/sampled generation pairs for the overhead check (0 = skip)
     sampler: str = "auto"            # auto | process | thread (samplers.make_sampler)
+    method: str | None = None        # an efficiency-method configuration (model/methods.py); None = variant
 
     def target(self) -> ModelTarget:
         return ModelTarget(self.model, self.ckpt, self.vae, self.allow_random, self.dtype, self.device, self.seed)
@@ -92,7 +93,6 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Trace one generation under VARiant(depth, switch); write rows + timeline; return the summary row."""
     import torch
 
-    from model import DepthSchedule
     from model.schedule import subnet_layers
     from varbench.measuring import analytic
     from varbench.measuring.memory import MemoryProbe, Nvml
@@ -107,17 +107,25 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     spec = target.spec
     dtype, dev = torch_dtype(target.dtype), torch.device(target.device)
     cuda = dev.type == "cuda"
-    schedule = DepthSchedule.variant(spec, cfg.depth, cfg.switch, cfg.select)
+    from model import methods
+    try:
+        conf = (methods.parse(cfg.method, spec) if cfg.method
+                else methods.variant(spec, cfg.depth, cfg.switch, cfg.select))
+    except methods.MethodError as e:
+        from varbench.errors import UsageError
+        raise UsageError(f"--method: {e}") from None
+    schedule = conf.schedule()
     weights = resolve_weights(target)
     if cuda and dev.index is not None:
         torch.cuda.set_device(dev)
     pipe = load_pipeline(target, weights)
+    pipe.set_plan(**conf.plan_changes())
     nvml = Nvml(index=dev.index) if cuda else None
     probe = MemoryProbe(dev, nvml=nvml)
     labels = [i % spec.num_classes for i in range(cfg.batch)]
     gen_kw = dict(labels_B=labels, cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
                   schedule=schedule, keep_skipped=cfg.keep_skipped, decode=False)
-    kv_analytic = analytic.kv_bytes_per_scale(spec, schedule, cfg.batch, dtype, cfg.keep_skipped)
+    kv_analytic = analytic.kv_bytes_per_scale(spec, schedule, cfg.batch, dtype, cfg.keep_skipped, plan=pipe.plan)
 
     pipe.decode(pipe.generate(**gen_kw).f_hat)                # warm-up: lazy init, kernels, allocator pools
     _sync(dev)
@@ -184,7 +192,9 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
 
     last = scale_rows[-1]
     summary: dict[str, Any] = {
-        "kind": "trace", **ident, "layers": list(subnet_layers(spec.depth, cfg.depth, cfg.select)),
+        "kind": "trace", **ident, "layers": list(subnet_layers(spec.depth, cfg.depth, cfg.select)
+                                                 if conf.variant_params() else schedule.layers[-1]),
+        "method": conf.canonical(), "method_params": conf.params(),
         "schedule": schedule.describe(), "plan": pipe.plan.as_dict(), "execution": pipe.plan.execution,
         "weights_notice": weights.notice, "nvml": probe.nvml_reason,
         "scales": len(scale_rows), "latency_ms": (t_gen - t0) / 1e6, "decode_ms": (t_dec - t_gen) / 1e6,
