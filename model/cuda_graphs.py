@@ -66,7 +66,7 @@ class GraphedScales:
             self.graphs.append(g)
             self.logits.append(out)
 
-    def start(self, cond_BD: torch.Tensor) -> None:
+    def start(self, cond_BD: torch.Tensor, labels_2B: torch.Tensor | None = None) -> None:
         self.var.refresh_inference_consts(self.kernels)   # parameters changed in place since capture: caches follow
         self.cond_BD.copy_(cond_BD)
         self.mods_graph.replay()
@@ -74,7 +74,7 @@ class GraphedScales:
     def begin_scale(self, si: int) -> None:
         """Nothing to do: the cache was allocated whole at capture."""
 
-    def run(self, si: int, x_BlC: torch.Tensor) -> FullLogits:
+    def run(self, si: int, x_BlC: torch.Tensor, latent_BlCv: torch.Tensor | None = None) -> FullLogits:
         """Logits (2B, pn², V) float32 of scale ``si``; valid until the next replay of that scale."""
         self.x_in[si].copy_(x_BlC)
         self.graphs[si].replay()

@@ -2,7 +2,8 @@
 
 A configuration is one or more methods joined by "+", each ``NAME[:key=value,...]``, e.g.
 ``variant:depth=2,switch=6+kv-fp8``. At most one method sets the depth schedule (variant, early-exit); the others
-change the inference plan (guidance-skip, scale-window, kv-fp8) and compose with any. ``canonical()`` is the string rows record
+change the inference plan (guidance-skip, scale-window, kv-fp8) and compose with any; code adds a refiner model
+(composes with the plan methods, not with a schedule). ``canonical()`` is the string rows record
 (every parameter spelled out, methods in registry order), ``params()`` the dict.
 """
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Method:
     name: str
     doc: str
     paper: str
-    sets: str                                   # "schedule" | "plan"
+    sets: str                                   # "schedule" | "plan" | "model" (a second model: code)
     params: tuple[Param, ...] = ()
     schedule: Callable[[VARSpec, Mapping[str, Any]], DepthSchedule] | None = None
     plan: Callable[[VARSpec, Mapping[str, Any]], dict[str, Any]] | None = None
@@ -78,6 +79,19 @@ class Method:
 
 def _default_switch(spec: VARSpec) -> int:
     return min(6, spec.num_scales - 1)
+
+
+def compatible(a: VARSpec, b: VARSpec) -> bool:
+    """Two specs can share one generation (a drafter and a refiner): the same VQ-VAE, scales and classes."""
+    return (a.vae, a.patch_nums, a.num_classes) == (b.vae, b.patch_nums, b.num_classes)
+
+
+def _default_refiner(spec: VARSpec) -> str:
+    """The smallest other registry model that is compatible; the model itself when there is none."""
+    from .spec import SPECS
+    others = sorted((s for s in SPECS.values() if s.name != spec.name and compatible(s, spec)),
+                    key=lambda s: s.depth)
+    return others[0].name if others else spec.name
 
 
 def _early_exit(spec: VARSpec, p: Mapping[str, Any]) -> DepthSchedule:
@@ -114,6 +128,13 @@ REGISTRY: tuple[Method, ...] = (
             Param("recent", int, lambda s: min(3, s.num_scales), "most recent scales kept (the current included)",
                   lambda s: 1, _S)),
            plan=lambda spec, p: {"kv_window": (p["anchors"], p["recent"])}),
+    Method("code", "a drafter (this model) runs scales < `from_scale`, the `refiner` model the rest; the refiner's "
+           "cache is prefilled on the drafted scales", "CoDe: collaborative decoding (drafter + refiner)", "model",
+           (Param("refiner", str, lambda s: _default_refiner(s), "the refiner's registry name (same VQ-VAE, "
+                  "scales and classes)"),
+            Param("from_scale", int, _default_switch, "first scale the refiner runs", lambda s: 1,
+                  lambda s: s.num_scales - 1)),
+           plan=lambda spec, p: {"refine_from": p["from_scale"]}),
     Method("kv-fp8", "the KV cache in float8 e4m3 with a per-block, per-head scale", "fp8 KV-cache quantisation",
            "plan", (), plan=lambda spec, p: {"kv_fp8": True}),
 )
@@ -147,6 +168,26 @@ class Configuration:
                 out.update(METHODS[name].plan(self.spec, dict(kv)))
         return out
 
+    def descriptor(self) -> tuple[int, int, str | None]:
+        """(depth, switch, select) that rows and point names carry: variant's own, else the blocks of the last
+        scale and the first scale that runs fewer than all (select None)."""
+        v = self.variant_params()
+        if v is not None:
+            return v["depth"], v["switch"], v["select"]
+        sched, S = self.schedule(), self.spec.num_scales
+        switch = next((si for si in range(S) if sched.depth_at(si) < self.spec.depth), S)
+        return sched.depth_at(S - 1), switch, None
+
+    def layers(self) -> tuple[int, ...]:
+        """The subnet's blocks (variant: its selection even where it never runs; else the last scale's)."""
+        from .schedule import subnet_layers
+        v = self.variant_params()
+        return subnet_layers(self.spec.depth, v["depth"], v["select"]) if v else self.schedule().layers[-1]
+
+    def refiner(self) -> str | None:
+        """The code method's refiner model, or None."""
+        return self.params().get("code", {}).get("refiner")
+
     def variant_params(self) -> dict[str, Any] | None:
         """variant's (depth, switch, select), or None when the schedule is another method's."""
         return self.params().get("variant")
@@ -174,10 +215,21 @@ def parse(text: str, spec: VARSpec) -> Configuration:
             values[key.strip()] = m.param(key.strip()).parse(val.strip(), spec, name)
         for p in m.params:                       # defaults can fall outside a small model's range
             p.check(values[p.name], spec, name)
+        if name == "code":
+            from .spec import SPECS
+            ref = SPECS.get(values["refiner"])
+            if ref is None:
+                raise MethodError(f"code: refiner {values['refiner']!r} is not in the registry "
+                                  f"(known: {', '.join(SPECS)})")
+            if not compatible(ref, spec):
+                raise MethodError(f"code: refiner {ref.name} does not share {spec.name}'s VQ-VAE, scales and classes")
         chosen[name] = values
     schedulers = [n for n in chosen if METHODS[n].sets == "schedule"]
     if len(schedulers) > 1:
         raise MethodError(f"{' and '.join(schedulers)} both set the depth schedule: choose one")
+    if "code" in chosen and schedulers:
+        raise MethodError(f"code runs the drafter and the refiner at full depth: it does not compose with "
+                          f"{schedulers[0]}")
     order = {m.name: i for i, m in enumerate(REGISTRY)}
     settings = tuple((n, tuple((p.name, chosen[n][p.name]) for p in METHODS[n].params))
                      for n in sorted(chosen, key=order.__getitem__))

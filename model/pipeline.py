@@ -17,7 +17,7 @@ from .kernels import Kernels, kernels_for
 from .kv_cache import KVCache
 from .plan import InferencePlan
 from .sampling import sample_tokens
-from .scale_step import EagerStep, ScaleLogits, ScaleStep
+from .scale_step import CollaborativeStep, EagerStep, ScaleLogits, ScaleStep
 from .schedule import DepthSchedule
 from .spec import VARSpec, get as get_spec
 from .var import VAR
@@ -58,6 +58,7 @@ class VARPipeline:
         self.graph_factory: Callable[..., ScaleStep] = GraphedScales   # tests substitute a fake graphed step
         self._decoder_compiled = False
         self._plan_choices: dict[str, Any] = {}
+        self.refiner: VAR | None = None       # the code method's second model (set_refiner)
         self.plan = plan or InferencePlan.resolve(self.device, dtype)
 
     # ---- construction -----------------------------------------------------------------------------------
@@ -160,22 +161,23 @@ class VARPipeline:
         B, S = labels.shape[0], spec.num_scales
         kernels = kernels_for(plan)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        cond_BD = var.class_emb(torch.cat((labels, torch.full_like(labels, spec.num_classes))))
+        labels_2B = torch.cat((labels, torch.full_like(labels, spec.num_classes)))
+        cond_BD = var.class_emb(labels_2B)
         lvl_pos_1LC = var.lvl_pos()                                     # float32, like the residual stream
         x_BlC = cond_BD.float().unsqueeze(1) + var.pos_start.float() + lvl_pos_1LC[:, :1]
         pn_last = spec.patch_nums[-1]
         f_hat = torch.zeros(B, spec.vae.z_channels, pn_last, pn_last, device=self.device)
         stepper = self.scale_step(plan, schedule, B, keep_skipped, k_dtype)
-        stepper.start(cond_BD)
-        cache = stepper.cache
-        indices, logits_out, kv_peak = [], [], 0
+        stepper.start(cond_BD, labels_2B)
+        indices, logits_out, kv_peak, latent_BlCv = [], [], 0, None
         for si, pn in enumerate(spec.patch_nums):
             t = cfg * si / (S - 1) if S > 1 else cfg
             stepper.begin_scale(si)
+            cache = stepper.cache               # the step's cache of this scale (code: the drafter's, then the refiner's)
             if on_scale_begin is not None:
                 on_scale_begin(si, cache)
-            out = stepper.run(si, x_BlC)
-            x_BlC = None                        # the scale's input is dead once its blocks ran
+            out = stepper.run(si, x_BlC, latent_BlCv)
+            x_BlC = latent_BlCv = None          # the scale's input is dead once its blocks ran
             kv_peak = max(kv_peak, cache.nbytes())
             idx_Bl, cond_logits = self._sample_scale(out, B, t, top_k, top_p, gen, return_logits, plan, kernels)
             out = None                          # dead now: at a scale boundary only the cache and small state live
@@ -187,6 +189,7 @@ class VARPipeline:
             if on_scale_end is not None:
                 on_scale_end(si, cache)
             if next_BlCv is not None:
+                latent_BlCv = next_BlCv
                 b0, b1 = spec.begin_ends[si + 1]
                 x_BlC = var.embed_words(next_BlCv) + lvl_pos_1LC[:, b0:b1]
                 if plan.cfg_until is None or si + 1 < plan.cfg_until:
@@ -218,6 +221,13 @@ class VARPipeline:
         """The per-scale step ``plan`` asks for: a fresh ``EagerStep``, or the graphed one of this key (captured on
         first use; one captured configuration at a time bounds the memory). The key is the plan whole, so a
         capture made under one plan is never replayed under another."""
+        if plan.refine_from is not None:
+            if self.refiner is None:
+                raise ValueError("plan.refine_from needs a refiner: pipe.set_refiner(var)")
+            if plan.cuda_graphs:
+                raise ValueError("collaborative decoding (code) runs without CUDA graphs")
+            return CollaborativeStep(self.var, self.refiner, plan.refine_from, batch, self.dtype, self.device, plan,
+                                     keep_skipped, k_dtype)
         if not plan.cuda_graphs:
             return EagerStep(self.var, schedule, batch, self.dtype, self.device, plan, keep_skipped, k_dtype)
         key = self.graph_key(plan, schedule, batch, k_dtype)
@@ -231,6 +241,17 @@ class VARPipeline:
                   k_dtype: torch.dtype | None) -> tuple:
         """Everything a capture depends on: the plan, the schedule, the batch and the dtypes."""
         return (plan, schedule, batch, k_dtype, self.dtype)
+
+    def set_refiner(self, refiner: VAR | None) -> "VARPipeline":
+        """The refiner of collaborative decoding (plan.refine_from): another VAR that shares this one's VQ-VAE,
+        scales and classes, in this pipeline's dtype and device (its memory counts with this one's)."""
+        if refiner is not None:
+            a, b = self.spec, refiner.spec
+            if (a.vae, a.patch_nums, a.num_classes) != (b.vae, b.patch_nums, b.num_classes):
+                raise ValueError(f"refiner {b.name} does not share {a.name}'s VQ-VAE, scales and classes")
+            refiner = refiner.to(device=self.device, dtype=self.dtype).eval()
+        self.refiner = refiner
+        return self
 
     # ---- the inference plan ------------------------------------------------------------------------------
     def set_plan(self, plan: InferencePlan | None = None, **choices: Any) -> "VARPipeline":

@@ -40,6 +40,8 @@ class InferencePlan:
     kv_fp8: the KV cache stored in float8 e4m3 with a per-block, per-head scale (the kv-fp8 method).
     kv_window: (anchors, recent): each block keeps the KV of the first ``anchors`` scales and of the ``recent``
         most recent scales (the current one included) only, and attends to those (the scale-window method).
+    refine_from: the pipeline's refiner model runs the scales from here on (collaborative decoding, the code
+        method); None: one model throughout.
     """
 
     kv_layout: str = "token"
@@ -57,6 +59,7 @@ class InferencePlan:
     cfg_until: int | None = None
     kv_fp8: bool = False
     kv_window: tuple[int, int] | None = None
+    refine_from: int | None = None
 
     def __post_init__(self) -> None:
         if self.kv_layout not in KV_LAYOUTS:
@@ -71,6 +74,8 @@ class InferencePlan:
             object.__setattr__(self, "kv_window", window)
             if len(window) != 2 or window[0] < 0 or window[1] < 1:
                 raise ValueError(f"kv_window must be (anchors >= 0, recent >= 1), got {self.kv_window}")
+        if self.refine_from is not None and self.refine_from < 1:
+            raise ValueError(f"refine_from must be >= 1, got {self.refine_from}")
         if self.cfg_until is not None and self.cfg_until < 0:
             raise ValueError(f"cfg_until must be >= 0, got {self.cfg_until}")
         for name in ("sample_chunk_logits", "ffn_chunk_elems"):

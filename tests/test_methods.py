@@ -122,9 +122,13 @@ def test_methods_cli_and_sweep_rows(tmp_path):
     cfg = SweepConfig(model="var-tiny", batches=[1], dtype="fp32", device="cpu", repeats=1, min_seconds=0.0,
                       warmup=0, nvml_pass=False, threads=1,
                       methods=["guidance-skip:from_scale=2", "early-exit:blocks=1,from_scale=2",
-                               "variant:depth=2+kv-fp8", "scale-window:anchors=1,recent=1"])
+                               "variant:depth=2+kv-fp8", "scale-window:anchors=1,recent=1",
+                               "code:refiner=var-tiny,from_scale=2+kv-fp8"])
     rows = run_sweep(cfg, tmp_path / "ok", progress=False)
-    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert [r["status"] for r in rows] == ["ok"] * 5, [r.get("error") for r in rows]
+    code = rows[-1]
+    assert code["refiner_weights"] == "random" and code["plan"]["refine_from"] == 2
+    assert code["flops"] > rows[0]["flops"]                 # the refiner re-runs the drafted scales
     assert all(r["kv_bytes"] == r["kv_bytes_analytic"] for r in rows)
     by = {r["method"]: r for r in rows}
     assert by["guidance-skip:from_scale=2"]["plan"]["cfg_until"] == 2
@@ -217,3 +221,37 @@ def test_trace_runs_a_method_and_its_analytic_kv_matches_every_scale(tmp_path):
     assert summary["analytic_equals_cache"] is True
     assert summary["method"] == "guidance-skip:from_scale=2+scale-window:anchors=1,recent=1"
     assert list(summary["plan"]["kv_window"]) == [1, 1] and summary["plan"]["cfg_until"] == 2
+
+
+REFINER = spec.var_spec(2, name="meth-ref", width=32, heads=2, patch_nums=SPEC.patch_nums, vae=spec.TINY_VAE,
+                        num_classes=10, init_adaln_gamma=1.0, init_head=1.0)
+
+
+def test_code_with_the_drafter_as_refiner_is_plain_generation():
+    """The refiner's cache prefilled over the drafted scales is exactly the cache it would have built itself: with
+    a copy of the drafter as refiner, collaborative decoding is plain generation."""
+    import copy
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    plain, _ = _gen(p, InferencePlan.plain())
+    p.set_refiner(copy.deepcopy(p.var))
+    code, _ = _gen(p, InferencePlan(refine_from=2))
+    assert all(torch.equal(a, b) for a, b in zip(plain.indices, code.indices))
+    assert rel_err(torch.cat(code.logits, 1), torch.cat(plain.logits, 1)) <= 1e-5
+
+
+def test_code_refiner_logits_equal_its_teacher_forcing_and_kv_matches_the_analytic_model():
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    ref_pipe = VARPipeline.from_spec(REFINER, seed=3)
+    ref_pipe.vae = p.vae                                   # one VQ-VAE: the refiner reads the drafter's latents
+    p.set_refiner(ref_pipe.var)
+    plan = InferencePlan(refine_from=2)
+    out, seen = _gen(p, plan)
+    L2 = SPEC.begin_ends[2][0]                             # first token of the refiner's scales
+    got = torch.cat(out.logits, 1)
+    assert rel_err(got[:, L2:], ref_pipe.teacher_forcing([1, 2, 3], out.indices)[:, L2:]) <= 1e-5
+    assert rel_err(got[:, :L2], p.teacher_forcing([1, 2, 3], out.indices)[:, :L2]) <= 1e-5
+    assert seen == analytic.code_kv_bytes_per_scale(SPEC, REFINER, 3, torch.float32, plan=plan)
+    with pytest.raises(ValueError, match="does not share"):
+        p.set_refiner(VARPipeline.from_spec("var-toy").var)
+    with pytest.raises(ValueError, match="needs a refiner"):
+        VARPipeline.from_spec(SPEC, seed=0).generate([1], plan=plan)

@@ -29,7 +29,7 @@ class FakeGraphed:
         self.cache, self.plan = self.inner.cache, plan
         FakeGraphed.captures.append(plan)
 
-    def start(self, cond_BD):
+    def start(self, cond_BD, labels_2B=None):
         self.inner.cache.release()
         self.inner.cache = self.cache = type(self.cache)(self.cache.spec, self.cache.schedule, self.cache.rows // 2,
                                                          self.cache.dtype, self.cache.device, keep_skipped=True,
@@ -39,7 +39,7 @@ class FakeGraphed:
     def begin_scale(self, si):
         self.inner.begin_scale(si)
 
-    def run(self, si, x_BlC):
+    def run(self, si, x_BlC, latent_BlCv=None):
         out = self.inner.run(si, x_BlC)
         B = out.batch
         cond, uncond = out.pair(0, B)

@@ -128,6 +128,7 @@ SWEEP = RowKind(
               optional=True),
         Field("method", doc="the efficiency-method configuration, canonical (model/methods.py)", optional=True),
         Field("method_params", doc="its parameters, one dict per method", optional=True),
+        Field("refiner_weights", doc="the code method's refiner weights, source:name@sha256", optional=True),
         LAYERS,
         Field("status", doc="ok | oom | error"),
         Field("error", doc="what went wrong (null when ok)"),

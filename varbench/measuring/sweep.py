@@ -76,8 +76,8 @@ class SweepConfig:
 
 def method_grid(cfg: SweepConfig) -> list[tuple[str, int, int, str | None]]:
     """(canonical method, depth, switch, select) per configuration: ``cfg.methods`` when given, else the
-    variant grid (switches × depths). A bad method is a UsageError naming it. For a schedule other than
-    variant's, depth is the blocks of the last scale and switch the first scale that runs fewer than all."""
+    variant grid (switches × depths). A bad method is a UsageError naming it. (depth, switch, select):
+    ``Configuration.descriptor()``."""
     from model import methods as methods_mod
     from model import spec as spec_mod
 
@@ -93,14 +93,7 @@ def method_grid(cfg: SweepConfig) -> list[tuple[str, int, int, str | None]]:
             conf = methods_mod.parse(text, spec)
         except methods_mod.MethodError as e:
             raise UsageError(f"--method: {e}") from None
-        v = conf.variant_params()
-        if v is not None:
-            out.append((conf.canonical(), v["depth"], v["switch"], v["select"]))
-            continue
-        sched = conf.schedule()
-        S = spec.num_scales
-        switch = next((si for si in range(S) if sched.depth_at(si) < spec.depth), S)
-        out.append((conf.canonical(), sched.depth_at(S - 1), switch, None))
+        out.append((conf.canonical(), *conf.descriptor()))
     return list(dict.fromkeys(out))
 
 

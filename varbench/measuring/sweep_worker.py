@@ -93,7 +93,6 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from model import spec as spec_mod
-    from model.schedule import subnet_layers
     from varbench.measuring import analytic
     from varbench.measuring import timing
 
@@ -106,9 +105,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     conf = (methods.parse(point["method"], spec) if point.get("method")
             else methods.variant(spec, depth, switch, point["select"]))     # rows written before methods existed
     schedule = conf.schedule()
-    v = conf.variant_params()
-    layers = subnet_layers(spec.depth, v["depth"], v["select"]) if v else schedule.layers[-1]
-    res: dict[str, Any] = {"layers": list(layers), "schedule": schedule.describe(),
+    res: dict[str, Any] = {"layers": list(conf.layers()), "schedule": schedule.describe(),
                            "method": conf.canonical(), "method_params": conf.params()}
     if cuda and device.index is not None:
         torch.cuda.set_device(device)
@@ -122,7 +119,18 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
                   seed=point["seed"], schedule=schedule, keep_skipped=point["keep_skipped"], decode=False)
     # the point's execution choices become the pipeline's inference plan (resolved for this device; compiling
     # happens during the warm-up generation(s), which are not timed); the row records the plan that ran
-    pipe.set_plan(compiled=bool(point.get("compile")), cuda_graphs=bool(point.get("cuda_graphs")),
+    refiner_spec = None
+    if conf.refiner():                    # code: the refiner model in the same process, its memory counted
+        from varbench import target as target_mod
+        rt = target_mod.ModelTarget(conf.refiner(), allow_random=True, dtype=point["dtype"], device=str(device),
+                                    seed=point["seed"])
+        rw = target_mod.resolve_weights(rt)
+        ref_pipe = target_mod.load_pipeline(rt, rw)
+        pipe.set_refiner(ref_pipe.var)
+        refiner_spec, res["refiner_weights"] = ref_pipe.spec, rw.label
+        del ref_pipe                      # its VQ-VAE: the drafter's decodes
+    pipe.set_plan(compiled=bool(point.get("compile")),
+                  cuda_graphs=bool(point.get("cuda_graphs")) and refiner_spec is None,   # code runs eager
                   **{**conf.plan_changes(), **(point.get("plan_overrides") or {})})
     graphs = pipe.plan.cuda_graphs        # the graphed cache keeps every block's buffers (keep_skipped accounting)
     res["plan"], res["execution"] = pipe.plan.as_dict(), pipe.plan.execution
@@ -160,7 +168,12 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
         res["rss_peak_bytes"] = MemoryProbe("cpu").snapshot()["rss_peak_bytes"]
 
     e2e = lat["p50"] + dec["p50"]
-    flops = analytic.flops(spec, schedule, batch, plan=pipe.plan)
+    flops = (analytic.flops(spec, schedule, batch, plan=pipe.plan) if refiner_spec is None
+             else analytic.code_flops(spec, refiner_spec, batch, plan=pipe.plan))
+    kv_analytic = (analytic.kv_peak_bytes(spec, schedule, batch, dtype, point["keep_skipped"] or graphs, plan=pipe.plan)
+                   if refiner_spec is None else
+                   max(analytic.code_kv_bytes_per_scale(spec, refiner_spec, batch, dtype, point["keep_skipped"],
+                                                        plan=pipe.plan)))
     res.update({
         "n": lat["n"], "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p99": lat["p99"],
         "latency_ms_mean": lat["mean"], "latency_ms_min": lat["min"], "decode_ms_p50": dec["p50"],
@@ -169,8 +182,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
         "images_per_s": batch * 1e3 / e2e if e2e > 0 else None,
         "images_per_s_excl_decode": batch * 1e3 / lat["p50"] if lat["p50"] > 0 else None,
         "scale_ms_p50": scale_ms_p50, "kv_bytes": kv_bytes,
-        "kv_bytes_analytic": analytic.kv_peak_bytes(spec, schedule, batch, dtype,
-                                                    point["keep_skipped"] or graphs, plan=pipe.plan),
+        "kv_bytes_analytic": kv_analytic,
         "flops": flops, "tflop_per_s": flops / (lat["p50"] * 1e9) if lat["p50"] > 0 else None,
         "nvml_peak_used_bytes": None, "nvml_peak_process_used_bytes": None,
     })
