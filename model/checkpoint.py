@@ -55,8 +55,10 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{p} was refused: it holds pickled objects other than tensors, and varbench only "
                               f"loads .pth files with weights_only=True ({_first_line(e)})") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{p} is not a readable torch checkpoint: {_first_line(e)}") from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, IndexError) as e:
+        # a text file or garbage reaches torch's legacy loader, which fails with whatever it tripped on
+        raise CheckpointError(f"{p} is not a readable torch checkpoint: {type(e).__name__}: "
+                              f"{_first_line(e)}") from None
     return _as_flat_state(obj, p)
 
 

@@ -56,6 +56,7 @@ class VARSpec:
     init_head: float = 0.02
     official: bool = False          # weights published by FoundationVision (resolvable from the HF hub)
     hf_file: str | None = None      # e.g. "var_d30.pth"
+    default_switch: int | None = None   # first scale of the subnet by default; None -> the paper's 6, or S-1
     # derived (filled in __post_init__)
     num_scales: int = field(init=False)
     tokens: tuple[int, ...] = field(init=False)          # pn² per scale
@@ -78,6 +79,10 @@ class VARSpec:
             be.append((cur, cur + t))
             cur += t
         object.__setattr__(self, "num_scales", len(self.patch_nums))
+        if self.default_switch is None:            # the paper's 6 of 10 scales; fewer scales: the last one only
+            object.__setattr__(self, "default_switch", min(6, self.num_scales - 1))
+        if not 0 <= self.default_switch < self.num_scales:
+            raise ValueError(f"default_switch {self.default_switch} is outside 0..{self.num_scales - 1}")
         object.__setattr__(self, "tokens", toks)
         object.__setattr__(self, "begin_ends", tuple(be))
         object.__setattr__(self, "L", cur)
@@ -128,7 +133,7 @@ SPECS: dict[str, VARSpec] = {
                          num_classes=10),
     # the shipped toy model (trained by varbench itself): 12 blocks, 7 scales, 32x32 images
     "var-toy": var_spec(12, name="var-toy", width=128, heads=4, patch_nums=(1, 2, 3, 4, 5, 6, 8),
-                        vae=TOY_VAE, num_classes=10),
+                        vae=TOY_VAE, num_classes=10, default_switch=4),
 }
 
 HF_REPO = "FoundationVision/var"

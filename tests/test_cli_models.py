@@ -58,7 +58,8 @@ def test_default_depths_kept_below_model_depth():
     (["--model", "var-d30", "--depths", "99"], "2..30"),
     (["--model", "var-d30", "--depths", "4,,8"], "--depths"),
     (["--model", "var-d30", "--depths", "four"], "'four'"),
-    (["--model", "var-d30", "--switch", "42"], "0..10"),
+    (["--model", "var-d30", "--switch", "42"], "0..9"),
+    (["--model", "var-d30", "--switch", "10"], "leaves no scale to the subnet"),
     (["--model", "var-d30", "--switch", "x"], "--switch"),
     (["--model", "var-d30", "--select", "random"], "isometric"),
     (["--model", "nope"], "unknown model 'nope'"),
@@ -126,8 +127,10 @@ def test_shared_option_checks(tmp_path):
     assert target.resolve_depths(s, None, with_full=False) == [2]
     with pytest.raises(UsageError, match="2..4"):
         target.resolve_depths(s, "1")
-    assert target.check_switch(s, 4) == 4
-    assert target.check_switch(s, None) == 3 and target.check_switch(spec.SPECS["var-d30"], None) == 6
+    assert target.check_switch(s, 3) == 3
+    with pytest.raises(UsageError, match="no scale to the subnet"):
+        target.check_switch(s, 4)                 # S: a "depth 2" row would be the full network
+    assert target.check_switch(s, None) == 3 and target.check_switch(spec.SPECS["var-toy"], None) == 4 and target.check_switch(spec.SPECS["var-d30"], None) == 6
     with pytest.raises(UsageError):
         target.check_switch(s, 5)
     import torch
@@ -161,8 +164,9 @@ def test_to_json_is_strict():
     assert json.loads(text) == {"a": None, "b": 1.5, "c": [1, 2], "p": "/x"}
 
 
-def test_plain_value_error_is_not_swallowed():
-    """Only our error types become one-line exits; a bug (plain ValueError) still surfaces as an exception."""
+def test_a_bug_is_one_line_exit_1_not_a_traceback():
+    """A bug (plain ValueError) is not mistaken for bad input (exit 1, not 2) and is named in one line; the
+    traceback is only in the log, for --verbose."""
     probe = typer.Typer(cls=VarbenchGroup)
     probe.callback()(lambda: None)
 
@@ -171,4 +175,6 @@ def test_plain_value_error_is_not_swallowed():
         raise ValueError("a real bug")
 
     res = runner.invoke(probe, ["bug"])
-    assert res.exit_code == 1 and isinstance(res.exception, ValueError)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    lines = res.stderr.strip().splitlines()
+    assert lines == ["error: internal error: ValueError: a real bug (rerun with --verbose for the traceback)"]

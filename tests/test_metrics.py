@@ -159,3 +159,112 @@ def test_fid_bad_npz_is_a_usage_error(tmp_path):
     np.savez(bad, mean=np.zeros(3))
     with pytest.raises(UsageError, match="mu"):
         metrics.fid_torch_fidelity(torch.rand(4, 3, 16, 16), bad)
+
+
+# ---- the sampled (guided, truncated) distribution ------------------------------------------------------------
+def test_guided_logits_follow_the_official_ramp():
+    cond = torch.tensor([[[2.0, 0.0]] * 3])               # 3 scales of 1 token: t = 0, cfg/2, cfg
+    uncond = torch.tensor([[[1.0, 1.0]] * 3])
+    g = metrics.guided_logits(cond, uncond, [(0, 1), (1, 2), (2, 3)], cfg=2.0)
+    for si, t in enumerate((0.0, 1.0, 2.0)):              # (1+t)·cond − t·uncond
+        assert g[0, si].tolist() == pytest.approx([(1 + t) * 2 - t, -t])
+
+
+def test_truncated_probs_match_the_sampler_rule():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    # top-p 0.8: mass above each entry 0, .5, .8, .95 -> keep the first two (strictly < 0.8), renormalised
+    assert metrics.truncated_probs(logits, 0, 0.8)[0].tolist() == pytest.approx([0.625, 0.375, 0, 0])
+    assert metrics.truncated_probs(logits, 3, 0.0)[0].tolist() == pytest.approx([0.5 / .95, 0.3 / .95, .15 / .95, 0])
+    assert metrics.truncated_probs(logits, 1, 0.96)[0].tolist() == [1.0, 0.0, 0.0, 0.0]   # greedy
+    # the sampler never draws outside the kept set, and draws the kept tokens in these proportions
+    from model.sampling import sample_tokens
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_tokens(logits.expand(20000, 4)[None], 3, 0.8, gen)[0]
+    freq = torch.bincount(draws, minlength=4).double() / draws.numel()
+    assert freq.tolist() == pytest.approx(metrics.truncated_probs(logits, 3, 0.8)[0].tolist(), abs=0.01)
+
+
+def test_sampled_kl_hand_computed_disjoint_supports():
+    eps, V = 1e-4, 4
+    ref = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
+    sub = torch.log(torch.tensor([[[0.1, 0.2, 0.3, 0.4]]]))
+    # top-2: the full network keeps {0, 1} = (.625, .375), the subnet {3, 2} = (4/7, 3/7): disjoint supports
+    p = [0.625 * (1 - eps) + eps / V, 0.375 * (1 - eps) + eps / V, eps / V, eps / V]
+    q = [eps / V, eps / V, 3 / 7 * (1 - eps) + eps / V, 4 / 7 * (1 - eps) + eps / V]
+    hand = sum(a * math.log(a / b) for a, b in zip(p, q))
+    got = metrics.sampled_kl_per_sample_scale(ref, sub, [(0, 1)], top_k=2, top_p=0.0, eps=eps)
+    assert got.shape == (1, 1) and float(got) == pytest.approx(hand, rel=1e-9)
+    assert float(got) <= math.log(V / eps)                 # the bound the docstring states
+    # equal distributions: exactly 0; the same kept set with other weights: the smoothed KL of the renormalised pair
+    assert float(metrics.sampled_kl_per_sample_scale(ref, ref.clone(), [(0, 1)], 2, 0.0)) == 0.0
+    near = torch.log(torch.tensor([[[0.4, 0.4, 0.15, 0.05]]]))
+    p2 = [0.625 * (1 - eps) + eps / V, 0.375 * (1 - eps) + eps / V, eps / V, eps / V]
+    q2 = [0.5 * (1 - eps) + eps / V, 0.5 * (1 - eps) + eps / V, eps / V, eps / V]
+    hand2 = sum(a * math.log(a / b) for a, b in zip(p2, q2))
+    assert float(metrics.sampled_kl_per_sample_scale(ref, near, [(0, 1)], 2, 0.0, eps)) == pytest.approx(hand2)
+
+
+def test_per_sample_kl_and_agreement_average_to_the_per_scale_numbers():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(3, 14, 16, generator=g), torch.randn(3, 14, 16, generator=g)
+    per = metrics.kl_per_sample_scale(a, b, BE)
+    assert per.shape == (3, 3) and per.mean(0).tolist() == pytest.approx(metrics.kl_per_scale(a, b, BE))
+    ia = [torch.tensor([[1], [2]]), torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])]
+    ib = [torch.tensor([[1], [3]]), torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])]
+    assert metrics.token_agreement_per_sample_scale(ia, ib).tolist() == [[1.0, 1.0], [0.0, 0.5]]
+
+
+def test_ssim_matches_scikit_image_where_installed():
+    """The library SSIM (Gaussian weights, sigma 1.5, population covariance: Wang et al.'s settings) on the same
+    crop: ours is kept because it scores every image in one batched conv (skimage loops over images)."""
+    skm = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(7)
+    a = torch.rand(3, 3, 32, 32, generator=g, dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(3, 3, 32, 32, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ours = metrics.ssim_per_image(a, b)
+    for i in range(3):
+        want = skm.structural_similarity(a[i].numpy(), b[i].numpy(), data_range=1.0, channel_axis=0,
+                                         gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert float(ours[i]) == pytest.approx(want, rel=1e-6)
+
+
+# ---- FID plumbing with a constructed feature extractor (no Inception, no download) ------------------------------
+def _tiny_extractor():
+    """A fixed random conv net standing in for Inception: uint8 images -> 6-d features."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1)).eval()
+    return lambda x_u8: net(x_u8.float() / 255)
+
+
+def test_fid_plumbing_tensor_folder_and_npz_agree_with_scipy(tmp_path):
+    from PIL import Image
+    linalg = pytest.importorskip("scipy.linalg")
+
+    g = torch.Generator().manual_seed(1)
+    gen, real = torch.rand(40, 3, 16, 16, generator=g), torch.rand(50, 3, 16, 16, generator=g) ** 2
+    extract = _tiny_extractor()
+    got = metrics.fid_with(gen, real, extract)
+    # the same number from the features directly, with scipy's matrix square root
+    f1 = metrics._features(metrics._to_uint8(gen), extract)
+    f2 = metrics._features(metrics._to_uint8(real), extract)
+    m1, s1, m2, s2 = f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)
+    want = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert got == pytest.approx(want, rel=1e-6) and got > 0
+    # a reference folder of PNGs (class sub-folders) and an ADM-style .npz give the same FID
+    for i, img in enumerate(metrics._to_uint8(real)):
+        d = tmp_path / "ref" / f"c{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i}.png")
+    assert metrics.fid_with(gen, tmp_path / "ref", extract) == pytest.approx(got, rel=1e-9)
+    np.savez(tmp_path / "ref.npz", mu=m2, sigma=s2)
+    assert metrics.fid_with(gen, tmp_path / "ref.npz", extract) == pytest.approx(got, rel=1e-9)
+    assert metrics.fid_with(real, real, extract) == pytest.approx(0.0, abs=1e-9)
+    np.savez(tmp_path / "wrong.npz", mu=np.zeros(4), sigma=np.eye(4))
+    with pytest.raises(UsageError, match="4-d"):
+        metrics.fid_with(gen, tmp_path / "wrong.npz", extract)
+
+
+def test_missing_inception_weights_file_names_the_option(tmp_path):
+    with pytest.raises(UsageError, match="--inception-weights"):
+        metrics.fid_torch_fidelity(torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16),
+                                   weights_path=str(tmp_path / "missing.pth"))

@@ -130,14 +130,17 @@ def test_speed_ratio_within_run():
     assert [v.family for v in res.verdicts if v.failed] == ["ratio"]
 
 
-def test_mann_whitney_fallback_matches_scipy():
+def test_mann_whitney_is_scipys_one_sided_test():
     scipy_stats = pytest.importorskip("scipy.stats")
     rng = random.Random(3)
-    x = [round(rng.gauss(10, 1), 1) for _ in range(25)]     # rounding makes ties
+    x = [round(rng.gauss(10, 1), 1) for _ in range(25)]     # rounding makes ties: the normal approximation
     y = [round(rng.gauss(10.6, 1), 1) for _ in range(30)]
     for a, b in ((x, y), (y, x)):
         want = scipy_stats.mannwhitneyu(a, b, alternative="greater", method="asymptotic").pvalue
-        assert regress._mann_whitney_greater_fallback(a, b) == pytest.approx(want, rel=1e-9)
-    # clearly shifted samples give a tiny p; identical ones p = 0.5-ish
-    assert regress._mann_whitney_greater_fallback([v + 5 for v in x], x) < 1e-6
-    assert regress._mann_whitney_greater_fallback(x, x) > 0.3
+        assert regress.mann_whitney_greater(a, b) == pytest.approx(want, rel=1e-9)
+    # five samples each, no ties: the exact law, whose smallest one-sided p is 1 / C(10, 5) = 1/252
+    assert regress.mann_whitney_greater([6, 7, 8, 9, 10], [1, 2, 3, 4, 5]) == pytest.approx(1 / 252)
+    # clearly shifted samples give a tiny p; identical ones p = 0.5-ish; no samples: no evidence
+    assert regress.mann_whitney_greater([v + 5 for v in x], x) < 1e-6
+    assert regress.mann_whitney_greater(x, x) > 0.3
+    assert regress.mann_whitney_greater([], x) == 1.0

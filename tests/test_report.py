@@ -139,3 +139,21 @@ def test_cli_report_and_bad_input(tmp_path):
     assert (tmp_path / "x.html").stat().st_size > 1_000_000        # plotly.js is inside
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_report_is_a_decision_document(tmp_path):
+    """Summary first, then figures; the run metadata collapsed at the end; no empty 'reference' heatmap; CPU
+    memory axes use the cache's own bytes (RSS is flat across points)."""
+    d = write_results(tmp_path / "res")
+    with (d / "sensitivity.jsonl").open("a") as f:
+        f.write("\n" + json.dumps({"kind": "sensitivity", "model": "var-tiny", "mode": "reference", "scale": None,
+                                   "depth": 4, "metric": "kl", "value": 0.0}) + "\n")
+    page = build_report([d], tmp_path / "r.html").read_text()
+    body = page[page.index("<body>"):]
+    assert body.index("<h2>Summary</h2>") < body.index("Pareto frontiers") < body.index("<details class=\"runs\">")
+    assert body.index("<details class=\"runs\">") > body.rindex("plotly-graph-div")
+    assert "mode reference" not in body
+    from varbench.results import read_rows
+
+    pts, _ = sweep_points(read_rows(d / "sweep.jsonl"), [])
+    assert [p["peak_mib"] * 2 ** 20 for p in pts] == [p["kv_bytes"] for p in pts]

@@ -67,3 +67,20 @@ def test_console_error_detection_really_fires(tmp_path):
     page.write_text("<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>")
     _, stderr = _render(page, tmp_path)
     assert any("undefinedFunction" in ln for ln in _console_lines(stderr))
+
+
+@pytest.mark.parametrize("width,height", [(1400, 1000), (390, 844)])
+def test_report_screenshots_at_desktop_and_phone_width(tmp_path, width, height):
+    """The summary is what a reader sees first at both widths (screenshots kept under tmp_path for a look)."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium on this machine")
+    html = build_report([write_results(tmp_path / "res")], tmp_path / "report.html")
+    shot = tmp_path / f"report-{width}.png"
+    res = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},{height}",
+                          "--virtual-time-budget=5000", f"--screenshot={shot}", html.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == width

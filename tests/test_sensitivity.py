@@ -139,8 +139,9 @@ def test_toy_metric_rows_and_reference(tmp_path, monkeypatch):
     import varbench.quality
 
     fake = types.ModuleType("varbench.quality.toy_metric")
-    fake.toy_accuracy = lambda images, labels: float((images.mean(dim=(1, 2, 3)) > 0.5).float().mean())
-    fake.toy_fd = lambda images: float(images.mean()) * 100
+    fake.toy_scores = lambda images, labels: ((images.mean(dim=(1, 2, 3)) > 0.5).numpy(),
+                                              images.flatten(1)[:, :3].double().numpy())
+    fake.fd_of_features = lambda feats: float(feats.mean()) * 100
     fake.real_fd = lambda n: 1.0 / n
     monkeypatch.setattr(sens, "_toy_image_size", lambda: TINY.image_size)
     monkeypatch.setitem(sys.modules, "varbench.quality.toy_metric", fake)
@@ -149,6 +150,10 @@ def test_toy_metric_rows_and_reference(tmp_path, monkeypatch):
     ref = {r["metric"]: r for r in rows if r["mode"] == "reference"}
     assert set(ref) == {"toy_acc", "toy_fd"} and ref["toy_fd"]["depth"] == 4 and ref["toy_fd"]["scale"] is None
     assert ref["toy_fd"]["real_fd"] == 0.5 and ref["toy_acc"]["layers"] == [0, 1, 2, 3]
+    for r in rows:                       # every row, reference included, carries its interval and sample count
+        assert r["n"] == 2 and r["ci_method"] in ("wilson", "exact", "bca-bootstrap", "percentile-bootstrap")
+        assert r["ci_low"] <= r["value"] <= r["ci_high"] or r["ci_method"] == "percentile-bootstrap"
+    assert ref["toy_acc"]["ci_method"] == "wilson" and 0 <= ref["toy_acc"]["ci_low"] < ref["toy_acc"]["ci_high"] <= 1
     cell = {r["metric"] for r in rows if r["mode"] == "single"}
     assert cell == set(sens.FIDELITY) | {"toy_acc", "toy_fd"}
     assert (tmp_path / "sensitivity_matrix_single_toy_fd.csv").exists()
@@ -219,4 +224,77 @@ def test_cli_bad_checkpoint_exits_2(tmp_path):
     bad = tmp_path / "var.pth"
     bad.write_bytes(b"not a checkpoint")
     res = _cli("--ckpt", str(bad), "--vae", str(bad), "--out", str(tmp_path / "out"))
-    assert res.exit_code == 2 and "cannot load var-tiny weights" in res.stderr and "Traceback" not in res.stderr
+    assert res.exit_code == 2 and "Traceback" not in res.stderr
+    assert "cannot load var-tiny weights" in res.stderr or "--ckpt" in res.stderr     # refused before or at loading
+
+
+# ---- the KL of the sampled distribution and the intervals ------------------------------------------------------
+def test_guided_logits_are_what_the_sampler_saw(monkeypatch):
+    """Teacher forcing over [labels | null] on the full network's own tokens gives, scale by scale, exactly the
+    guided logits generation handed to the sampler (so the guided KL compares the distributions really drawn)."""
+    import model.pipeline as pipeline_mod
+    from model import VARPipeline
+
+    pipe = VARPipeline.from_spec(LIVE, seed=1)
+    seen = []
+    real = pipeline_mod.sample_tokens
+
+    def spy(logits, *a, **k):
+        seen.append(logits.clone())
+        return real(logits, *a, **k)
+
+    monkeypatch.setattr(pipeline_mod, "sample_tokens", spy)
+    labels = torch.tensor([1, 7])
+    out = pipe.generate(labels, cfg=2.5, top_k=900, top_p=0.96, seed=3, decode=False)
+    cfg = _cfg(cfg=2.5)
+    sched = sens.DepthSchedule.variant(LIVE, 2, switch=2)
+    guided = sens.next_scale_logits(pipe, labels, out.indices, DepthSchedule.full(LIVE), cfg)
+    for (b, e), g in zip(LIVE.begin_ends, seen):
+        assert torch.allclose(guided[:, b:e], g, atol=1e-4, rtol=1e-4)
+    cond = sens.next_scale_logits(pipe, labels, out.indices, sched, dataclasses.replace(cfg, kl="conditional"))
+    assert torch.equal(cond, pipe.teacher_forcing(labels, out.indices, sched))
+
+
+def test_kl_kind_labels_rows_and_keys(tmp_path):
+    guided = sens.run_sensitivity(_cfg(mode="from", depths=[2], scales="2"), tmp_path)
+    cond = sens.run_sensitivity(_cfg(mode="from", depths=[2], scales="2", kl="conditional"), tmp_path)
+    g, c = _by(guided, "kl")[(2, 2)], _by(cond, "kl")[(2, 2)]
+    assert g["kl_kind"] == "guided" and c["kl_kind"] == "conditional"
+    assert g["value"] != c["value"] and g["value"] > 0 and c["value"] > 0
+    assert all(r["kl_kind"] is None for r in guided if r["metric"] != "kl")
+    # both kinds live side by side in one rows file; a rerun of either resumes
+    kl_rows = [r for r in results.read_rows(tmp_path / sens.ROWS_FILE) if r["metric"] == "kl"]
+    assert sorted(r["kl_kind"] for r in kl_rows) == ["conditional", "guided"]
+    with pytest.raises(UsageError, match="--kl"):
+        sens.run_sensitivity(_cfg(kl="sideways"), tmp_path)
+
+
+def test_rows_carry_intervals_that_cover_the_value(tmp_path):
+    rows = sens.run_sensitivity(_cfg(mode="single", depths=[2, 4], scales="1,3", samples=6, batch=3), tmp_path)
+    for r in rows:
+        assert r["n"] == 6 and r["ci_method"] in ("bca-bootstrap", "percentile-bootstrap", "exact")
+        assert r["ci_low"] <= r["value"] <= r["ci_high"], r
+    kl = _by(rows, "kl")
+    assert kl[(1, 4)]["ci_method"] == "exact" and kl[(1, 4)]["ci_low"] == kl[(1, 4)]["ci_high"] == 0.0
+    assert kl[(1, 2)]["ci_low"] < kl[(1, 2)]["ci_high"]           # a shallow cell has sampling spread
+
+
+def test_cli_shows_intervals_and_rejects_a_bad_kl(tmp_path):
+    res = _cli("--allow-random", "--out", str(tmp_path), "--scales", "3", "--depths", "2", "--samples", "4",
+               "--batch", "2", "--kl", "conditional")
+    assert res.exit_code == 0, res.stderr
+    assert "(conditional)" in res.stderr and "95% interval" in res.stderr and "n = 4" in res.stderr
+    bad = _cli("--allow-random", "--out", str(tmp_path / "x"), "--kl", "sideways")
+    assert bad.exit_code == 2 and "--kl" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rows_without_intervals_are_measured_again(tmp_path):
+    """Rows written before intervals existed do not count as finished: a rerun measures them, with intervals."""
+    cfg = _cfg(mode="from", depths=[2], scales="3")
+    sens.run_sensitivity(cfg, tmp_path)
+    path = tmp_path / sens.ROWS_FILE
+    old = [{k: v for k, v in r.items() if k not in ("ci_low", "ci_high", "n", "ci_method", "kl_kind")}
+           for r in results.read_rows(path)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    again = sens.run_sensitivity(cfg, tmp_path)
+    assert again and all("ci_low" in r and r["n"] == 2 for r in again)

@@ -66,7 +66,7 @@ def test_resume_continues_exactly(tmp_path, tokens_dir):
     """Stop after 3 steps, resume: steps 4 and 5 equal the uninterrupted run's (class dropout, drop path, draws)."""
     kw = dict(batch=8, epochs=4, strategy="progressive", e1=0.5, e2=1, e3=2)
     train(cfg(tmp_path / "a", tokens_dir, max_steps=5, **kw))
-    train(cfg(tmp_path / "b", tokens_dir, max_steps=3, **kw))
+    train(cfg(tmp_path / "b", tokens_dir, max_steps=3, schedule_steps=5, **kw))    # stop at 3 of a 5-step plan
     meta = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
     assert (meta["step"], meta["epoch"], meta["batch_in_epoch"]) == (3, 1, 1)
     resumed = config_from_dict(meta["config"] | {"max_steps": 5, "resume": str(tmp_path / "b")})

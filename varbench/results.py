@@ -3,11 +3,15 @@ manifest describing the environment they were measured in (DESIGN "Measurement r
 
 Rows are plain dicts with units in field names; every row carries ``model``, ``weights`` and ``kind``; each kind's
 fields, units, key fields and rows file are declared in ``varbench.schema``.
-A crash can leave at most a truncated last line, which ``read_rows`` skips, so a rerun resumes cleanly.
+A crash can leave at most a truncated last line, which ``read_rows`` skips, so a rerun resumes cleanly. A folder
+has one writer at a time (``lock_dir``), so two runs never resume the same points twice.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import json
 import logging
 import math
@@ -18,13 +22,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
+from varbench.errors import UsageError
 from varbench.schema import SWEEP
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".varbench.lock"
 
 
 def _git_commit() -> str | None:
@@ -93,7 +99,7 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same directory + os.replace, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -117,7 +123,7 @@ def write_manifest(out_dir: str | os.PathLike, extra: Mapping[str, Any] | None =
     data = environment()
     data.update(dict(extra or {}))
     path = Path(out_dir) / name
-    _atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
     return path
 
 
@@ -215,3 +221,45 @@ def row_key(row: Mapping[str, Any], fields: Iterable[str]) -> tuple:
             return int(v)
         return v
     return tuple(norm(row.get(f)) for f in fields)
+
+
+# ---- one writer per results folder ------------------------------------------------------------------------------
+_HELD: set[str] = set()          # folders this process holds (a nested writer in the same process is the same one)
+
+
+@contextlib.contextmanager
+def lock_dir(out_dir: str | os.PathLike, command: str | None = None) -> Iterator[Path]:
+    """Hold ``out_dir`` for one writer: an fcntl lock on ``out_dir/.varbench.lock`` holding our pid and command.
+
+    Two writers into one folder would both resume the same points and append duplicate rows, so a second one
+    gets a UsageError (exit 2) naming the holder. The kernel drops the lock when the holder exits, even by
+    SIGKILL, so a stale lock file never blocks a later run.
+    """
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    key = str(d.resolve())
+    if key in _HELD:
+        yield d
+        return
+    path = d / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise UsageError(f"{d} is being written by {holder}; wait for it to finish or choose another "
+                             f"--out") from None
+        what = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({what})".encode("utf-8"), 0)
+        _HELD.add(key)
+        try:
+            yield d
+        finally:
+            _HELD.discard(key)
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)

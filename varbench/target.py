@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 DEVICE_NAMES = ("auto", "cpu", "cuda")          # and cuda:N
-DEFAULT_SWITCH = 6                              # the paper's VARiant switch scale
 HASH_CHARS = 12                                 # of the sha256 in a weights label: 48 bits, collisions unlikely
 _RESOLVED_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -82,15 +81,18 @@ def resolve_depths(spec: "VARSpec", depths: str | Sequence[int] | None, default:
 
 
 def check_switch(spec: "VARSpec", switch: int | None) -> int:
-    """VARiant switch scale N in 0..S (0 = subnet everywhere, S = full network everywhere).
+    """VARiant switch scale N in 0..S-1 (0 = subnet at every scale); None -> the model's registry default.
 
-    None -> the paper's 6, or S-1 when the model has fewer scales (so the last scale still runs the subnet).
+    N = S is refused: no scale would run the subnet, so a "depth 2" row would measure the full network.
     """
     S = spec.num_scales
     if switch is None:
-        return min(DEFAULT_SWITCH, S - 1)
-    if not 0 <= switch <= S:
-        raise UsageError(f"--switch: {switch} is outside 0..{S} ({spec.name} has {S} scales)")
+        return spec.default_switch
+    if switch == S:
+        raise UsageError(f"--switch: {switch} leaves no scale to the subnet ({spec.name} has {S} scales, "
+                         f"0..{S - 1}); the full network is --depths {spec.depth}")
+    if not 0 <= switch < S:
+        raise UsageError(f"--switch: {switch} is outside 0..{S - 1} ({spec.name} has {S} scales)")
     return switch
 
 
@@ -298,6 +300,61 @@ def load_pipeline(target: ModelTarget, weights: Weights | None = None) -> "VARPi
             raise UsageError(f"cannot load {spec.name} weights ({w.label}): {e}") from None
     pipe.weights = w.label
     return pipe
+
+
+def _state_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a checkpoint's tensors without reading their data where the format allows it
+    (safetensors header; zip-format .pth memory-mapped); anything else goes through the strict loader, whose
+    CheckpointError says what is wrong (not a checkpoint, pickled objects refused, ...)."""
+    import torch
+
+    from model.checkpoint import SAFETENSORS_SUFFIXES, CheckpointError, load_state_file
+
+    try:
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {str(k): tuple(v.shape) for k, v in obj.items()}
+    except Exception:  # noqa: BLE001 - the strict loader below names the problem
+        pass
+    try:
+        return {k: tuple(v.shape) for k, v in load_state_file(path).items()}
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a garbage file trips in the loader, it is not a checkpoint
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def check_weight_files(spec: "VARSpec", ckpt: str | os.PathLike | None, vae: str | os.PathLike | None,
+                       names: tuple[str, str] = ("--ckpt", "--vae")) -> None:
+    """``--ckpt`` / ``--vae`` are files holding this model's tensors (keys and shapes): checked once in the
+    parent, so a text file, a refused pickle or another model's weights is exit 2 before any worker starts."""
+    import torch
+
+    from model.checkpoint import CheckpointError, check_state_dict
+    from model.var import VAR
+    from model.vqvae import VQVAE
+
+    for p, what in zip((ckpt, vae), names):
+        if p is not None and not Path(p).expanduser().is_file():
+            raise UsageError(f"{what}: {p} is not a file")
+    if ckpt is None and vae is None:
+        return
+    with torch.device("meta"):
+        modules = dict(zip(names, (VAR(spec), VQVAE(spec.vae, spec.patch_nums))))
+    for p, what in zip((ckpt, vae), names):
+        if p is None:
+            continue
+        try:
+            got = _state_shapes(Path(p).expanduser())
+            check_state_dict({k: tuple(v.shape) for k, v in modules[what].state_dict().items()}, got,
+                             f"{p} ({spec.name})")
+        except CheckpointError as e:
+            raise UsageError(f"{what}: {e}") from None
 
 
 def portable_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,21 @@ from .strategy import STRATEGIES, Strategy, StrategyConfig, valid_subnet_depths
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OFFICIAL_TBLR = 1e-4          # lr per 256 images of the official trainer, linearly scaled with the batch
+SCRATCH_LR = 1e-3             # --init random: the recipe that trained var-toy (AdamW, batch 256) ...
+SCRATCH_REF_BATCH = 256       # ... scaled by sqrt(batch / 256) below it, so a small batch still learns
+
+
+def peak_lr_of(cfg: "TrainConfig") -> float:
+    """--lr, else --tblr·batch/256, else a from-scratch lr for --init random (the official tblr at batch 16 is
+    6e-6: a random model learns nothing in a short run) and the official tblr for an initialised model."""
+    if cfg.lr is not None:
+        return cfg.lr
+    if cfg.tblr is not None:
+        return peak_lr(cfg.tblr, cfg.batch)
+    if cfg.init == "random":
+        return SCRATCH_LR * min(1.0, cfg.batch / SCRATCH_REF_BATCH) ** 0.5
+    return peak_lr(OFFICIAL_TBLR, cfg.batch)
 
 
 @dataclass
@@ -60,8 +75,11 @@ class TrainConfig:
     epochs: int | None = None            # None -> E1+E2+E3 (progressive) or 1
     batch: int = 16                      # global batch
     max_steps: int | None = None
-    lr: float | None = None              # absolute peak lr; None -> tblr·batch/256
-    tblr: float = 1e-4
+    schedule_steps: int | None = None    # steps the lr schedule and phases span; None -> the run's own length
+                                         # (max_steps compresses the epoch plan). A checkpoint keeps the value
+                                         # it ran with, so --resume continues the same schedule
+    lr: float | None = None              # absolute peak lr; None -> tblr·batch/256, or from scratch (below)
+    tblr: float | None = None            # None -> 1e-4 (official) with --init FILE; from scratch: SCRATCH_LR
     wd: float = 0.05
     warmup: int | None = None            # iterations; None -> 2% of the run (the official ep/50)
     wp0: float = 0.005
@@ -95,7 +113,7 @@ class TrainConfig:
         for name in ("batch", "log_every", "val_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "max_steps"):
+        for name in ("epochs", "max_steps", "schedule_steps"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
@@ -292,8 +310,20 @@ def _train(cfg: TrainConfig, env, on_log) -> dict[str, Any]:
     epochs = cfg.epochs or (math.ceil(strategy.default_epochs) if cfg.strategy == "progressive" else 1)
     total = epochs * ipe
     stop = min(total, cfg.max_steps) if cfg.max_steps else total
-    warmup = cfg.warmup if cfg.warmup is not None else round(total / 50)
-    peak = cfg.lr if cfg.lr is not None else peak_lr(cfg.tblr, cfg.batch)
+    # --max-steps below the epoch plan compresses it: the lr schedule spans the steps that will run and the
+    # progressive phases are laid over them in proportion, so a short run warms up, ramps p and finishes
+    sched_steps = cfg.schedule_steps or stop
+    if sched_steps < total and env.is_main and not cfg.resume:
+        note = (f"{sched_steps} steps are fewer than the {total} of {epochs} epochs: the lr schedule and the "
+                f"{cfg.strategy} phases are compressed to {sched_steps} steps")
+        log.info(note)
+        if on_log:
+            on_log({"kind": "notice", "message": note})       # shown to the user, not a metrics row
+    warmup = cfg.warmup if cfg.warmup is not None else round(sched_steps / 50)
+    peak = peak_lr_of(cfg)
+
+    def sched_epoch(step: int, ep_f: float) -> float:
+        return ep_f if sched_steps == total else epochs * step / sched_steps
 
     step, epoch, start_batch = 0, 0, 0
     resumed = None
@@ -342,8 +372,8 @@ def _train(cfg: TrainConfig, env, on_log) -> dict[str, Any]:
         msd = state_mod.model_state(model, cfg.fsdp)
         osd = state_mod.optim_state(model, opt, cfg.fsdp)
         if env.is_main:
-            meta = {"config": dataclasses.asdict(cfg), "step": step, "epoch": epoch, "batch_in_epoch": start_batch,
-                    "strategy": strategy.state_dict(), "total_steps": total}
+            meta = {"config": dataclasses.asdict(cfg) | {"schedule_steps": sched_steps}, "step": step, "epoch": epoch, "batch_in_epoch": start_batch,
+                    "strategy": strategy.state_dict(), "total_steps": total, "schedule_steps": sched_steps}
             state_mod.save_checkpoint(out, msd, osd, scaler.state_dict(), meta)
         dist_mod.barrier(env)
 
@@ -363,9 +393,9 @@ def _train(cfg: TrainConfig, env, on_log) -> dict[str, Any]:
         loader = data_mod.make_loader(train_ds, batches, cfg.workers, env.device.type == "cuda")
         for bi, batch in enumerate(loader, start=start_batch):
             ep_f = epoch + bi / ipe
-            lr = lr_at(step, total, warmup, peak, cfg.wp0, cfg.wpe)
+            lr = lr_at(step, sched_steps, warmup, peak, cfg.wp0, cfg.wpe)
             set_lr(opt, lr)
-            plan = strategy.plan(ep_f)
+            plan = strategy.plan(sched_epoch(step, ep_f))
             res = _train_step(model, batch, plan, cfg, ctx, step)
             step, steps_since = step + 1, steps_since + 1
             epoch, start_batch = (epoch, bi + 1) if bi + 1 < ipe else (epoch + 1, 0)
@@ -390,4 +420,5 @@ def _train(cfg: TrainConfig, env, on_log) -> dict[str, Any]:
     if cfg.save_final:
         save()
     return {"step": step, "epoch": epoch, "loss": last.get("loss"), "lr": last.get("lr"),
-            "images_per_s": last.get("images_per_s"), "val": val_res, "out": str(out), "total_steps": total}
+            "images_per_s": last.get("images_per_s"), "val": val_res, "out": str(out), "total_steps": total,
+            "schedule_steps": sched_steps, "peak_lr": peak}

@@ -6,6 +6,7 @@ unavailable, 130 interrupted. Every error is one line on stderr; no traceback fo
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import logging
 import pkgutil
@@ -20,6 +21,8 @@ from varbench import __version__
 from varbench.cli import commands
 from varbench.cli.common import err_console
 from varbench.errors import VarbenchError
+
+log = logging.getLogger(__name__)
 
 def _error_line(message: str) -> None:
     """One red ``error: ...`` line on stderr; Text (not markup) so brackets in messages survive."""
@@ -62,19 +65,46 @@ def _one_line_errors() -> Iterator[None]:
         raise typer.Exit(e.exit_code) from None
     except ValueError as e:
         if not _is_checkpoint_error(e):
-            raise
+            _internal_error(e)
         _error_line(str(e))                     # bad/missing weights file: bad input, exit 2
         raise typer.Exit(2) from None
+    except OSError as e:
+        code, message = os_error(e)
+        _error_line(message)
+        raise typer.Exit(code) from None
     except Exception as e:
-        if not _is_parse_error(e):
+        if _is_parse_error(e):
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _error_line(f"{e.format_message()}{hint}")
+            raise typer.Exit(2) from None
+        if isinstance(e, (typer.Exit, typer.Abort)) or type(e).__module__.startswith(("click", "typer")):
             raise
-        ctx = getattr(e, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _error_line(f"{e.format_message()}{hint}")
-        raise typer.Exit(2) from None
+        _internal_error(e)
     except KeyboardInterrupt:
         _error_line("interrupted")
         raise typer.Exit(130) from None
+
+
+def _internal_error(e: Exception) -> None:
+    """Last resort: a bug is still one line and exit 1; the traceback goes to the log (shown with --verbose)."""
+    log.info("unexpected error", exc_info=True)
+    first = (str(e).strip().splitlines() or [""])[0]
+    _error_line(f"internal error: {type(e).__name__}: {first} (rerun with --verbose for the traceback)")
+    raise typer.Exit(1) from None
+
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def os_error(e: OSError) -> tuple[int, str]:
+    """An OSError that reached the app: a full disk is the machine's (exit 3), any other failing path is the
+    user's input (exit 2: unwritable --out, a directory where a file was expected, ...)."""
+    where = f" {e.filename}" if e.filename else ""
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno in NO_SPACE:
+        return 3, f"cannot write{where}: {reason} (free some space or choose another --out)"
+    return 2, f"cannot use{where}: {reason}"
 
 
 app = typer.Typer(

@@ -6,12 +6,13 @@ checks of models, depths, switches, dtypes and devices belong to the library (``
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -25,7 +26,7 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name from th
 DepthsOpt = Annotated[Optional[str], typer.Option("--depths", help="Subnet depths, e.g. 2,4,8,16,30 (the model's "
                                                                      "own depth = full network).")]
 SwitchOpt = Annotated[Optional[int], typer.Option("--switch", help="First scale that runs the subnet (VARiant N); "
-                                                 "default 6, or S-1 for models with fewer scales.")]
+                                                 "default: the model's (6 for the official models).")]
 SelectOpt = Annotated[str, typer.Option("--select", help="Subnet layer selection: isometric | nested.")]
 BatchOpt = Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,16,64.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Compute dtype: bf16 | fp16 | fp32.")]
@@ -36,11 +37,16 @@ VaeOpt = Annotated[Optional[Path], typer.Option("--vae", help="VQ-VAE weights (.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable results on stdout.")]
 
 
-def check_weight_files(ckpt: Path | None, vae: Path | None) -> None:
-    """--ckpt/--vae must name existing files: a typo is exit 2 before any work, not a crash in a worker."""
+def check_weight_files(ckpt: Path | None, vae: Path | None, spec: Any = None) -> None:
+    """--ckpt/--vae must name existing files (and, given the spec, hold that model's tensors): a typo or a bad
+    file is exit 2 before any work, not a failed row in every worker."""
     for p, what in ((ckpt, "--ckpt"), (vae, "--vae")):
         if p is not None and not Path(p).is_file():
             raise UsageError(f"{what}: {p} is not a file")
+    if spec is not None:
+        from varbench.target import check_weight_files as check_loadable
+
+        check_loadable(spec, ckpt, vae)
 
 
 def _json_default(obj: Any) -> Any:
@@ -82,3 +88,30 @@ def ensure_out_dir(path: str | Path) -> Path:
     except OSError as e:
         raise UsageError(f"--out: cannot write to {p} ({e.strerror or e})") from None
     return p
+
+
+def check_out_file(path: str | Path, option: str) -> Path:
+    """An output file the command will write: not a directory, in a folder that exists (or can be made) and is
+    writable. Checked before any work, so a bad ``-o`` is exit 2 in a second, not after a long run."""
+    p = Path(path).expanduser()
+    if p.is_dir() or str(path).endswith(os.sep):
+        raise UsageError(f"{option}: {p} is a directory; name the file to write (e.g. {p / 'report.html'})")
+    parent = p.parent
+    existing = next((q for q in (parent, *parent.parents) if q.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{option}: {existing} is not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: cannot write to {existing} (permission denied)")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UsageError(f"{option}: {p} is not writable (permission denied)")
+    return p
+
+
+@contextlib.contextmanager
+def out_dir_lock(path: str | Path) -> Iterator[Path]:
+    """``ensure_out_dir`` and hold the folder for this command (``varbench.results.lock_dir``): one writer."""
+    from varbench.results import lock_dir
+
+    p = ensure_out_dir(path)
+    with lock_dir(p) as d:
+        yield d

@@ -101,24 +101,43 @@ def subnet_table(rows: list[dict[str, Any]]) -> Table:
 
 
 # ---- sweep ----------------------------------------------------------------------------------------------------
-def sweep_table(rows: list[dict[str, Any]]) -> Table:
-    """Sweep rows (MiB, ms); the weights label is in the title so random weights are never hidden."""
+def sweep_table(rows: list[dict[str, Any]], width: int | None = None) -> Table:
+    """Sweep rows (MiB, ms) chosen to fit ``width`` columns (the terminal's): columns empty in every row go,
+    then the least needed ones, so numbers are never cut (``21…``); the full rows are in --json and the file.
+    The weights label is in the title so random weights are never hidden."""
+    width = width or err_console.width
     weights = sorted({str(r.get("weights")) for r in rows}) or ["-"]
-    title = f"sweep {rows[0]['model'] if rows else ''} · weights: {', '.join(weights)}"
-    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     ms, ips = unit("latency_ms_p50", "sweep"), unit("images_per_s", "sweep")     # bytes are shown in MiB
-    cols = ("depth", "switch", "batch", "status", "n", f"p50 {ms}", f"p90 {ms}", f"decode {ms}", ips,
-            "KV MiB", "KV analytic", "peak alloc MiB", "NVML peak MiB")
-    for i, c in enumerate(cols):
-        t.add_column(c, justify="left" if i == 3 else "right")
-    for r in rows:
-        st = r.get("status")
-        style = {"ok": "", "oom": "yellow"}.get(st, "red")
-        t.add_row(str(r.get("depth")), str(r.get("switch")), str(r.get("batch")), f"[{style}]{st}[/]" if style else st,
-                  str(r.get("n") or "-"), fmt_ms(r.get("latency_ms_p50")), fmt_ms(r.get("latency_ms_p90")),
-                  fmt_ms(r.get("decode_ms_p50")), fmt_ms(r.get("images_per_s")), fmt_mib(r.get("kv_bytes")),
-                  fmt_mib(r.get("kv_bytes_analytic")), fmt_mib(r.get("peak_allocated_bytes")),
-                  fmt_mib(r.get("nvml_peak_used_bytes")))
+    # (header, cell, priority: lower is dropped first)
+    spec: list[tuple[str, Any, int]] = [
+        ("depth", lambda r: str(r.get("depth")), 9), ("switch", lambda r: str(r.get("switch")), 8),
+        ("batch", lambda r: str(r.get("batch")), 9), ("status", lambda r: str(r.get("status")), 9),
+        ("n", lambda r: str(r.get("n") or "-"), 1), (f"p50 {ms}", lambda r: fmt_ms(r.get("latency_ms_p50")), 9),
+        (f"p90 {ms}", lambda r: fmt_ms(r.get("latency_ms_p90")), 2),
+        (f"decode {ms}", lambda r: fmt_ms(r.get("decode_ms_p50")), 3), (ips, lambda r: fmt_ms(r.get("images_per_s")), 7),
+        ("KV MiB", lambda r: fmt_mib(r.get("kv_bytes")), 6), ("KV analytic", lambda r: fmt_mib(r.get("kv_bytes_analytic")), 4),
+        ("peak alloc MiB", lambda r: fmt_mib(r.get("peak_allocated_bytes")), 5),
+        ("NVML peak MiB", lambda r: fmt_mib(r.get("nvml_peak_used_bytes")), 4)]
+    cols = [(h, [f(r) for r in rows], pr) for h, f, pr in spec]
+    cols = [c for c in cols if c[2] >= 9 or any(v not in ("-", "None", "") for v in c[1])]
+    need = lambda cs: sum(max([len(h), *map(len, vals)]) + 3 for h, vals, _ in cs) + 2   # noqa: E731
+    dropped = []
+    while need(cols) > width and any(pr < 9 for _, _, pr in cols):
+        low = min((c for c in cols if c[2] < 9), key=lambda c: c[2])
+        cols.remove(low)
+        dropped.append(low[0])
+    title = f"sweep {rows[0]['model'] if rows else ''} · weights: {', '.join(weights)}"
+    caption = f"not shown at this width: {', '.join(dropped)} (--json or sweep.jsonl have all)" if dropped else None
+    t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    for h, _, _ in cols:
+        t.add_column(h, justify="left" if h == "status" else "right", no_wrap=True)
+    for i, r in enumerate(rows):
+        cells = [vals[i] for _, vals, _ in cols]
+        style = {"ok": "", "oom": "yellow"}.get(str(r.get("status")), "red")
+        if style and "status" in [h for h, _, _ in cols]:
+            k = [h for h, _, _ in cols].index("status")
+            cells[k] = f"[{style}]{cells[k]}[/]"
+        t.add_row(*cells)
     return t
 
 
@@ -201,14 +220,21 @@ def _damage(values: Sequence[float], higher_is_better: bool) -> list[float]:
 
 
 def matrix_table(rows: list[dict[str, Any]], mode: str, metric: str, full_depth: int = 0) -> Table | None:
-    """One sensitivity matrix, cells coloured green -> yellow -> red by damage within the matrix."""
-    from varbench.quality.sensitivity import matrix
+    """One sensitivity matrix, each cell its value and [95% interval], coloured green -> yellow -> red by damage
+    within the matrix."""
+    from varbench.quality.sensitivity import matrix, matrix_intervals
 
     labels, depths, vals = matrix(rows, mode, metric)
     if not labels:
         return None
+    cis = matrix_intervals(rows, mode, metric)
     flat = _damage([v for r in vals for v in r], direction(metric) == "higher")
-    t = Table(title=f"{METRIC_TITLES.get(metric, metric)} · mode {mode}", title_justify="left")
+    ns = sorted({n for _, _, n in cis.values() if n})
+    kinds = sorted({str(r["kl_kind"]) for r in rows if r.get("metric") == metric and r.get("kl_kind")})
+    title = f"{METRIC_TITLES.get(metric, metric)}{' (' + ', '.join(kinds) + ')' if kinds else ''} · mode {mode}"
+    if ns:
+        title += f" · [95% interval], n = {', '.join(map(str, ns))}"
+    t = Table(title=title, title_justify="left")
     t.add_column("group" if mode == "groups" else ("scale" if mode == "single" else "from scale"))
     for d in depths:
         t.add_column(f"d{d} (full)" if d == full_depth else f"d{d}", justify="right")
@@ -216,7 +242,9 @@ def matrix_table(rows: list[dict[str, Any]], mode: str, metric: str, full_depth:
         cells = []
         for j, v in enumerate(row):
             dmg = flat[i * len(depths) + j]
-            cells.append(Text(fmt_metric(v, metric),
+            lo, hi, _ = cis.get((lab, depths[j]), (None, None, None))
+            ci = f" [{fmt_metric(lo, metric)}, {fmt_metric(hi, metric)}]" if lo is not None and hi is not None else ""
+            cells.append(Text(fmt_metric(v, metric) + ci,
                               style="green" if dmg < 1 / 3 else "yellow" if dmg < 2 / 3 else "red"))
         t.add_row(lab, *cells)
     return t

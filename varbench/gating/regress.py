@@ -199,47 +199,15 @@ def _parse_depth_token(t: str) -> int:
 # ----------------------------------------------------------------------------- statistics
 
 def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
-    """One-sided p-value that x is stochastically greater than y (normal approximation, tie-corrected).
+    """One-sided p-value that x is stochastically greater than y: ``scipy.stats.mannwhitneyu`` (a runtime
+    dependency), method "auto": the exact distribution for small samples without ties (the gate's five-sample
+    minimum), the tie-corrected normal approximation with continuity correction otherwise."""
+    from scipy.stats import mannwhitneyu
 
-    Uses scipy when importable (same asymptotic method); the fallback is the textbook formula with
-    continuity correction, so scipy stays an optional dependency.
-    """
-    n1, n2 = len(x), len(y)
-    if n1 == 0 or n2 == 0:
+    if len(x) == 0 or len(y) == 0:
         return 1.0
-    try:
-        from scipy.stats import mannwhitneyu
-        return float(mannwhitneyu(x, y, alternative="greater", method="asymptotic").pvalue)
-    except ImportError:
-        pass
-    return _mann_whitney_greater_fallback(x, y)
-
-
-def _mann_whitney_greater_fallback(x: Sequence[float], y: Sequence[float]) -> float:
-    n1, n2 = len(x), len(y)
-    pooled = sorted([(float(v), 0) for v in x] + [(float(v), 1) for v in y])
-    ranks = [0.0] * len(pooled)
-    tie_term = 0.0
-    i = 0
-    while i < len(pooled):
-        j = i
-        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
-            j += 1
-        avg = (i + j) / 2 + 1
-        for k in range(i, j + 1):
-            ranks[k] = avg
-        t = j - i + 1
-        tie_term += t ** 3 - t
-        i = j + 1
-    r1 = sum(r for r, (_, g) in zip(ranks, pooled) if g == 0)
-    u1 = r1 - n1 * (n1 + 1) / 2
-    n = n1 + n2
-    mu = n1 * n2 / 2
-    var = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
-    if var <= 0:
-        return 1.0 if u1 <= mu else 0.0
-    z = (u1 - mu - 0.5) / math.sqrt(var)
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    return float(mannwhitneyu([float(v) for v in x], [float(v) for v in y], alternative="greater",
+                              method="auto").pvalue)
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -361,11 +329,18 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=False, allow_nan=False, default=str)
-        f.write("\n")
-    os.chmod(tmp, 0o644)                      # mkstemp makes 0600; baselines are committed and shared
-    os.replace(tmp, p)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=False, allow_nan=False, default=str)
+            f.write("\n")
+        os.chmod(tmp, 0o644)                  # mkstemp makes 0600; baselines are committed and shared
+        os.replace(tmp, p)
+    except BaseException:                     # a full disk or Ctrl-C leaves no temp file behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return p
 
 

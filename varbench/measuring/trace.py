@@ -93,7 +93,6 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Trace one generation under VARiant(depth, switch); write rows + timeline; return the summary row."""
     import torch
 
-    from model.schedule import subnet_layers
     from varbench.measuring import analytic
     from varbench.measuring.memory import MemoryProbe, Nvml
     from varbench.measuring.samplers import make_sampler
@@ -115,6 +114,7 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
         from varbench.errors import UsageError
         raise UsageError(f"--method: {e}") from None
     schedule = conf.schedule()
+    depth, switch, select = conf.descriptor()
     weights = resolve_weights(target)
     if cuda and dev.index is not None:
         torch.cuda.set_device(dev)
@@ -133,9 +133,9 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     base = probe.snapshot()
-    run_id = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + f"-d{cfg.depth}-s{cfg.switch}-b{cfg.batch}"
-    ident = {"model": cfg.model, "weights": weights.label, "depth": cfg.depth, "switch": cfg.switch,
-             "select": cfg.select, "batch": cfg.batch, "dtype": cfg.dtype, "device": str(dev), "run_id": run_id}
+    run_id = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + f"-d{depth}-s{switch}-b{cfg.batch}"
+    ident = {"model": cfg.model, "weights": weights.label, "depth": depth, "switch": switch,
+             "select": select, "batch": cfg.batch, "dtype": cfg.dtype, "device": str(dev), "run_id": run_id}
 
     scale_rows: list[dict[str, Any]] = []
     state: dict[str, Any] = {}
@@ -192,8 +192,7 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
 
     last = scale_rows[-1]
     summary: dict[str, Any] = {
-        "kind": "trace", **ident, "layers": list(subnet_layers(spec.depth, cfg.depth, cfg.select)
-                                                 if conf.variant_params() else schedule.layers[-1]),
+        "kind": "trace", **ident, "layers": list(conf.layers()),
         "method": conf.canonical(), "method_params": conf.params(),
         "schedule": schedule.describe(), "plan": pipe.plan.as_dict(), "execution": pipe.plan.execution,
         "weights_notice": weights.notice, "nvml": probe.nvml_reason,

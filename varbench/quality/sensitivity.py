@@ -6,6 +6,11 @@ paper's protocol is a 50%-depth subnet on the first, middle and last third). A c
 network without any dataset: per-scale KL teacher-forced on the full network's own samples, and coupled sampling
 (same labels, seed, Gumbel noise) giving token agreement and PSNR/SSIM; optionally toy accuracy/FD or FID.
 The full network's samples and logits are computed once and reused by every cell; finished cells are skipped.
+
+The KL is ``guided`` by default: between the distributions the sampler really draws from (CFG with the ramp
+t = cfg·si/(S−1), top-k then top-p, renormalised; ``metrics.sampled_kl_per_sample_scale`` says how differing
+supports are handled); ``conditional`` is the softmax of the conditional logits alone. Every row carries a 95%
+interval over its samples (``ci_low``, ``ci_high``, ``n``, ``ci_method``; ``varbench.quality.intervals``).
 """
 from __future__ import annotations
 
@@ -21,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from model.schedule import SELECTS, DepthSchedule, subnet_layers
 from model.spec import SPECS, VARSpec
 from varbench.measuring import analytic
-from varbench.quality import metrics
+from varbench.quality import intervals, metrics
+from varbench.quality.intervals import Interval
 from varbench import results
 from varbench.errors import UsageError
 from varbench.schema import SENSITIVITY
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 MODES = ("single", "from", "groups")
 METRICS = ("fidelity", "fid", "toy")
 FIDELITY = ("kl", "token_agreement", "psnr", "ssim")     # row metrics; units and directions: varbench.schema.METRICS
+KL_KINDS = ("guided", "conditional")
+FD_RESAMPLES = 200       # a Fréchet distance per resample (64-d eigh): percentile bootstrap, ~0.1 s a cell
 ROWS_FILE = SENSITIVITY.rows_file
 REFERENCE_FILE = "reference.pt"
 # a row's identity for resume: same model, weights, sampling settings and cell -> already measured
@@ -67,6 +76,7 @@ class SensitivityConfig:
     device: str = "auto"
     dtype: str | None = None                     # None: fp32 on CPU, bf16 on CUDA
     fid_ref: str | None = None                   # .npz (mu, sigma) or image folder; None: the full network
+    kl: str = "guided"                           # guided: the sampled (CFG, top-k/p) distribution; conditional
 
     def target(self) -> ModelTarget:
         """The model to score, device (auto -> cuda if present) and dtype (None -> bf16 on CUDA) resolved."""
@@ -210,7 +220,8 @@ def check_metric_available(metric: str, spec: VARSpec, samples: int) -> None:
 # ---- reference ------------------------------------------------------------------------------------------------
 @dataclass
 class Reference:
-    """The full network's samples (per batch) and its teacher-forced logits on them."""
+    """The full network's samples (per batch) and its teacher-forced next-scale logits on them (guided or
+    conditional, as ``SensitivityConfig.kl`` says)."""
     labels: list[torch.Tensor]
     seeds: list[int]
     indices: list[list[torch.Tensor]]
@@ -261,7 +272,7 @@ def compute_reference(pipe, cfg: SensitivityConfig, out_dir: Path, progress: Pro
         ref.seeds.append(seed_b)
         ref.indices.append(idx)
         ref.images.append(images)
-        ref.logits.append(pipe.teacher_forcing(labels_B, idx, full).float().cpu())
+        ref.logits.append(next_scale_logits(pipe, labels_B, idx, full, cfg).cpu())
         if progress:
             progress("reference", bi + 1, len(starts), {"cached": cached is not None})
     if cached is None:
@@ -273,44 +284,77 @@ def compute_reference(pipe, cfg: SensitivityConfig, out_dir: Path, progress: Pro
 
 
 # ---- one cell ---------------------------------------------------------------------------------------------------
+Scored = tuple[float, "list[float] | None", Interval]     # (value, per-scale list or None, 95% interval)
+
+
+def next_scale_logits(pipe, labels_B: torch.Tensor, idx: list[torch.Tensor], schedule: DepthSchedule,
+                      cfg: SensitivityConfig) -> torch.Tensor:
+    """Teacher-forced (B, L, V) float32 logits the KL compares: conditional, or CFG-guided as the sampler sees them
+    (one pass over [labels | null class] on the same token maps, as generation feeds both halves)."""
+    if cfg.kl not in KL_KINDS:
+        raise UsageError(f"--kl: {cfg.kl!r} is not one of {', '.join(KL_KINDS)}")
+    if cfg.kl == "conditional":
+        return pipe.teacher_forcing(labels_B, idx, schedule).float()
+    B = labels_B.shape[0]
+    both = pipe.teacher_forcing(torch.cat((labels_B, torch.full_like(labels_B, pipe.spec.num_classes))),
+                                [torch.cat((i, i)) for i in idx], schedule)
+    return metrics.guided_logits(both[:B], both[B:], pipe.spec.begin_ends, cfg.cfg)
+
+
+def _kl(ref_BLV: torch.Tensor, other_BLV: torch.Tensor, spec: VARSpec, cfg: SensitivityConfig) -> torch.Tensor:
+    ref_BLV = ref_BLV.to(other_BLV.device)
+    if cfg.kl == "conditional":
+        return metrics.kl_per_sample_scale(ref_BLV, other_BLV, spec.begin_ends)
+    return metrics.sampled_kl_per_sample_scale(ref_BLV, other_BLV, spec.begin_ends, cfg.top_k, cfg.top_p)
+
+
+def _mean_scored(per_sample_scale: torch.Tensor) -> Scored:
+    """Mean over scales per sample, then over samples; the interval is a bootstrap over the samples."""
+    per_sample = per_sample_scale.double().mean(1).numpy()
+    per_scale = [float(v) for v in per_sample_scale.double().mean(0)]
+    return float(per_sample.mean()), per_scale, intervals.bootstrap_interval(per_sample)
+
+
 def evaluate_schedule(pipe, ref: Reference, schedule: DepthSchedule, cfg: SensitivityConfig,
-                      names: Sequence[str]) -> dict[str, tuple[float, list[float] | None]]:
-    """All metrics of one schedule against the reference: name -> (value, per-scale list or None)."""
-    spec, S, n = pipe.spec, pipe.spec.num_scales, 0
-    kl_sum, agree_sum = [0.0] * S, [0.0] * S
-    sq_err, n_px, ssim_sum, images = 0.0, 0, 0.0, []
+                      names: Sequence[str]) -> dict[str, Scored]:
+    """All metrics of one schedule against the reference: name -> (value, per-scale list or None, interval)."""
+    spec = pipe.spec
+    kl, agree, mse, ssim, images = [], [], [], [], []
     for labels_B, seed_b, idx, img, logits_ref in zip(ref.labels, ref.seeds, ref.indices, ref.images, ref.logits):
-        B = labels_B.shape[0]
-        logits = pipe.teacher_forcing(labels_B, idx, schedule)
-        kl = metrics.kl_per_scale(logits_ref.to(logits.device), logits, spec.begin_ends)
+        kl.append(_kl(logits_ref, next_scale_logits(pipe, labels_B, idx, schedule, cfg), spec, cfg).cpu())
         out = pipe.generate(labels_B, cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, seed=seed_b, schedule=schedule)
-        agree = metrics.token_agreement_per_scale(idx, [i.cpu() for i in out.indices])
+        agree.append(metrics.token_agreement_per_sample_scale(idx, [i.cpu() for i in out.indices]))
         gen = out.images.float().cpu()
-        sq_err += float(((gen.double() - img.double()) ** 2).sum())
-        n_px += gen.numel()
-        ssim_sum += float(metrics.ssim_per_image(gen, img).sum())
-        kl_sum = [a + B * v for a, v in zip(kl_sum, kl)]
-        agree_sum = [a + B * v for a, v in zip(agree_sum, agree)]
+        mse.append(((gen.double() - img.double()) ** 2).flatten(1).mean(1))
+        ssim.append(metrics.ssim_per_image(gen, img).cpu())
         images.append(gen)
-        n += B
-    kl_s, agree_s = [v / n for v in kl_sum], [v / n for v in agree_sum]
-    res: dict[str, tuple[float, list[float] | None]] = {
-        "kl": (sum(kl_s) / S, kl_s), "token_agreement": (sum(agree_s) / S, agree_s),
-        "psnr": (metrics.psnr_from_mse(sq_err / n_px), None), "ssim": (ssim_sum / n, None)}
+    mse_n, ssim_n = torch.cat(mse).numpy(), torch.cat(ssim).numpy()
+    psnr_of = lambda a: metrics.psnr_from_mse(float(a.mean()))   # noqa: E731 - PSNR of the pooled MSE
+    res: dict[str, Scored] = {
+        "kl": _mean_scored(torch.cat(kl)), "token_agreement": _mean_scored(torch.cat(agree)),
+        "psnr": (psnr_of(mse_n), None, intervals.bootstrap_interval(mse_n, psnr_of)),
+        "ssim": (float(ssim_n.mean()), None, intervals.bootstrap_interval(ssim_n))}
     res.update(_extra_metrics(torch.cat(images), torch.cat(ref.labels), ref, cfg, names, pipe.device))
     return res
 
 
 def _extra_metrics(images: torch.Tensor, labels: torch.Tensor, ref: Reference, cfg: SensitivityConfig,
-                   names: Sequence[str], device: torch.device) -> dict[str, tuple[float, None]]:
-    out: dict[str, tuple[float, None]] = {}
+                   names: Sequence[str], device: torch.device) -> dict[str, Scored]:
+    out: dict[str, Scored] = {}
     if "toy_acc" in names or "toy_fd" in names:
         from varbench.quality import toy_metric  # lazy: needs the toy classifier (checked by check_metric_available)
-        out["toy_acc"] = (float(toy_metric.toy_accuracy(images, labels)), None)
-        out["toy_fd"] = (float(toy_metric.toy_fd(images)), None)
+        correct, feats = toy_metric.toy_scores(images, labels)
+        k, n = int(correct.sum()), int(correct.size)
+        out["toy_acc"] = (k / n, None, intervals.wilson_interval(k, n))
+        fd_of = lambda ix: toy_metric.fd_of_features(feats[ix.astype(int)])   # noqa: E731 - resample images
+        out["toy_fd"] = (float(toy_metric.fd_of_features(feats)), None,
+                         intervals.bootstrap_interval(np.arange(n), fd_of, n_resamples=FD_RESAMPLES,
+                                                      method="percentile"))
     if "fid" in names:
         target = cfg.fid_ref if cfg.fid_ref else torch.cat(ref.images)
-        out["fid"] = (metrics.fid_torch_fidelity(images, target, device=str(device)), None)
+        # no interval yet: a 2048-d matrix square root per resample costs seconds (ROADMAP: issue 19 point 3)
+        out["fid"] = (metrics.fid_torch_fidelity(images, target, device=str(device)), None,
+                      Interval(None, None, int(images.shape[0]), "none"))
     return out
 
 
@@ -326,6 +370,8 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     if cfg.samples < 1 or cfg.batch < 1:
         raise UsageError(f"--samples and --batch must be >= 1 (got {cfg.samples}, {cfg.batch})")
     cells, names = plan_cells(cfg, spec), metric_names(cfg.metric)
+    if cfg.kl not in KL_KINDS:
+        raise UsageError(f"--kl: {cfg.kl!r} is not one of {', '.join(KL_KINDS)}")
     check_metric_available(cfg.metric, spec, cfg.samples)
     target = cfg.target()
     device = torch.device(target.device)
@@ -338,13 +384,18 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
             "top_p": cfg.top_p, "dtype": target.dtype, "device": device.type,
             "fid_ref": cfg.fid_ref if "fid" in names else None}
     rows_path = out / ROWS_FILE
+    # a row written before intervals existed is not finished: it is measured again, with its interval
     done = {results.row_key(r, KEY_FIELDS): r for r in results.read_rows(rows_path)
-            if r.get("kind") == "sensitivity"}
+            if r.get("kind") == "sensitivity" and "ci_low" in r}
     ref_names = [m for m in names if m in ("toy_acc", "toy_fd") or (m == "fid" and cfg.fid_ref)]
     ref_row = _row(base, "reference", None, None, spec.depth, tuple(range(spec.depth)), DepthSchedule.full(spec), spec)
 
+    def labelled(row0: dict, m: str) -> dict:
+        """The row of metric m: kl rows say which KL (``kl_kind``), the others carry null."""
+        return {**row0, "metric": m, "kl_kind": cfg.kl if m == "kl" else None}
+
     def missing(row0: dict, wanted: Sequence[str]) -> list[str]:
-        return [m for m in wanted if results.row_key({**row0, "metric": m}, KEY_FIELDS) not in done]
+        return [m for m in wanted if results.row_key(labelled(row0, m), KEY_FIELDS) not in done]
 
     todo = [c for c in cells if missing(_cell_row(base, c, spec), names)]
     ref_todo = missing(ref_row, ref_names)
@@ -365,7 +416,8 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
                 if m == "toy_fd":   # FD of as many real images: the floor at this sample count (toy_metric)
                     from varbench.quality import toy_metric
                     extra["real_fd"] = float(toy_metric.real_fd(cfg.samples))
-                _append(rows_path, done, {**ref_row, "metric": m, "value": vals[m][0], "cell_seconds": None, **extra})
+                _append(rows_path, done, {**labelled(ref_row, m), "value": vals[m][0], "cell_seconds": None,
+                                          **vals[m][2].fields(), **extra})
         cache: dict[DepthSchedule, tuple[dict, float]] = {}
         for i, c in enumerate(todo):
             row0 = _cell_row(base, c, spec)
@@ -377,13 +429,13 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
                 cache[c.schedule] = (vals, time.perf_counter() - t0)
             vals, secs = cache[c.schedule]
             for m in missing(row0, names):
-                value, per_scale = vals[m]
-                _append(rows_path, done, {**row0, "metric": m, "value": value, "per_scale": per_scale,
-                                          "cell_seconds": secs})
+                value, per_scale, ci = vals[m]
+                _append(rows_path, done, {**labelled(row0, m), "value": value, "per_scale": per_scale,
+                                          "cell_seconds": secs, **ci.fields()})
             if progress:
                 progress("cell", i + 1, len(todo), {"label": c.label, "depth": c.depth, "seconds": secs})
-    rows = [done[results.row_key({**ref_row, "metric": m}, KEY_FIELDS)] for m in ref_names]
-    rows += [done[results.row_key({**_cell_row(base, c, spec), "metric": m}, KEY_FIELDS)]
+    rows = [done[results.row_key(labelled(ref_row, m), KEY_FIELDS)] for m in ref_names]
+    rows += [done[results.row_key(labelled(_cell_row(base, c, spec), m), KEY_FIELDS)]
              for c in cells for m in names]
     write_matrices(rows, out, cfg.mode)
     return rows
@@ -419,6 +471,14 @@ def matrix(rows: Sequence[dict], mode: str, metric: str) -> tuple[list[str], lis
     depths = list(dict.fromkeys(r["depth"] for r in sel))
     val = {(r["group"] if r.get("group") else str(r["scale"]), r["depth"]): r["value"] for r in sel}
     return labels, depths, [[val.get((lab, d), math.nan) for d in depths] for lab in labels]
+
+
+def matrix_intervals(rows: Sequence[dict], mode: str, metric: str
+                     ) -> dict[tuple[str, int], tuple[float | None, float | None, int | None]]:
+    """(row label, depth) -> (ci_low, ci_high, n) of one matrix; rows written before intervals give Nones."""
+    return {(r["group"] if r.get("group") else str(r["scale"]), r["depth"]):
+            (r.get("ci_low"), r.get("ci_high"), r.get("n"))
+            for r in rows if r.get("mode") == mode and r.get("metric") == metric}
 
 
 def write_matrices(rows: Sequence[dict], out_dir: Path, mode: str) -> list[Path]:

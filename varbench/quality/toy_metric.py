@@ -24,7 +24,7 @@ from varbench.quality.metrics import frechet_distance, gaussian_stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_toy_classifier", "toy_features", "toy_accuracy", "frechet_distance", "reference_stats",
+__all__ = ["load_toy_classifier", "toy_features", "toy_accuracy", "toy_scores", "fd_of_features", "frechet_distance", "reference_stats",
            "toy_fd", "real_fd", "toy_quality", "REFERENCE_SEED", "REFERENCE_N"]
 
 # seeds of real toy images used here; the classifier trained on seed 0 and was validated on seed 90_001
@@ -87,6 +87,22 @@ def toy_accuracy(images_01: torch.Tensor, labels: torch.Tensor | np.ndarray | li
         raise ValueError(f"need one label per image, got {labels_B.numel()} labels for {images_01.shape[0]} images")
     pred = _logits_and_features(images_01)[0].argmax(1).cpu()
     return float((pred == labels_B).float().mean())
+
+
+def toy_scores(images_01: torch.Tensor, labels: torch.Tensor | np.ndarray | list[int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image scores behind the intervals: (correct (B,) bool, features (B, F) float64), one classifier pass."""
+    labels_B = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1)
+    logits, feats = _logits_and_features(images_01)
+    if labels_B.numel() != logits.shape[0]:
+        raise ValueError(f"need one label per image, got {labels_B.numel()} labels for {logits.shape[0]} images")
+    return (logits.argmax(1).cpu() == labels_B).numpy(), feats.double().cpu().numpy()
+
+
+def fd_of_features(features_ND: np.ndarray, n_ref: int = REFERENCE_N, seed: int = REFERENCE_SEED) -> float:
+    """Toy FD of precomputed classifier features (the bootstrap resamples features, not images)."""
+    mu, sigma = gaussian_stats(features_ND)
+    return frechet_distance(mu, sigma, *reference_stats(n_ref, seed))
 
 
 def _real_images(n: int, seed: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ AXES: dict[str, tuple[str, str, bool]] = {
     "latency": ("latency_ms", f"latency p50 ({unit('latency_ms_p50')})", direction("latency_ms_p50") == "higher"),
     "throughput": ("throughput", f"throughput ({unit('images_per_s')})", direction("images_per_s") == "higher"),
     "kv": ("kv_mib", "KV cache (MiB)", direction("kv_bytes") == "higher"),
-    "peak": ("peak_mib", "peak memory (MiB; allocator, else NVML, else RSS)",
+    "peak": ("peak_mib", "peak memory (MiB; allocator, else NVML; on CPU the KV cache's bytes)",
              direction("peak_allocated_bytes") == "higher"),
 }
 
@@ -96,8 +96,11 @@ def sweep_points(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Ma
     for r, q in zip(ok, quality):
         kv = _num(r.get("kv_bytes")) if _num(r.get("kv_bytes")) is not None else _num(r.get("kv_bytes_analytic"))
         # allocator peak on GPU; NVML if the allocator was not read; process RSS peak on CPU
-        peak = next((v for v in (_num(r.get(f)) for f in ("peak_allocated_bytes", "nvml_peak_used_bytes",
-                                                            "rss_peak_bytes")) if v), None)
+        # on the CPU the process RSS is the same for every point (flat plots): the cache's own bytes instead
+        cpu = str(r.get("device", "")).startswith("cpu")
+        fields = ("kv_bytes", "kv_bytes_analytic") if cpu else ("peak_allocated_bytes", "nvml_peak_used_bytes",
+                                                                  "rss_peak_bytes")
+        peak = next((v for v in (_num(r.get(f)) for f in fields) if v), None)
         pts.append({**r, "quality": q, "latency_ms": _num(r.get("latency_ms_p50")),
                     "throughput": _num(r.get("images_per_s")),
                     "kv_mib": kv / MIB if kv is not None else None,
@@ -106,7 +109,7 @@ def sweep_points(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Ma
 
 
 def _hover(p: Mapping[str, Any], metric: str | None) -> str:
-    keys = ("model", "weights", "depth", "switch", "select", "batch", "dtype", "device", "layers")
+    keys = ("model", "weights", "method", "depth", "switch", "select", "batch", "dtype", "device", "layers")
     lines = [f"{k}: {esc(p.get(k))}" for k in keys if p.get(k) is not None]
     lines.append(f"path: {_path_label(p)}")
     lines += [f"latency p50: {p['latency_ms']:.3f} ms" if p.get("latency_ms") is not None else "",
@@ -115,6 +118,13 @@ def _hover(p: Mapping[str, Any], metric: str | None) -> str:
               f"peak: {p['peak_mib']:.3f} MiB" if p.get("peak_mib") is not None else "",
               f"{esc(metric)}: {p['quality']:.4g}" if metric and p.get("quality") is not None else ""]
     return "<br>".join(s for s in lines if s)
+
+
+def method_name(p: Mapping[str, Any]) -> str:
+    """The methods of a row's configuration without their parameters ("variant", "scale-window+kv-fp8"); rows
+    written before methods existed are variant points."""
+    method = p.get("method")
+    return "+".join(part.split(":")[0] for part in str(method).split("+")) if method else "variant"
 
 
 def _path_label(p: Mapping[str, Any]) -> str:
@@ -130,8 +140,12 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_la
     The x-axis selector (updatemenus) swaps x data and recomputes nothing in the browser: the front of
     every option is precomputed here.
     """
+    points = [{**p, "method_name": method_name(p)} for p in points]
     batches = sorted({p.get("batch") for p in points}, key=str)
-    sym_key = "batch" if len(batches) > 1 else "switch"
+    if len({p["method_name"] for p in points}) > 1:        # several efficiency methods: one symbol each
+        sym_key = "method_name"
+    else:
+        sym_key = "batch" if len(batches) > 1 else "switch"
     sym_vals = sorted({p.get(sym_key) for p in points}, key=str)
     groups = defaultdict(list)
     for p in points:
@@ -234,6 +248,8 @@ def heatmap_figures(sens_rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, g
         cols = sorted({r.get(col) for r in rows if r.get(col) is not None},
                       key=lambda v: (int(str(v).split("-")[0]) if str(v).split("-")[0].isdigit() else 0, str(v)))
         depths = sorted({int(r["depth"]) for r in rows if r.get("depth") is not None})
+        if mode == "reference" or not cols or not depths:     # the full network's value: no matrix to draw
+            continue
         z = [[None] * len(cols) for _ in depths]
         for r in rows:
             if r.get(col) in cols and r.get("depth") is not None:

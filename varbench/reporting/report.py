@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from varbench import schema
 from varbench.errors import UsageError
-from varbench.results import read_rows, strict_json_value
+from varbench.results import atomic_write_text, finite_number, read_rows, strict_json_value
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def load_results(result_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[st
     """(manifests, rows) of every directory; each row gets ``_source`` = index of its directory."""
     manifests: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    empty: list[Path] = []
     if not result_dirs:
         raise UsageError("report needs at least one results directory")
     for i, p in enumerate(find_result_dirs(result_dirs)):
@@ -83,12 +84,15 @@ def load_results(result_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict[st
         manifests.append({"_dir": str(p), **man})
         files = sorted(p.glob("*.jsonl"))
         if not files:
-            log.warning("%s: no *.jsonl result files", p)
+            empty.append(p)
         for f in files:
             for r in read_rows(f):
                 r.setdefault("kind", _kind_from_name(f.name, r))
                 r["_source"] = i
                 rows.append(r)
+    if rows:                                  # with no rows at all the caller says so in one line
+        for p in empty:
+            log.warning("%s: no *.jsonl result files", p)
     return manifests, rows
 
 
@@ -191,7 +195,44 @@ text-align:left;vertical-align:top} table.rows th{background:#f2f2f2;cursor:poin
 th[data-dir=asc]::after{content:" ▲"} th[data-dir=desc]::after{content:" ▼"} .unit{font-weight:400;color:#666}
 table.manifest.random{border:2px solid #b00020} .scroll{overflow-x:auto;max-height:600px;overflow-y:auto}
 .note{color:#666;font-style:italic} .figure{margin:1em 0 2em}
+.summary{background:#f5f8ff;border:1px solid #c8d4f0;padding:.2em 1em;margin:1em 0}
+details>summary{cursor:pointer} details>summary h2{display:inline}
 """
+
+
+def _summary_html(manifests: Sequence[Mapping[str, Any]], sweep: Sequence[Mapping[str, Any]],
+                  sens: Sequence[Mapping[str, Any]]) -> str:
+    """The decision first: the question, what was measured where, and the recommended configurations (the
+    Pareto picks of ``varbench.workflows.demo.pareto_summary``, with their savings, quality cost and intervals)."""
+    models = sorted({str(r.get("model")) for r in [*sweep, *sens] if r.get("model")})
+    devices = sorted({str(m.get("gpu_name") or "") for m in manifests if m.get("gpu_name")}
+                     | {str(r.get("device")) for r in sweep if r.get("device")})
+    ok = [r for r in sweep if r.get("status") == "ok"]
+    items = [f"<li>Question: if the late scales run on a shallower subnet, what is saved in memory and time, and "
+             f"what does it cost in quality?</li>",
+             f"<li>Measured: {html.escape(', '.join(models) or 'no model')} on "
+             f"{html.escape(', '.join(devices) or 'an unrecorded device')}; {len(ok)} sweep points, "
+             f"{len(sens)} sensitivity cells.</li>"]
+    picks: list[str] = []
+    if ok and sens:
+        try:
+            from varbench.workflows.demo import pareto_summary
+
+            picks = pareto_summary(ok, sens)
+        except Exception as e:  # noqa: BLE001 - rows without the KL metric: no picks, said below
+            log.info("no Pareto picks: %s", e)
+    if picks:
+        items += [f"<li><b>{html.escape(line.split(':', 1)[0])}</b>:{html.escape(line.split(':', 1)[1])}</li>"
+                  if ":" in line else f"<li>{html.escape(line)}</li>" for line in picks]
+    elif ok:
+        fastest = max(ok, key=lambda r: finite_number(r.get("images_per_s")) or 0.0)
+        items.append(f"<li>Fastest point: depth {html.escape(str(fastest.get('depth')))} batch "
+                     f"{html.escape(str(fastest.get('batch')))}, {_fmt(finite_number(fastest.get('images_per_s')))} "
+                     f"img/s (no quality joined: run sensitivity with mode 'from' for recommendations).</li>")
+    if any(str(r.get("device", "")).startswith("cpu") for r in ok):
+        items.append("<li>CPU rows: memory is shown as the KV cache's own bytes (measured, equal to the analytic "
+                     "model); the process RSS is the same for every point and is only in the rows table.</li>")
+    return f"<section class=\"summary\"><h2>Summary</h2><ul>{''.join(items)}</ul></section>"
 
 
 def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.PathLike,
@@ -203,6 +244,9 @@ def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.Pa
     from varbench.reporting import figures as rf
 
     manifests, rows = load_results(result_dirs)
+    if not rows:
+        raise UsageError(f"no result rows in {', '.join(str(d) for d in result_dirs)} (a results folder holds "
+                         f"*.jsonl rows from sweep, trace, sensitivity, models or run)")
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_kind.setdefault(str(r.get("kind")), []).append(r)
@@ -234,8 +278,10 @@ def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.Pa
     n_samples = sum(len(by_kind.get(k, [])) for k in TIMELINE_KINDS)
     if n_samples:
         tables.append(f"<p class=\"note\">{n_samples} timeline samples/marks are plotted, not tabulated.</p>")
-    sections.append("<h2>All rows</h2><p class=\"note\">Click a column header to sort.</p>" + "\n".join(tables))
+    sections.append("<details class=\"rows\"><summary><h2>All rows</h2></summary><p class=\"note\">Click a column "
+                    "header to sort.</p>" + "\n".join(tables) + "</details>")
 
+    summary_html = _summary_html(manifests, sweep, sens)
     rnd = random_weights(manifests, rows)
     banner = ""
     if rnd:
@@ -252,19 +298,20 @@ def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.Pa
         f"<style>{CSS}</style>"
         f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>"
         f"<h1>varbench report</h1>{banner}"
-        f"<p>Generated {html.escape(now)} from {len(manifests)} results director"
-        f"{'y' if len(manifests) == 1 else 'ies'}: {summary or 'no rows'}.</p>"
-        f"<h2>Runs</h2>{_manifest_html(manifests)}"
+        f"{summary_html}"
         + "\n".join(sections) +
+        f"<details class=\"runs\"><summary><h2>Runs: how and where these results were measured</h2></summary>"
+        f"<p>Generated {html.escape(now)} from {len(manifests)} results director"
+        f"{'y' if len(manifests) == 1 else 'ies'}: {summary or 'no rows'}.</p>{_manifest_html(manifests)}</details>"
+        +
         "<script type=\"application/json\" id=\"varbench-rows\">"
         + json_for_script([{k: v for k, v in r.items() if k != "latency_ms_samples"} for r in rows
                            if r.get("kind") not in TIMELINE_KINDS]) +
         f"</script><script type=\"text/javascript\">{SORT_JS}</script></body></html>\n")
     out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; name the HTML file to write")
+    atomic_write_text(out, page)                  # temp file next to the target, removed on any failure
     if png_dir is not None:
         export_pngs(figures, png_dir)
     log.info("report with %d figures written to %s", len(figures), out)

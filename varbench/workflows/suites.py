@@ -356,10 +356,14 @@ def suite_configs(suite: Suite) -> dict[str, Any]:
     return cfgs
 
 
-def run_suite(suite: Suite, out_dir: str | Path, progress: Callable[..., None] | bool = False) -> dict[str, Path]:
+def run_suite(suite: Suite, out_dir: str | Path, progress: Callable[..., None] | bool = False,
+              on_part: Callable[[int, int, str, Path], None] | None = None,
+              on_sensitivity: Callable[..., None] | None = None) -> dict[str, Path]:
     """Run every part of the suite, each in its own subdirectory of ``out_dir`` (its own manifest and rows).
 
-    Returns part -> directory. The report and the gate read the subdirectories together.
+    Returns part -> directory. The report and the gate read the subdirectories together. ``on_part(i, n, name,
+    dir)`` is called as each part starts; ``progress`` is the sweep's and ``on_sensitivity`` the sensitivity's
+    own progress callback.
     """
     import logging
     log = logging.getLogger(__name__)
@@ -369,21 +373,87 @@ def run_suite(suite: Suite, out_dir: str | Path, progress: Callable[..., None] |
     out = Path(out_dir)
     dirs: dict[str, Path] = {}
     jobs = [(part, c) for part, cfg in cfgs.items() for c in (cfg if isinstance(cfg, list) else [cfg])]
-    for part, cfg in jobs:
+    from varbench.target import check_weight_files, resolve_spec
+
+    for _, c in jobs:             # a bad checkpoint is exit 2 here, not a failed row in every sweep worker
+        check_weight_files(resolve_spec(c.model), c.ckpt, c.vae)
+    for i, (part, cfg) in enumerate(jobs):
         name = f"{part}-{cfg.mode}" if part == "sensitivity" else part
         d = out / name
         log.info("suite %s: running %s into %s", suite.name, name, d)
+        if on_part is not None:
+            on_part(i, len(jobs), name, d)
         try:
             if part == "sweep":
                 from varbench.measuring.sweep import run_sweep
                 run_sweep(cfg, d, progress=progress)
             elif part == "sensitivity":
                 from varbench.quality.sensitivity import run_sensitivity
-                run_sensitivity(cfg, d)
+                run_sensitivity(cfg, d, **({"progress": on_sensitivity} if on_sensitivity else {}))
             else:
                 from varbench.measuring.trace import run_trace
-                run_trace(cfg, d)
+                from varbench.target import resolve_weights
+                from varbench.workflows.demo import finished_trace
+
+                if finished_trace(d, cfg, resolve_weights(cfg.target()).label) is None:   # resume: once
+                    run_trace(cfg, d)
+                else:
+                    log.info("suite %s: %s already traced in %s, kept", suite.name, name, d)
         except ValueError as e:  # library settings checks: the suite asked for something impossible
             raise _err(suite.path, f"[{part}]", str(e)) from None
         dirs[name] = d
     return dirs
+
+
+# ---- what a suite will do, said before it runs -------------------------------------------------------------
+CPU_FLOPS_PER_THREAD = 2e10     # a rough sustained fp32 matmul rate of one CPU core (20 GFLOP/s)
+GPU_FLOPS = 1e14                # a rough sustained bf16 rate of a current data-centre GPU (100 TFLOP/s)
+WORKER_START_S = 5.0            # python + torch import + model build of one sweep worker
+
+
+def suite_plan(suite: Suite) -> list[dict[str, Any]]:
+    """One entry per part: what runs, on which device, how many points, and a rough time (analytic FLOPs at an
+    assumed device rate) and memory (``varbench.workflows.budget``) estimate, so a GPU suite started on a CPU
+    says what it is about to do instead of running silently for minutes."""
+    import os
+
+    from model.schedule import DepthSchedule
+    from varbench.measuring import analytic
+    from varbench.target import resolve_spec
+    from varbench.workflows.budget import inference_estimate
+
+    from model import methods as methods_mod
+
+    out: list[dict[str, Any]] = []
+    for part, cfg in suite_configs(suite).items():
+        for c in cfg if isinstance(cfg, list) else [cfg]:
+            spec = resolve_spec(c.model)
+            dev = c.device
+            rate = GPU_FLOPS if dev.startswith("cuda") else CPU_FLOPS_PER_THREAD * (
+                getattr(c, "threads", None) or os.cpu_count() or 1)
+            if part == "sweep":
+                from varbench.measuring.sweep import method_grid
+
+                gens = c.warmup + c.repeats + 3
+                confs = [methods_mod.parse(m, spec) for m, *_ in method_grid(c)]
+                flop = sum(analytic.flops(spec, conf.schedule(), b) * gens for conf in confs for b in c.batches)
+                points = len(confs) * len(c.batches)
+                seconds = flop / rate + WORKER_START_S * points
+                batch, what = max(c.batches), f"{points} points ({len(confs)} configurations x {len(c.batches)} " \
+                                                 "batches)"
+            elif part == "trace":
+                gens = 2 + 2 * c.overhead_repeats
+                sched = (methods_mod.parse(c.method, spec).schedule() if getattr(c, "method", None)
+                         else DepthSchedule.variant(spec, c.depth, c.switch, c.select))
+                flop = analytic.flops(spec, sched, c.batch) * gens
+                seconds, batch, what = flop / rate, c.batch, f"depth {c.depth} batch {c.batch}"
+            else:
+                cells = len(c.depths or [2]) * spec.num_scales + 1
+                flop = analytic.flops(spec, None, c.batch) * cells * max(1, c.samples // c.batch)
+                seconds, batch, what = flop / rate, c.batch, f"mode {c.mode}, {c.samples} samples per cell"
+                part = f"sensitivity-{c.mode}"
+            dtype = getattr(c, "dtype", None) or ("bf16" if dev.startswith("cuda") else "fp32")
+            mem = inference_estimate(spec, batch, dtype, dev, bool(c.ckpt), f"{spec.name} at batch {batch}")
+            out.append({"part": part, "model": spec.name, "device": dev, "what": what, "seconds": seconds,
+                        "memory_bytes": mem.total, "estimate": mem})
+    return out

@@ -14,7 +14,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from varbench.cli.common import JsonOpt, ensure_out_dir, err_console, print_json
+from varbench.cli.common import JsonOpt, check_out_file, ensure_out_dir, err_console, print_json
 from varbench.errors import RegressionFailed, UsageError
 
 STYLE = {"ok": "green", "improved": "cyan", "new": "blue", "regression": "bold red", "changed": "bold red",
@@ -27,19 +27,64 @@ def _fmt(v: float | None) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 and float(v).is_integer() else f"{v:.4g}"
 
 
-def verdict_table(result) -> Table:
-    """metric / baseline / now / change / verdict, failures first; units next to the numbers."""
-    t = Table(title="varbench check", box=box.SIMPLE_HEAD, pad_edge=False)
-    t.add_column("metric", overflow="fold", min_width=34, ratio=3)
-    for col in ("baseline", "now", "change"):
-        t.add_column(col, justify="right", no_wrap=True)
-    t.add_column("verdict", no_wrap=True)
-    t.add_column("detail", overflow="fold", ratio=1)
+def verdict_table(result, width: int | None = None) -> Table:
+    """point / metric / baseline / now / change / verdict (/ detail where it fits), failures first; a metric
+    name ``model/d2/s2/b1/fp32/isometric/latency_ms_p50`` is split into its point and its field so neither is
+    cut; numbers never wrap. The full verdicts are in --json."""
+    width = width or err_console.width
     order = {"regression": 0, "changed": 0, "missing": 0, "improved": 1, "new": 2, "ok": 3}
-    for v in sorted(result.verdicts, key=lambda v: order.get(v.verdict, 9)):
-        change = "—" if v.change is None else f"{100 * v.change:+.2f}%"
-        t.add_row(Text(v.metric), f"{_fmt(v.baseline)} {v.unit}", f"{_fmt(v.now)} {v.unit}", change,
-                  Text(v.verdict, style=STYLE.get(v.verdict, "")), Text(v.detail))
+    verdicts = sorted(result.verdicts, key=lambda v: order.get(v.verdict, 9))
+    points = [v.metric.rpartition("/")[0].split("/") for v in verdicts]
+    common = [c for c in (points[0] if points else []) if c and all(c in p for p in points)]
+    narrow = width < 100                       # units go (the field names carry them: _ms, _bytes, flops)
+    cells = []
+    for v, parts in zip(verdicts, points):
+        field = v.metric.rpartition("/")[2]
+        unit, fmt = ("", _short) if narrow else (f" {v.unit}", _fmt)
+        change = "—" if v.change is None else f"{100 * v.change:+.1f}%"
+        cells.append(("/".join(c for c in parts if c not in common) or "-", field, f"{fmt(v.baseline)}{unit}",
+                      f"{fmt(v.now)}{unit}", change, v.verdict, v.detail))
+    if narrow:                                 # the point becomes a heading row above its metrics
+        return _narrow_table(title_of(common), cells)
+    heads = ("point", "metric", "baseline", "now", "change", "verdict")
+    used = sum(max([len(h), *(len(c[i]) for c in cells)]) + 3 for i, h in enumerate(heads)) + 2
+    detail = width - used >= 24 and any(c[6] for c in cells)
+    t = Table(title=title_of(common), box=box.SIMPLE_HEAD, pad_edge=False,
+              caption=None if detail or not any(c[6] for c in cells) else "details (tests, tolerances): --json")
+    for h in heads:
+        t.add_column(h, justify="right" if h in ("baseline", "now", "change") else "left", no_wrap=True)
+    if detail:
+        t.add_column("detail", overflow="fold")
+    for c in cells:
+        row = [Text(c[0]), Text(c[1]), c[2], c[3], c[4], Text(c[5], style=STYLE.get(c[5], ""))]
+        t.add_row(*row, *([Text(c[6])] if detail else []))
+    return t
+
+
+def title_of(common: list[str]) -> str:
+    return "varbench check" + (f" · {'/'.join(common)}" if common else "")
+
+
+def _short(v: float | None) -> str:
+    """A number in at most ~6 characters for a narrow terminal: 15.4M, 5.32, 61.4k."""
+    if v is None:
+        return "—"
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div * 10:
+            return f"{v / div:.3g}{suffix}"
+    return f"{v:.4g}"
+
+
+def _narrow_table(title: str, cells: list[tuple[str, ...]]) -> Table:
+    t = Table(title=title, caption="units, tests and tolerances: --json", box=box.SIMPLE_HEAD, pad_edge=False)
+    for h in ("metric", "baseline", "now", "change", "verdict"):
+        t.add_column(h, justify="right" if h in ("baseline", "now", "change") else "left", no_wrap=True)
+    last = None
+    for c in cells:
+        if c[0] != last:
+            t.add_row(Text(c[0], style="bold"), "", "", "", "")
+            last = c[0]
+        t.add_row(Text("  " + c[1]), c[2], c[3], c[4], Text(c[5], style=STYLE.get(c[5], "")))
     return t
 
 
@@ -58,16 +103,20 @@ def check(
 ) -> None:
     """Run the suite, compare memory, speed and quality with the baseline; exit 1 on a regression."""
     from varbench.gating import regress
-    from varbench.reporting.report import load_results
-    from varbench.workflows.suites import load_suite, run_suite
+    from varbench.results import lock_dir
+    from varbench.workflows.suites import load_suite
 
     if suite is None and results is None:
         raise UsageError("check needs --suite (to run it) or --results (to gate existing results)")
     s = load_suite(suite) if suite is not None else None
     tol = s.tolerances() if s is not None else regress.Tolerances()
-    if not update_baseline:
+    if update_baseline:
+        check_out_file(baseline, "--baseline")            # a folder or unwritable path: exit 2 before the run
+    else:
         base = regress.load_baseline(baseline)            # fail on a bad baseline before a long run
     if results is not None:
+        if not results.is_dir():
+            raise UsageError(f"--results: {results} is not a results directory")
         out_dir = ensure_out_dir(out) if out is not None else results
         src = results
     else:
@@ -76,8 +125,21 @@ def check(
         if any(out_dir.rglob("*.jsonl")):
             raise UsageError(f"--out {out_dir} already holds results; the gate needs a fresh measurement "
                              f"(use --results {out_dir} to gate them as they are)")
-        run_suite(s, out_dir)
         src = out_dir
+    with lock_dir(out_dir):
+        return _gate(s, tol, base if not update_baseline else None, baseline, src, out_dir, results is None,
+                     update_baseline, force, json_out)
+
+
+def _gate(s, tol, base, baseline: Path, src: Path, out_dir: Path, run: bool, update_baseline: bool, force: bool,
+          json_out: bool) -> None:
+    """Run the suite (unless gating given results), then write the baseline or compare with it."""
+    from varbench.gating import regress
+    from varbench.reporting.report import load_results
+    from varbench.workflows.suites import run_suite
+
+    if run:
+        run_suite(s, out_dir)
     manifests, rows = load_results([src])
     failed = [r for r in rows if r.get("status") not in (None, "ok")]
     metrics = regress.metrics_from_rows(rows, tol)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from varbench.cli.common import OutOpt, ensure_out_dir, err_console
+from varbench.cli.common import OutOpt, err_console, out_dir_lock
 from varbench.cli.render import (SensitivityProgress, fmt_metric, matrix_table, subnet_table, sweep_point_printer,
                                  sweep_table, trace_scales_table, trace_summary_lines)
 from varbench.errors import RegressionFailed
@@ -72,10 +72,16 @@ def demo(
 ) -> None:
     """The whole pipeline on the shipped toy model (offline, CPU): models table, sensitivity matrices, sweep,
     trace and report; ends with the report's path and the best Pareto configurations. Re-running resumes."""
-    from varbench.workflows.demo import run_demo, shipped_weights
+    from varbench.workflows.demo import shipped_weights
 
     var_p, _ = shipped_weights()
-    out_dir = ensure_out_dir(out)
+    with out_dir_lock(out) as out_dir:
+        _demo(out_dir, quick, var_p)
+
+
+def _demo(out_dir: Path, quick: bool, var_p: Path) -> None:
+    from varbench.workflows.demo import run_demo
+
     err_console.print(f"varbench demo{' --quick' if quick else ''}: var-toy on the CPU, weights {var_p} "
                       f"(trained by varbench, shipped in the package); results in {out_dir}",
                       markup=False, highlight=False, soft_wrap=True)

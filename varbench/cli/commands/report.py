@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from varbench.cli.common import err_console
-from varbench.errors import EnvironmentUnavailable
+from varbench.cli.common import check_out_file, err_console
+from varbench.errors import EnvironmentUnavailable, UsageError
 
 
 def report(
@@ -22,9 +22,12 @@ def report(
         import plotly  # noqa: F401
     except ImportError:
         raise EnvironmentUnavailable("varbench report needs plotly (pip install plotly)") from None
-    from varbench.reporting.report import build_report
+    from varbench.reporting.report import build_report, find_result_dirs
 
-    out = output or (results[0] / "report.html")
+    find_result_dirs(results)                     # every argument a folder: exit 2 before anything is written
+    out = check_out_file(output if output is not None else results[0] / "report.html", "--output")
+    if png is not None and png.exists() and not png.is_dir():
+        raise UsageError(f"--png: {png} exists and is not a directory")
     path = build_report(results, out, png_dir=png)
     err_console.print(f"report written to {path}")
 

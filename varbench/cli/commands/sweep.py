@@ -8,15 +8,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from varbench.cli.common import (BatchOpt, CkptOpt, DepthsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SelectOpt,
-                                 VaeOpt, check_weight_files, err_console, ensure_out_dir, print_json)
+                                 VaeOpt, check_weight_files, err_console, out_dir_lock, print_json)
 from varbench.cli.render import sweep_table
 from varbench.errors import RegressionFailed, UsageError
 from varbench.schema import SWEEP
+from varbench.workflows.budget import check_fits, inference_estimate
 from varbench.target import (check_dtype, check_select, check_switch, parse_int_list, resolve_depths, resolve_device,
                              resolve_spec)
 
 
-def _parse_switches(text: str, spec: Any) -> list[int]:
+def _parse_switches(text: str | None, spec: Any) -> list[int]:
+    if text is None:
+        return [check_switch(spec, None)]           # the model's registry default
     out = []
     for item in text.split(","):
         try:
@@ -32,8 +35,9 @@ def sweep(
     vae: VaeOpt = None,
     depths: DepthsOpt = None,
     batch: BatchOpt = "1",
-    switch: Annotated[str, typer.Option("--switch", help="First scale that runs the subnet (VARiant N); "
-                                        "a comma list sweeps several.")] = "6",
+    switch: Annotated[Optional[str], typer.Option("--switch", help="First scale that runs the subnet (VARiant N); "
+                                                  "a comma list sweeps several (default: the model's, 6 for "
+                                                  "the official models).")] = None,
     select: SelectOpt = "isometric",
     dtype: DtypeOpt = "bf16",
     device: DeviceOpt = "auto",
@@ -59,6 +63,9 @@ def sweep(
                                                      "is killed (default: none).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/sweep/MODEL); "
                                                 "rerunning into it resumes.")] = None,
+    method: Annotated[Optional[list[str]], typer.Option("--method", help="An efficiency-method configuration, "
+                                                        "NAME[:key=value,...] joined by '+' (varbench methods); "
+                                                        "repeatable; replaces the --depths/--switch grid.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Latency, throughput and memory of VARiant(depth, switch) over a grid, each point in a fresh process."""
@@ -78,7 +85,7 @@ def sweep(
         raise UsageError(f"--threads: must be >= 1, got {threads}")
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout: must be > 0, got {timeout}")
-    check_weight_files(ckpt, vae)
+    check_weight_files(ckpt, vae, s)
     dev = resolve_device(device)
     gpus = None
     if devices is not None:
@@ -88,7 +95,11 @@ def sweep(
         gpus = [str(g) for g in dict.fromkeys(ids)]
         if not dev.startswith("cuda"):
             raise UsageError("--devices needs --device cuda (it spreads points over GPUs)")
-    out_dir = ensure_out_dir(out if out is not None else Path("out") / "sweep" / s.name)
+    out_path = out if out is not None else Path("out") / "sweep" / s.name
+    # on a GPU a point too large becomes an "oom" row (the sweep finds the batch limit); on the CPU the kernel
+    # would kill the worker, or the machine, so every point must fit
+    b_check = max(bs) if dev == "cpu" else min(bs)
+    check_fits(inference_estimate(s, b_check, dt, dev, ckpt is not None, f"{s.name} at batch {b_check}"), "sweep")
     if dev == "cpu" and (cuda_graphs or compile):
         err_console.print("[yellow]warning: --cuda-graphs and --compile act on CUDA only; on the CPU every point "
                           "runs the plain eager path (the rows still carry the flags as asked)[/]")
@@ -99,10 +110,13 @@ def sweep(
                       batches=bs, switches=sws, select=sel, dtype=dt, device=dev,
                       repeats=repeats, min_seconds=min_seconds, warmup=warmup, keep_skipped=keep_skipped,
                       timeout_s=timeout, cuda_graphs=cuda_graphs, compile=compile, threads=threads,
-                      devices=gpus)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=False) as bar:
-        task = bar.add_task(f"sweep {s.name}", total=len(ds) * len(bs) * len(sws))
+                      devices=gpus, methods=list(method) if method else None)
+    from varbench.measuring.sweep import method_grid
+    n_conf = len(method_grid(cfg))                      # a bad --method fails here, before any worker
+    with out_dir_lock(out_path) as out_dir, \
+            Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=err_console, transient=False) as bar:
+        task = bar.add_task(f"sweep {s.name}", total=n_conf * len(bs))
 
         def progress(event: str, i: int, total: int, obj: dict[str, Any]) -> None:
             where = f"depth {obj.get('depth')} batch {obj.get('batch')} switch {obj.get('switch')}"

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from varbench.cli.common import (CkptOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SelectOpt, SwitchOpt, VaeOpt,
-                                 check_weight_files, err_console, ensure_out_dir, print_json)
+                                 check_weight_files, err_console, out_dir_lock, print_json)
 from varbench.cli.render import trace_scales_table, trace_summary_lines
 from varbench.errors import UsageError
 from varbench.schema import TRACE_FILE
+from varbench.workflows.budget import check_fits, inference_estimate
 from varbench.target import check_dtype, check_select, check_switch, resolve_device, resolve_spec
 
 
@@ -19,7 +20,7 @@ def trace(
     ckpt: CkptOpt = None,
     vae: VaeOpt = None,
     depth: Annotated[Optional[int], typer.Option("--depth", help="Subnet depth (default: the full network).")] = None,
-    switch: SwitchOpt = 6,
+    switch: SwitchOpt = None,
     select: SelectOpt = "isometric",
     batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 1,
     dtype: DtypeOpt = "bf16",
@@ -31,6 +32,9 @@ def trace(
     sampler: Annotated[str, typer.Option("--sampler", help="NVML sampler: auto (a child process when NVML is "
                                          "real, so it never takes the GIL), process or thread.")] = "auto",
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default out/trace/MODEL).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="An efficiency-method configuration "
+                                                  "(varbench methods), e.g. scale-window:anchors=2,recent=3; "
+                                                  "replaces --depth/--switch.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Memory at every scale boundary of one generation: analytic KV, real cache bytes, allocator, NVML."""
@@ -51,18 +55,26 @@ def trace(
         raise UsageError(f"--sampler: {sampler!r} is not one of auto, process, thread")
     if overhead_pairs < 0:
         raise UsageError(f"--overhead-pairs: must be >= 0, got {overhead_pairs}")
-    check_weight_files(ckpt, vae)
+    check_weight_files(ckpt, vae, s)
     dev = resolve_device(device)
-    out_dir = ensure_out_dir(out if out is not None else Path("out") / "trace" / s.name)
+    out_path = out if out is not None else Path("out") / "trace" / s.name
+    check_fits(inference_estimate(s, batch, dt, dev, ckpt is not None, f"{s.name} at batch {batch}"), "trace")
     if dev == "cpu" and s.depth >= 16:
         err_console.print(f"[yellow]warning: {s.name} on CPU is slow; var-toy is the small model[/]")
     cfg = TraceConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depth=d,
                       switch=sw, select=sel, batch=batch, dtype=dt, device=dev,
                       interval_ms=interval_ms, keep_skipped=keep_skipped, overhead_repeats=overhead_pairs,
-                      sampler=sampler)
-    with err_console.status(f"tracing {s.name} depth {d} batch {batch} on {dev}"):
-        summary = run_trace(cfg, out_dir)
-    rows = [r for r in read_trace(out_dir)[0] if r.get("run_id") == summary["run_id"]]
+                      sampler=sampler, method=method)
+    if method:                               # a bad configuration is exit 2 before anything is built
+        from model import methods as methods_mod
+        try:
+            methods_mod.parse(method, s)
+        except methods_mod.MethodError as e:
+            raise UsageError(f"--method: {e}") from None
+    with out_dir_lock(out_path) as out_dir:
+        with err_console.status(f"tracing {s.name} depth {d} batch {batch} on {dev}"):
+            summary = run_trace(cfg, out_dir)
+        rows = [r for r in read_trace(out_dir)[0] if r.get("run_id") == summary["run_id"]]
     err_console.print(trace_scales_table(rows, summary))
     for line in trace_summary_lines(summary):
         err_console.print(line, highlight=False)

@@ -7,19 +7,21 @@ Works under ``torchrun --nproc-per-node N -m varbench train ...`` (rank 0 prints
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from varbench.cli.common import err_console, print_json
+from varbench.cli.common import err_console, out_dir_lock, print_json
 from varbench.errors import EnvironmentUnavailable, UsageError
 from varbench.target import parse_int_list, resolve_device, resolve_spec
+from varbench.workflows.budget import check_fits, train_estimate, vqvae_train_estimate
 
 RUNTIME_OPTIONS = ("max_steps", "log_every", "val_every", "save_every", "save_final", "workers", "device", "out")
 FLAGS = {"p": "--subnet-p"}           # config fields whose option is not --field-name (torchrun owns --p*)
@@ -114,6 +116,9 @@ class _Progress:
     def __call__(self, row: dict) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+        if row.get("kind") == "notice":
+            err_console.print(f"notice: {row['message']}", style="yellow", markup=False, soft_wrap=True)
+            return
         if row.get("kind") == "val":
             err_console.print(f"  val step {row['step']}: {row['schedule']} loss {row['loss']:.4f}")
             return
@@ -231,10 +236,21 @@ def _run_var(given: dict[str, Any], config: Path | None, resume: Path | None) ->
             cfg = config_from_dict(base | given).validate()
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if resume is None and any((Path(cfg.out).expanduser() / state_mod.CKPT_DIR / f).exists()
+                              for f in (state_mod.MODEL_FILE, state_mod.STATE_FILE)):
+        raise UsageError(f"--out {cfg.out} already holds a training checkpoint; pass --resume {cfg.out} to "
+                         f"continue it, or another --out")
+    if resume is None:                 # a bad --init/--vae file: exit 2 before the run folder is made
+        from varbench.target import check_weight_files
+
+        check_weight_files(resolve_spec(cfg.model), None if cfg.init == "random" else cfg.init,
+                           None if cfg.vae in (None, "random") else cfg.vae, names=("--init", "--vae"))
+    check_fits(train_estimate(cfg), "train")
     prog = _Progress()
     t0 = time.perf_counter()
     try:
-        result = run_train(cfg, on_log=prog)
+        with _run_folder(cfg.out):
+            result = run_train(cfg, on_log=prog)
     except ValueError as e:                              # bad data/checkpoint found while starting
         raise UsageError(str(e)) from None
     except ImportError as e:                             # Pillow missing for an image folder
@@ -260,15 +276,34 @@ def _run_vqvae(given: dict[str, Any], config: Path | None) -> dict:
     bad = sorted(set(mapped) - names) + sorted(set(base) - names)
     if bad:
         raise UsageError(f"--stage vqvae does not take {', '.join(bad)}")
+    cfg = VQVAETrainConfig(**(base | mapped))
+    if (Path(cfg.out).expanduser() / "vae.safetensors").exists():
+        raise UsageError(f"--out {cfg.out} already holds a trained VQ-VAE (vae.safetensors); choose another --out")
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    check_fits(vqvae_train_estimate(cfg), "train --stage vqvae")
     prog = _Progress()
     try:
-        result = train_vqvae(VQVAETrainConfig(**(base | mapped)), on_log=prog)
+        with _run_folder(cfg.out):
+            result = train_vqvae(cfg, on_log=prog)
     except ValueError as e:
         raise UsageError(str(e)) from None
     finally:
         prog.stop()
     err_console.print(f"VQ-VAE trained for {result['steps']} steps -> {result['weights']}", soft_wrap=True)
     return result
+
+
+@contextlib.contextmanager
+def _run_folder(out: str) -> Iterator[None]:
+    """The run folder writable and held by this run (rank 0 writes; the other ranks only read it)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with out_dir_lock(out):
+        yield
 
 
 def register(app: typer.Typer) -> None:
