@@ -268,3 +268,13 @@ def test_missing_inception_weights_file_names_the_option(tmp_path):
     with pytest.raises(UsageError, match="--inception-weights"):
         metrics.fid_torch_fidelity(torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16),
                                    weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_frechet_to_a_fixed_reference_equals_frechet_distance():
+    rng = np.random.default_rng(4)
+    ref = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6))
+    mu_r, s_r = metrics.gaussian_stats(ref)
+    fd = metrics.frechet_to(mu_r, s_r)
+    for n in (3, 50):                                      # rank-deficient (n < D) and full-rank samples
+        mu, s = metrics.gaussian_stats(rng.standard_normal((n, 6)) * 1.5 + 0.2)
+        assert fd(mu, s) == pytest.approx(metrics.frechet_distance(mu, s, mu_r, s_r), rel=1e-7)

@@ -239,6 +239,25 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(max(0.0, diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean))
 
 
+def frechet_to(mu_ref: np.ndarray, sigma_ref: np.ndarray) -> Callable[[np.ndarray, np.ndarray], float]:
+    """``frechet_distance(·, ·, mu_ref, sigma_ref)`` with the reference's square root computed once: the trace term
+    as tr((r s r)^½), r = sigma_ref^½ (the same eigenvalues as s^½ sigma_ref s^½), one ``eigvalsh`` a call. For
+    bootstraps, which score hundreds of resamples against one reference. The eigenvalues come from torch: numpy's
+    threaded OpenBLAS took 15 ms per 64x64 ``eigvalsh`` on a busy 2-core machine (0.7 ms on one thread), torch's
+    1.4 ms at the demo's one thread (measured)."""
+    mu_r = np.atleast_1d(np.asarray(mu_ref, np.float64))
+    s_r = np.atleast_2d(np.asarray(sigma_ref, np.float64))
+    r, tr_r = _psd_sqrt(s_r), float(np.trace(s_r))
+
+    def fd(mu: np.ndarray, sigma: np.ndarray) -> float:
+        m = r @ sigma @ r
+        eig = torch.linalg.eigvalsh(torch.from_numpy((m + m.T) / 2)).numpy()
+        tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+        diff = mu - mu_r
+        return float(max(0.0, diff @ diff + np.trace(sigma) + tr_r - 2.0 * tr_covmean))
+    return fd
+
+
 # ---- FID through torch-fidelity (optional extra) ------------------------------------------------------------
 def _to_uint8(images_01: torch.Tensor) -> torch.Tensor:
     return (images_01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()

@@ -46,7 +46,7 @@ MODES = ("single", "from", "groups")
 METRICS = ("fidelity", "fid", "toy")
 FIDELITY = ("kl", "token_agreement", "psnr", "ssim")     # row metrics; units and directions: varbench.schema.METRICS
 KL_KINDS = ("guided", "conditional")
-FD_RESAMPLES = 200       # a Fréchet distance per resample (64-d eigh): percentile bootstrap, ~0.1 s a cell
+FD_RESAMPLES = 200       # a Fréchet distance per resample (metrics.frechet_to): percentile bootstrap, ~0.4 s a cell
 ROWS_FILE = SENSITIVITY.rows_file
 REFERENCE_FILE = "reference.pt"
 # a row's identity for resume: same model, weights, sampling settings and cell -> already measured

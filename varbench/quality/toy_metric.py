@@ -20,7 +20,7 @@ from model.spec import SPECS
 from model.toy_classifier import WEIGHTS_FILE, ToyClassifier
 from model.train.toy_data import CLASS_NAMES, render_indices
 from varbench.errors import EnvironmentUnavailable
-from varbench.quality.metrics import frechet_distance, gaussian_stats
+from varbench.quality.metrics import frechet_distance, frechet_to, gaussian_stats
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,13 @@ def toy_scores(images_01: torch.Tensor, labels: torch.Tensor | np.ndarray | list
 
 def fd_of_features(features_ND: np.ndarray, n_ref: int = REFERENCE_N, seed: int = REFERENCE_SEED) -> float:
     """Toy FD of precomputed classifier features (the bootstrap resamples features, not images)."""
-    mu, sigma = gaussian_stats(features_ND)
-    return frechet_distance(mu, sigma, *reference_stats(n_ref, seed))
+    return _fd_to_reference(n_ref, seed)(*gaussian_stats(features_ND))
+
+
+@lru_cache(maxsize=4)
+def _fd_to_reference(n_ref: int, seed: int):
+    """The FD against one reference with its square root computed once (a bootstrap scores 200 resamples)."""
+    return frechet_to(*reference_stats(n_ref, seed))
 
 
 def _real_images(n: int, seed: int) -> torch.Tensor:
