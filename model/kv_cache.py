@@ -185,7 +185,8 @@ class KVCache:
         if k_buf is None or n1 > k_buf.shape[2]:
             raise RuntimeError(f"KV cache overflow in block {b}: begin_scale() was not called for this scale")
         self.filled[b] = n1
-        self.held[b].append((self._scale, n))
+        if self.window is not None:                  # only the sliding window needs the per-scale layout
+            self.held[b].append((self._scale, n))
         r = self.live_rows
         return k_buf[:r, :, n0:n1], v_buf[:r, :, n0:n1]
 

@@ -100,13 +100,15 @@ class EagerStep:
     def start(self, cond_BD: torch.Tensor, labels_2B: torch.Tensor | None = None) -> None:
         self.cond_BD = cond_BD
         self.mods = self.var.modulations(self.var.cond_for_blocks(cond_BD), self.schedule.used_blocks())
-        self.mods_cond = {b: tuple(m[:self.batch] for m in mod) for b, mod in self.mods.items()}
+        self.mods_cond = None                          # the conditional rows' slices, built at the first unguided scale
 
     def begin_scale(self, si: int) -> None:
         self.cache.begin_scale(si)
 
     def run(self, si: int, x_BlC: torch.Tensor, latent_BlCv: torch.Tensor | None = None) -> ScaleLogits:
         guided = x_BlC.shape[0] != self.batch          # guidance-skip scales carry the conditional rows only
+        if not guided and self.mods_cond is None:
+            self.mods_cond = {b: tuple(m[:self.batch] for m in mod) for b, mod in self.mods.items()}
         mods, cond = (self.mods, self.cond_BD) if guided else (self.mods_cond, self.cond_BD[:self.batch])
         h_BlC = self.var.step(x_BlC, mods, self.schedule.layers[si], self.cache)
         return HiddenLogits(self.var, h_BlC, cond, self.kernels, self.batch)
@@ -124,12 +126,9 @@ class CollaborativeStep:
 
     def __init__(self, drafter, refiner, refine_from: int, batch: int, dtype: torch.dtype, device: torch.device,
                  plan: InferencePlan, keep_skipped: bool = False, k_dtype: torch.dtype | None = None):
-        spec = drafter.spec
-        S = spec.num_scales
         self.N, self.batch, self.plan = refine_from, batch, plan
-        draft = DepthSchedule([tuple(range(spec.depth)) if si < refine_from else () for si in range(S)])
-        # (varbench.measuring.analytic.drafter_schedule is the same schedule, for the cost model)
-        self.drafter = EagerStep(drafter, draft, batch, dtype, device, plan, keep_skipped, k_dtype)
+        self.drafter = EagerStep(drafter, DepthSchedule.prefix(drafter.spec, refine_from), batch, dtype, device,
+                                 plan, keep_skipped, k_dtype)
         self.refiner = EagerStep(refiner, DepthSchedule.full(refiner.spec), batch, dtype, device, plan,
                                  keep_skipped, k_dtype)
         self.latents: list[torch.Tensor | None] = []      # each drafted scale's VQ-VAE input (None at scale 0)

@@ -100,6 +100,11 @@ class DepthSchedule:
         return cls([subnet_layers(spec.depth, int(d), select) for d in depths])
 
     # ---- queries ------------------------------------------------------------------------------------------
+    @classmethod
+    def prefix(cls, spec: VARSpec, until: int) -> "DepthSchedule":
+        """Every block below scale ``until``, none after (the drafter of collaborative decoding)."""
+        return cls([tuple(range(spec.depth)) if si < until else () for si in range(spec.num_scales)])
+
     def validate(self, spec: VARSpec) -> "DepthSchedule":
         if len(self.layers) != spec.num_scales:
             raise ValueError(f"schedule has {len(self.layers)} scales, the model has {spec.num_scales}")

@@ -276,18 +276,13 @@ def summary_rows(spec: VARSpec, depths: Sequence[int], switch: int = 6,
 # ---------------------------------------------------------------------------------------------------- code
 
 
-def drafter_schedule(spec: VARSpec, refine_from: int) -> DepthSchedule:
-    """What the drafter of collaborative decoding runs: every block below ``refine_from``, nothing after."""
-    return DepthSchedule([tuple(range(spec.depth)) if si < refine_from else () for si in range(spec.num_scales)])
-
-
 def code_kv_bytes_per_scale(drafter: VARSpec, refiner: VARSpec, batch: int = 1, dtype: torch.dtype = torch.bfloat16,
                             keep_skipped: bool = False, k_dtype: torch.dtype | None = None, cfg: bool = True,
                             plan: InferencePlan | None = None) -> list[int]:
     """KV bytes per scale of collaborative decoding (``plan.refine_from`` = N): the drafter's cache below N, freed
     at the hand-over; from N the refiner's, allocated whole when its prefill starts."""
     N = plan.refine_from
-    d = kv_bytes_per_scale(drafter, drafter_schedule(drafter, N), batch, dtype, keep_skipped, k_dtype, cfg, plan)
+    d = kv_bytes_per_scale(drafter, DepthSchedule.prefix(drafter, N), batch, dtype, keep_skipped, k_dtype, cfg, plan)
     r = kv_bytes_per_scale(refiner, None, batch, dtype, keep_skipped, k_dtype, cfg, plan)
     return [d[si] if si < N else r[si] for si in range(drafter.num_scales)]
 
@@ -297,7 +292,7 @@ def code_flops(drafter: VARSpec, refiner: VARSpec, batch: int = 1, cfg: bool = T
     """Forward FLOPs of collaborative decoding: the drafter's scales below N, and the refiner over every scale
     (its prefill of the drafted scales runs the blocks, not the head: 2·C·V per token less there)."""
     N = plan.refine_from
-    d = flops_per_scale(drafter, drafter_schedule(drafter, N), batch, cfg, plan=plan)[:N]
+    d = flops_per_scale(drafter, DepthSchedule.prefix(drafter, N), batch, cfg, plan=plan)[:N]
     r = flops_per_scale(refiner, None, batch, cfg, plan=plan)
     cfg_until = plan.cfg_until
     head = [2.0 * refiner.width * refiner.vae.vocab_size * refiner.tokens[si] * batch
