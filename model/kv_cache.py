@@ -111,11 +111,6 @@ class KVCache:
         return max((window_tokens(self.spec, active, si, self.window) for si in active if si <= upto_scale),
                    default=0)
 
-    def reset(self) -> None:
-        """Empty (buffers kept): a graph capture starts from here after its warm-up generation."""
-        self.filled = [0] * self.spec.depth
-        self.held = [[] for _ in range(self.spec.depth)]
-
     def _slide_window(self, si: int) -> None:
         """Drop the scales that left the window (a contiguous middle run: anchors stay in front, the recent
         scales behind) and move the recent ones down."""
@@ -220,8 +215,13 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
 
     def release(self) -> None:
-        self.k = [None] * self.spec.depth
-        self.v = [None] * self.spec.depth
+        """Drop every buffer and start over: the next ``begin_scale(0)`` allocates the first segment."""
+        D = self.spec.depth
+        self.k, self.v = [None] * D, [None] * D
+        self.k_scale, self.v_scale = [None] * D, [None] * D
+        self.filled, self.held = [0] * D, [[] for _ in range(D)]
+        self._segment = self._scale = -1
+        self.live_rows = self.rows
 
 
 def _fp8_scale(x_BHlc: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,9 @@ class InferencePlan:
     sample_chunk_logits: head + CFG + sampling on batch chunks of at most this many logits.
     ffn_chunk_elems: MLP hidden elements per row chunk at inference (bounds the largest transient).
     decode_dtype: the VQ-VAE decoder's dtype ("bf16" | "fp16" | "fp32"); decode_channels_last: its memory format.
+    decode_chunk: images decoded at a time (the decoder's 256² activations of a whole batch would dominate the
+        peak); decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
+        setting, applied with the plan; on for CUDA: the decoder's shapes are fixed).
     cfg_until: classifier-free guidance on scales < cfg_until only (None: every scale); later scales run one row
         per image (the guidance-skip method).
     kv_fp8: the KV cache stored in float8 e4m3 with a per-block, per-head scale (the kv-fp8 method).
@@ -56,6 +59,8 @@ class InferencePlan:
     ffn_chunk_elems: int = 1 << 28
     decode_dtype: str = "fp32"
     decode_channels_last: bool = False
+    decode_chunk: int = 16
+    decode_cudnn_benchmark: bool = False
     cfg_until: int | None = None
     kv_fp8: bool = False
     kv_window: tuple[int, int] | None = None
@@ -78,7 +83,7 @@ class InferencePlan:
             raise ValueError(f"refine_from must be >= 1, got {self.refine_from}")
         if self.cfg_until is not None and self.cfg_until < 0:
             raise ValueError(f"cfg_until must be >= 0, got {self.cfg_until}")
-        for name in ("sample_chunk_logits", "ffn_chunk_elems"):
+        for name in ("sample_chunk_logits", "ffn_chunk_elems", "decode_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -104,7 +109,7 @@ class InferencePlan:
             half = dtype in (torch.bfloat16, torch.float16)
             auto = dict(triton_qkv=triton, tiny_attn_max_keys=128 if triton else 0, small_attn_max_keys=64,
                         fused_gelu=True, split_head=dtype == torch.bfloat16 and _mm_out_dtype_ok(device),
-                        decode_dtype=_NAMES[dtype] if half else "fp32")
+                        decode_dtype=_NAMES[dtype] if half else "fp32", decode_cudnn_benchmark=True)
         auto.update({k: v for k, v in choices.items() if v is not None})
         if device.type != "cuda":     # the CUDA-only paths cannot run here
             auto.update(compiled=False, cuda_graphs=False)

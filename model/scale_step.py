@@ -2,7 +2,8 @@
 
 ``VARPipeline.generate`` has one loop body; what runs each scale's blocks and head is a ``ScaleStep``:
 ``EagerStep`` here (the blocks run as Python calls against a schedule-sized KV cache that frees skipped blocks),
-``CollaborativeStep`` (a drafter model, then a refiner: the code method) or ``model.cuda_graphs.GraphedScales`` (captured per-scale graphs replayed against a cache that keeps every buffer).
+``CollaborativeStep`` (a drafter model, then a refiner: the code method) or ``model.cuda_graphs.GraphedScales``
+(captured per-scale graphs whose captures free and regrow the cache as the eager step does).
 Hooks, sampling and the next-scale input are the loop's, so both paths fire the same hooks in the same order.
 """
 from __future__ import annotations
@@ -41,12 +42,15 @@ class ScaleStep(Protocol):
     def begin_scale(self, si: int) -> None:
         """Before scale ``si``'s hooks: the cache holds what the scale needs."""
 
+    def input_buffer(self, si: int) -> torch.Tensor | None:
+        """Where the loop writes scale ``si``'s input rows (a graph's static input), or None: a new tensor."""
+
     def run(self, si: int, x_BlC: torch.Tensor, latent_BlCv: torch.Tensor | None = None) -> ScaleLogits:
         """The blocks of scale ``si`` on its input (2B, pn², C) float32, then the head. ``latent_BlCv``: the VQ-VAE
         latent the input was embedded from (None at scale 0), for steps that embed with another model."""
 
     def finish(self) -> None:
-        """After the last scale (the eager cache frees its buffers; a graphed one keeps them for the next call)."""
+        """After the last scale (the eager cache frees its buffers; a graphed one keeps its pool for the next call)."""
 
 
 class HiddenLogits:
@@ -104,6 +108,9 @@ class EagerStep:
 
     def begin_scale(self, si: int) -> None:
         self.cache.begin_scale(si)
+
+    def input_buffer(self, si: int) -> None:
+        return None
 
     def run(self, si: int, x_BlC: torch.Tensor, latent_BlCv: torch.Tensor | None = None) -> ScaleLogits:
         guided = x_BlC.shape[0] != self.batch          # guidance-skip scales carry the conditional rows only
@@ -166,6 +173,9 @@ class CollaborativeStep:
                 self.refiner.begin_scale(s)
                 self.refiner.run(s, self._refiner_input(s, latent))
         self.refiner.begin_scale(si)
+
+    def input_buffer(self, si: int) -> None:
+        return None
 
     def run(self, si: int, x_BlC: torch.Tensor, latent_BlCv: torch.Tensor | None = None) -> ScaleLogits:
         if si < self.N:

@@ -4,13 +4,15 @@ Each part writes raw rows under OUT/<part>/ (commit them under results/<device>/
 command prints a short table last. Parts:
 
   tests      the GPU-marked tests (pytest -m gpu) -> OUT/tests/pytest.txt
-  fast       the fast path (CUDA graphs + compile): --depths x --batches (or --methods) -> OUT/fast/sweep.jsonl
-  lean       compile without CUDA graphs (the leanest memory)           -> OUT/lean/
-  eager      the plain path (no flags)                                   -> OUT/eager/
+  fast       the sweep's default (on CUDA: graphs + compile): --depths x --batches (or --methods) -> OUT/fast/
+  lean       compile without CUDA graphs                                 -> OUT/lean/
+  eager      the plain path (--eager)                                    -> OUT/eager/
   compare    the fast path of --baseline-src (another checkout) and of this tree, point by point in alternating
              order so that drift hits both alike                         -> OUT/compare/{baseline,current}/
   probe      inference-plan variants timed in one process (plan fields switched one at a time from the
              device's fast plan, each with CUDA graphs)                  -> OUT/probe/probe.jsonl
+  decode     the VQ-VAE decode of --batches under decoder plan variants (chunk, cuDNN autotuning, memory
+             format), with each variant's allocator peak             -> OUT/decode/decode.jsonl
 
 Usage: PYTHONPATH=. python3 scripts/gpu_bench.py OUT PART [PART ...] [--model var-d30] [--depths 30,2]
        [--batches 1,64] [--baseline-src DIR] [--repeats 3]
@@ -31,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from varbench import results  # noqa: E402
 
-PRESETS = {"fast": dict(cuda_graphs=True, compile=True), "lean": dict(compile=True), "eager": {}}
+# fast: the sweep's default on CUDA (graphs + compile, nothing set); lean: compile alone; eager: neither
+PRESETS = {"fast": {}, "lean": dict(cuda_graphs=False, compile=True), "eager": dict(cuda_graphs=False, compile=False)}
 # plan variants of the probe: one field changed from the fast plan each
 PROBE_VARIANTS = {"fast": {}, "no-triton-qkv": {"triton_qkv": False}, "no-tiny-attn": {"tiny_attn_max_keys": 0},
                   "no-small-attn": {"small_attn_max_keys": 0}, "head-kv-layout": {"kv_layout": "head"},
@@ -104,6 +107,50 @@ def probe_part(out: Path, a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# decoder variants: plan decode fields changed from the device's compiled plan
+DECODE_VARIANTS = {"chunk16": {}, "chunk8": {"decode_chunk": 8}, "chunk32": {"decode_chunk": 32},
+                   "chunk64": {"decode_chunk": 64}, "cudnn-bench": {"decode_cudnn_benchmark": True},
+                   "cudnn-bench-chunk32": {"decode_cudnn_benchmark": True, "decode_chunk": 32},
+                   "not-channels-last": {"decode_channels_last": False}}
+
+
+def decode_part(out: Path, a: argparse.Namespace) -> list[dict]:
+    """The VQ-VAE decode of each --batches size under each decoder variant, interleaved over ``repeats`` rounds,
+    with the decode's own allocator peak."""
+    import torch
+
+    from model import VARPipeline
+    from varbench.measuring.timing import measure
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    pipe = VARPipeline.from_spec(a.model, device=a.device, dtype=dtype).compile()
+    base = pipe.plan
+    spec, rows, path = pipe.spec, [], out / "decode" / "decode.jsonl"
+    for batch in a.batches:
+        f_hat = pipe.generate([i % spec.num_classes for i in range(batch)], decode=False).f_hat
+        samples: dict[str, list[float]] = {n: [] for n in DECODE_VARIANTS}
+        peaks: dict[str, int] = {}
+        for _ in range(a.repeats):
+            for name, change in DECODE_VARIANTS.items():
+                pipe.set_plan(base.replace(**change))
+                if a.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                samples[name] += measure(lambda: pipe.decode(f_hat), warmup=1, min_repeats=3, device=pipe.device)
+                if a.device.startswith("cuda"):
+                    peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated() - before)
+        for name, ms in samples.items():
+            row = {"kind": "decode", "model": spec.name, "batch": batch, "variant": name,
+                   "plan": base.replace(**DECODE_VARIANTS[name]).as_dict(), "decode_ms_samples": ms,
+                   "decode_ms_p50": sorted(ms)[len(ms) // 2], "decode_peak_extra_bytes": peaks.get(name)}
+            results.append_row(path, row)
+            rows.append(row)
+    pipe.set_plan(base)
+    results.write_manifest(path.parent, {"kind": "decode", "variants": DECODE_VARIANTS})
+    return rows
+
+
 def tests_part(out: Path, a: argparse.Namespace) -> list[dict]:
     (out / "tests").mkdir(parents=True, exist_ok=True)
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/"],
@@ -117,6 +164,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if r.get("kind") == "tests":
             lines.append(f"tests: rc {r['returncode']} · {r['summary']}")
+        elif r.get("kind") == "decode":
+            mib = (r.get("decode_peak_extra_bytes") or 0) / 2**20
+            lines.append(f"decode b{r['batch']:<4} {r['variant']:<20} {r['decode_ms_p50']:9.2f} ms  +{mib:7.0f} MiB")
         elif r.get("kind") == "probe":
             lines.append(f"probe d{r['depth']} b{r['batch']:<4} {r['variant']:<16} {r['latency_ms_p50']:9.2f} ms")
         else:
@@ -131,7 +181,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("parts", nargs="+", choices=["tests", "compare", "probe", *PRESETS])
+    ap.add_argument("parts", nargs="+", choices=["tests", "compare", "probe", "decode", *PRESETS])
     ap.add_argument("--model", default="var-d30")
     ap.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[30, 2])
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64])
@@ -149,7 +199,7 @@ def main() -> None:
     rows: list[dict] = []
     for part in a.parts:
         t0 = time.time()
-        got = {"tests": tests_part, "compare": compare_part, "probe": probe_part}.get(part)
+        got = {"tests": tests_part, "compare": compare_part, "probe": probe_part, "decode": decode_part}.get(part)
         rows += got(a.out, a) if got else sweep_part(a.out, a, part)
         print(f"[{part}] {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     (a.out / "summary.json").write_text(json.dumps(rows, default=str, indent=1))

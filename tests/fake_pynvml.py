@@ -7,6 +7,10 @@
 - missing: names among {"v3", "v2", "v1"} whose process-info function is absent from the module;
   not_supported: names whose function exists but raises NVMLError_FunctionNotFound (old driver, new binding).
 - hide_pids: process list holds only foreign PIDs (container PID namespace).
+- energy: "counter" (nvmlDeviceGetTotalEnergyConsumption reads ``mod.state["energy_mj"]``, which only moves by
+  ``energy_step_mj`` per call or ``mod.advance_energy(mj)``), "not_supported" (it raises NVMLError_NotSupported, as
+  before Volta) or "missing" (the binding lacks it). Power (nvmlDeviceGetPowerUsage, mW) and the SM clock
+  (nvmlDeviceGetClockInfo) read ``mod.state["power_mw"]`` / ``mod.state["sm_clock_mhz"]``.
 ``nvml_factory`` builds the same fake inside a spawned sampler child (``samplers.NvmlProcessSampler``).
 """
 from __future__ import annotations
@@ -36,6 +40,14 @@ class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
         super().__init__(9, "Driver Not Loaded")
 
 
+class NVMLError_NotSupported(NVMLError):  # noqa: N801
+    def __init__(self) -> None:
+        super().__init__(3, "Not Supported")
+
+
+NVML_CLOCK_SM = 1
+
+
 @dataclass
 class _MemInfo:
     total: int
@@ -51,14 +63,19 @@ class _Proc:
 
 def make(mode: str = "ok", missing: tuple[str, ...] = (), not_supported: tuple[str, ...] = (),
          hide_pids: bool = False, pid: int | None = None, base_used: int = 1000 * MIB,
-         step: int = MIB, total: int = 80_000 * MIB) -> types.ModuleType:
+         step: int = MIB, total: int = 80_000 * MIB, energy: str = "counter", energy_mj: int = 1_000_000,
+         energy_step_mj: int = 0, power_mw: int = 300_000, sm_clock_mhz: int = 1980) -> types.ModuleType:
     """Build a fake pynvml module; ``mod.calls`` counts calls per function name."""
     mod = types.ModuleType("pynvml")
     mod.NVMLError = NVMLError
     mod.NVMLError_FunctionNotFound = NVMLError_FunctionNotFound
     mod.NVMLError_DriverNotLoaded = NVMLError_DriverNotLoaded
+    mod.NVMLError_NotSupported = NVMLError_NotSupported
+    mod.NVML_CLOCK_SM = NVML_CLOCK_SM
     mod.calls = {}
-    state = {"used": base_used, "init": 0}
+    state = {"used": base_used, "init": 0, "energy_mj": energy_mj, "power_mw": power_mw,
+             "sm_clock_mhz": sm_clock_mhz}
+    mod.state = state
     lock = threading.Lock()
     own_pid = os.getpid() if pid is None else pid
 
@@ -123,8 +140,36 @@ def make(mode: str = "ok", missing: tuple[str, ...] = (), not_supported: tuple[s
         if tag not in missing:
             setattr(mod, name, _proc_fn(tag))
 
+    def nvmlDeviceGetTotalEnergyConsumption(h: str) -> int:  # noqa: N802
+        _check()
+        count("nvmlDeviceGetTotalEnergyConsumption")
+        if energy == "not_supported":
+            raise NVMLError_NotSupported()
+        with lock:
+            state["energy_mj"] += energy_step_mj
+            return state["energy_mj"]
+
+    def advance_energy(mj: int) -> None:
+        with lock:
+            state["energy_mj"] += int(mj)
+
+    def nvmlDeviceGetPowerUsage(h: str) -> int:  # noqa: N802
+        _check()
+        count("nvmlDeviceGetPowerUsage")
+        return state["power_mw"]
+
+    def nvmlDeviceGetClockInfo(h: str, clock: int) -> int:  # noqa: N802
+        _check()
+        count("nvmlDeviceGetClockInfo")
+        if clock != NVML_CLOCK_SM:
+            raise NVMLError(2, "Invalid Argument")
+        return state["sm_clock_mhz"]
+
+    mod.advance_energy = advance_energy
+    if energy != "missing":
+        mod.nvmlDeviceGetTotalEnergyConsumption = nvmlDeviceGetTotalEnergyConsumption
     for fn in (nvmlInit, nvmlShutdown, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex, nvmlDeviceGetName,
-               nvmlSystemGetDriverVersion, nvmlDeviceGetMemoryInfo):
+               nvmlSystemGetDriverVersion, nvmlDeviceGetMemoryInfo, nvmlDeviceGetPowerUsage, nvmlDeviceGetClockInfo):
         setattr(mod, fn.__name__, fn)
     mod.nvmlDeviceGetUUID = lambda h: UUID
     mod.nvmlDeviceGetIndex = lambda h: 0

@@ -85,6 +85,34 @@ def test_cuda_graphs_equal_eager():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", ["variant:depth=2,switch=2", "guidance-skip:from_scale=2",
+                                    "scale-window:anchors=1,recent=2", "kv-fp8+variant:depth=2,switch=1"])
+@pytest.mark.parametrize("keep_skipped", [False, True])
+def test_graphed_lean_path_equals_eager_lean_path(method, dtype, keep_skipped):
+    """Real CUDA graphs that free skipped blocks inside their captures: the eager step's tokens (same dtype,
+    identical), and at every scale the eager cache's bytes, which are the analytic model's."""
+    from model import methods
+    from varbench.measuring import analytic
+    p = VARPipeline.from_spec(SPEC, device="cuda", seed=0, dtype=dtype)
+    conf = methods.parse(method, SPEC)
+    plan, sched = p.plan.replace(**conf.plan_changes()), conf.schedule()
+    runs = {}
+    for graphs in (False, True, True):                        # the second graphed call replays the capture
+        seen = []
+        out = p.generate(list(range(5)), seed=11, schedule=sched, plan=plan.replace(cuda_graphs=graphs),
+                         keep_skipped=keep_skipped, decode=False,
+                         on_scale_end=lambda si, c: seen.append(c.nbytes()))
+        runs.setdefault(graphs, []).append((out.indices, seen))
+    (eager_idx, eager_bytes), = runs[False]
+    want = analytic.kv_bytes_per_scale(SPEC, sched, 5, dtype, keep_skipped, plan=plan)
+    assert eager_bytes == want
+    for idx, seen in runs[True]:
+        assert all(torch.equal(x, y) for x, y in zip(eager_idx, idx))
+        assert seen == want
+
+
+@pytest.mark.gpu
 def test_compiled_kernels_equal_eager():
     p = VARPipeline.from_spec(SPEC, device="cuda", seed=0, dtype=torch.bfloat16)
     out = p.generate([1, 2], seed=0, decode=False)

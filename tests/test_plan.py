@@ -10,7 +10,7 @@ import torch
 from model import spec
 from model.pipeline import VARPipeline
 from model.plan import InferencePlan
-from model.scale_step import EagerStep, FullLogits
+from model.cuda_graphs import GraphedScales
 from model.schedule import DepthSchedule
 
 SPEC = spec.var_spec(4, name="plan", width=64, heads=2, patch_nums=(1, 2, 3, 4), vae=spec.TINY_VAE,
@@ -18,35 +18,15 @@ SPEC = spec.var_spec(4, name="plan", width=64, heads=2, patch_nums=(1, 2, 3, 4),
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-class FakeGraphed:
-    """A graphed step without CUDA: one capture per key, a cache that keeps every block's buffers and logits that
-    exist whole after ``run``, like ``model.cuda_graphs.GraphedScales``. Counts its captures."""
+class FakeGraphed(GraphedScales):
+    """The real graphed step's static-buffer program without CUDA graphs (``capture=False``): one instance per
+    key, the hooks' ``CapturedCache`` view and the static input/output views. Counts its captures."""
 
     captures: list = []
 
-    def __init__(self, var, schedule, batch, dtype, device, plan, k_dtype=None):
-        self.inner = EagerStep(var, schedule, batch, dtype, device, plan, keep_skipped=True, k_dtype=k_dtype)
-        self.cache, self.plan = self.inner.cache, plan
+    def __init__(self, var, schedule, batch, dtype, device, plan, k_dtype=None, keep_skipped=False):
+        super().__init__(var, schedule, batch, dtype, device, plan, k_dtype, keep_skipped, capture=False)
         FakeGraphed.captures.append(plan)
-
-    def start(self, cond_BD, labels_2B=None):
-        self.inner.cache.release()
-        self.inner.cache = self.cache = type(self.cache)(self.cache.spec, self.cache.schedule, self.cache.rows // 2,
-                                                         self.cache.dtype, self.cache.device, keep_skipped=True,
-                                                         k_dtype=self.cache.k_dtype, plan=self.plan)
-        self.inner.start(cond_BD)
-
-    def begin_scale(self, si):
-        self.inner.begin_scale(si)
-
-    def run(self, si, x_BlC, latent_BlCv=None):
-        out = self.inner.run(si, x_BlC)
-        B = out.batch
-        cond, uncond = out.pair(0, B)
-        return FullLogits(torch.cat((cond, uncond)) if uncond is not None else cond, B)
-
-    def finish(self):
-        pass
 
 
 def _other_value(f: dataclasses.Field, value):
@@ -127,11 +107,29 @@ def test_hooks_fire_identically_on_the_eager_and_the_graphed_step(variant):
     assert [e[:2] for e in ev_e] == [e[:2] for e in ev_g] == [(k, si) for si in range(S) for k in ("begin", "end")]
     assert all(torch.equal(x, y) for x, y in zip(eager.indices, graphed.indices))
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(eager.logits, graphed.logits))
-    if not variant:                                          # same buffers either way
-        assert [e[2] for e in ev_e] == [e[2] for e in ev_g]
-    else:                                                    # graphed keeps skipped blocks' buffers
-        assert ev_g[-1][2] > ev_e[-1][2]
+    assert [e[2] for e in ev_e] == [e[2] for e in ev_g]       # the graphed step frees what eager frees
     assert graphed.plan.cuda_graphs and not eager.plan.cuda_graphs
+
+
+@pytest.mark.parametrize("head_in_graph", [True, False])
+@pytest.mark.parametrize("method", ["variant:depth=2,switch=2", "guidance-skip:from_scale=2",
+                                    "scale-window:anchors=1,recent=2", "kv-fp8+variant:depth=2,switch=1"])
+def test_graphed_program_matches_eager_under_every_static_method(method, head_in_graph):
+    """The graphed step's program (static input/output views, the allocation step inside each scale, rows that
+    shrink without guidance) gives the eager step's tokens and, scale by scale, its cache bytes."""
+    from model import methods
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    p.graph_factory = FakeGraphed
+    conf = methods.parse(method, SPEC)
+    plain = InferencePlan.plain().replace(**conf.plan_changes())
+    if not head_in_graph:      # logits above the chunk bound: the graph ends at the hidden state, the head is eager
+        plain = plain.replace(sample_chunk_logits=SPEC.vae.vocab_size)
+    eager, ev_e = _hooked(p, plain, conf.schedule())
+    graphed, ev_g = _hooked(p, plain.replace(cuda_graphs=True), conf.schedule())
+    step = next(iter(p._graphed.values()))
+    assert step.head_in_graph is head_in_graph
+    assert all(torch.equal(x, y) for x, y in zip(eager.indices, graphed.indices))
+    assert [e[2] for e in ev_e] == [e[2] for e in ev_g]
 
 
 @pytest.mark.gpu

@@ -98,6 +98,33 @@ NVML_PEAK = Field("nvml_peak_used_bytes", "bytes", "lower", "NVML device-used pe
 NVML_PEAK_PROC = Field("nvml_peak_process_used_bytes", "bytes", "lower", "NVML peak of this process (GPU)")
 NVML_REASON = Field("nvml", doc="whether NVML was read, and why not")
 POINT = (MODEL, WEIGHTS, DEPTH, SWITCH, SELECT, BATCH, DTYPE, DEVICE)
+# energy of a GPU sweep point (varbench.measuring.energy): NVML's board counter around a window of generate + decode
+ENERGY = (
+    Field("energy_j_per_image", "J", "lower", "GPU board energy per image, generate + decode (energy window)"),
+    Field("images_per_kwh", "img/kWh", "higher", "images per kWh of board energy (3.6e6 / energy_j_per_image)"),
+    Field("avg_power_w", "W", None, "mean board power over the energy window (energy / window)"),
+    Field("peak_power_w", "W", None, "largest sampled board power (NVML; a 1 s average on Ampere and newer)"),
+    Field("sm_clock_mhz", "MHz", None, "median sampled SM clock over the energy window"),
+    Field("energy_method", doc="nvml_total_energy | power_integral | null: how energy_j was obtained"),
+    Field("energy_null_reason", doc="why the energy fields are null (CPU, no NVML, pass disabled)"),
+    Field("energy_note", doc="why the counter was not used (power_integral rows)"),
+    Field("energy_j", "J", None, "board energy over the whole window"),
+    Field("energy_window_s", "s", None, "wall time of the energy window"),
+    Field("energy_images", "images", None, "images generated (and decoded) in the window"),
+    Field("energy_power_samples", "count", None, "power / SM clock samples inside the window"),
+    Field("energy_sampler", doc="process | thread: how power was sampled"),
+)
+# the drill-down behind a point (--profile; varbench.measuring.profiling): paths relative to the results folder
+PROFILE = (
+    Field("profile_trace", doc="torch.profiler Chrome trace of one generation + decode (open in Perfetto)"),
+    Field("profile_memory_snapshot", doc="CUDA allocator snapshot pickle (open in pytorch.org/memory_viz)"),
+    Field("profile_memory_snapshot_reason", doc="why there is no memory snapshot (CPU)"),
+    Field("profile_scale_ms", "ms", "lower", "time of each scale's range in the profiled generation (a list)"),
+    Field("profile_phase_ms", "ms", "lower", "time per phase (blocks, head, sampling, decode, other), exclusive"),
+    Field("profile_scale_phase_ms", "ms", "lower", "per scale: its phases' exclusive times (a list of dicts)"),
+    Field("profile_note", doc="what the phase ranges cover on this path"),
+    Field("profile_error", doc="why profiling failed (the point's other measurements stand)"),
+)
 
 # ---- sweep: one row per (depth, switch, batch) point, written by the sweep parent from its worker's result --------
 _MEASURED = (
@@ -147,11 +174,14 @@ SWEEP = RowKind(
             Field("gpu_index", doc="physical GPU the worker saw (several GPUs)"),
             Field("baseline_allocated_bytes", "bytes", None, "allocated before timing: weights (GPU)"),
             Field("peak_allocated_gen_bytes", "bytes", "lower", "allocator peak of generation alone (GPU)"),
+            Field("first_call_s", "s", None, "the first (untimed) generation: compile or its on-disk cache, graph "
+                  "capture"),
             Field("nvml_baseline_used_bytes", "bytes", None, "NVML device used before the NVML pass (GPU)"),
             Field("nvml_samples", "count", doc="NVML samples taken"),
             Field("nvml_sample_hz", "Hz", doc="achieved NVML sampling rate"),
             Field("nvml_sampler", doc="process | thread: how NVML was sampled"),
             Field("returncode", doc="the worker's exit code (failed points)"),
+            *ENERGY, *PROFILE,
         )),
     ),
 )
@@ -160,15 +190,16 @@ SWEEP = RowKind(
 SENSITIVITY = RowKind(
     "sensitivity", "sensitivity.jsonl",
     key_fields=("model", "weights", "mode", "scale", "group", "depth", "select", "metric", "samples", "batch",
-                "seed", "cfg", "top_k", "top_p", "dtype", "device", "fid_ref", "kl_kind"),
-    doc="one quality metric of one cell, scored against the full network",
+                "seed", "cfg", "top_k", "top_p", "dtype", "device", "fid_ref", "kl_kind", "method"),
+    key_defaults={"method": None},
+    doc="one quality metric of one cell (or of one method / per-scale schedule), scored against the full network",
     fields=(
         KIND, MODEL, WEIGHTS, SELECT,
         Field("samples", "count", doc="images scored per cell"), BATCH,
         Field("seed", doc="first batch's seed"), Field("cfg", doc="classifier-free guidance scale"),
         Field("top_k", doc="sampling top-k"), Field("top_p", doc="sampling top-p"), DTYPE, DEVICE,
         Field("fid_ref", doc="FID reference statistics or folder (null: the full network)"),
-        Field("mode", doc="single | from | groups | reference"), SCALE,
+        Field("mode", doc="single | from | groups | reference | method | schedule"), SCALE,
         Field("group", doc='"lo-hi" scale range (groups mode)'), DEPTH, LAYERS, SCHEDULE, KV_BYTES, FLOPS,
         Field("metric", doc="which quality metric `value` holds (a key of METRICS)"),
         Field("value", "metric unit", doc="the metric's value, in the unit of METRICS[metric]"),
@@ -182,6 +213,58 @@ SENSITIVITY = RowKind(
             Field("ci_high", "metric unit", doc="upper end of the 95% interval of `value` over the samples"),
             Field("n", "count", doc="samples the value and its interval are computed over"),
             Field("ci_method", doc="bca-bootstrap | percentile-bootstrap | wilson | exact | none"),
+        )),
+        *(_opt(f) for f in (     # rows of mode method / schedule only
+            Field("method", doc="the method configuration, canonical (model/methods.py), or schedule:depths=... "
+                  "for a per-scale schedule (varbench plan)"),
+            Field("method_params", doc="its parameters, one dict per method"),
+            Field("predicted_loss", "metric unit", doc="the plan's predicted loss (sum of single-scale losses)"),
+            Field("plan_metric", doc="the metric the plan's loss was predicted from"),
+            Field("plan_file", doc="the plan.json the schedule came from"),
+        )),
+    ),
+)
+
+# ---- fid: one row per configuration of `varbench fid` (real samples, a locked protocol) ---------------------------
+FID = RowKind(
+    "fid", "fid.jsonl",
+    key_fields=("model", "weights", "method", "n", "classes", "cfg", "top_k", "top_p", "seed", "batch",
+                "shard_images", "dtype", "device", "ref", "extractor", "extractor_weights", "resamples",
+                "is_splits"),
+    doc="FID and Inception score of one configuration's samples against reference statistics",
+    fields=(
+        KIND, MODEL, WEIGHTS, DEPTH, SWITCH, SELECT, LAYERS, SCHEDULE, KV_BYTES, FLOPS, DTYPE, DEVICE, BATCH,
+        Field("method", doc="the efficiency-method configuration, canonical (model/methods.py)"),
+        Field("method_params", doc="its parameters, one dict per method"),
+        Field("protocol", doc='"standard" (50 per class x 1000 classes, cfg 1.5, top-k 900, top-p 0.96) | "proxy"'),
+        Field("n", "count", doc="generated images scored (and the samples of the interval)"),
+        Field("classes", "count", doc="distinct class labels (label i = i mod classes)"),
+        Field("per_class", "images", doc="images per class (n / classes)"),
+        Field("cfg", doc="classifier-free guidance scale"), Field("top_k", doc="sampling top-k"),
+        Field("top_p", doc="sampling top-p"), Field("seed", doc="sampling seed (a batch's = seed * 2^32 + index)"),
+        Field("shard_images", "images", doc="images per sample shard"),
+        Field("image_size", "px", doc="side of the generated images"),
+        Field("ref", doc="reference statistics: npz:<file>@sha256 or folder:<name>@<content sha256>"),
+        Field("ref_n", "images", doc="images behind the reference statistics (null: an .npz without a count)"),
+        Field("extractor", doc="feature network (inception-v3-compat: torch-fidelity's FID Inception)"),
+        Field("extractor_weights", doc="its weights file, file:<name>@sha256"),
+        Field("feature_dim", "count", doc="feature dimensions"),
+        Field("fid", "FID", "lower", "Frechet distance of the samples' features to the reference statistics"),
+        Field("ci_low", "metric unit", doc="lower end of the 95% interval of fid (FID)"),
+        Field("ci_high", "metric unit", doc="upper end of the 95% interval of fid (FID)"),
+        Field("ci_method", doc="feature-bootstrap-centred: feature rows resampled, FD recomputed, the spread "
+              "centred on the estimate (the images are not regenerated)"),
+        Field("resamples", "count", doc="bootstrap resamples of the interval"),
+        Field("is_mean", "IS", "higher", "Inception score, mean over the splits"),
+        Field("is_std", "IS", doc="standard deviation of the Inception score over the splits"),
+        Field("is_splits", "count", doc="splits of the Inception score"),
+        Field("plan", doc="the inference plan the samples were generated under"),
+        Field("samples_dir", doc="folder of the sample shards, relative to the results folder"),
+        Field("stats_seconds", "s", doc="time to extract features and compute the statistics"),
+        *(_opt(f) for f in (
+            NOTICE,
+            Field("refiner_weights", doc="the code method's refiner weights, source:name@sha256"),
+            Field("world_size", "count", doc="processes that generated the shards of this call"),
         )),
     ),
 )
@@ -264,6 +347,7 @@ TRACE = RowKind(
         Field("execution", doc="eager | compile | graphs", optional=True),
         Field("method", doc="the efficiency-method configuration, canonical (model/methods.py)", optional=True),
         Field("method_params", doc="its parameters, one dict per method", optional=True),
+        *(_opt(f) for f in PROFILE),
     ),
 )
 _TIMELINE = (KIND, MODEL, WEIGHTS, RUN_ID, Field("t_ms", "ms", doc="since the generation started"))
@@ -292,8 +376,40 @@ MODELS = RowKind(
     ),
 )
 
+# ---- maxbatch: one row per search for the largest batch (varbench.workflows.maxbatch) ----------------------------------
+MAXBATCH = RowKind(
+    "maxbatch", "maxbatch.jsonl",
+    key_fields=("model", "weights", "method", "dtype", "device", "cuda_graphs", "compile", "keep_skipped",
+                "memory_limit_bytes"),
+    doc="the largest batch of one configuration that fits a memory limit: the analytic prediction and the probes",
+    fields=(
+        KIND, MODEL, WEIGHTS, DEPTH, SWITCH, SELECT, DTYPE, DEVICE,
+        Field("method", doc="the efficiency-method configuration, canonical (model/methods.py)"),
+        Field("cuda_graphs", doc="probed with per-scale CUDA graph replay"),
+        Field("compile", doc="probed with torch.compile"),
+        Field("keep_skipped", doc="skipped blocks kept their KV caches"),
+        Field("memory_limit_bytes", "bytes", doc="the memory a probe may use"),
+        Field("limit_source", doc="where the limit came from (--memory-limit, NVML free memory, available RAM)"),
+        Field("mechanism", doc="cuda-memory-fraction | device (no cap: the real device) | cpu-rss-peak"),
+        Field("predicted_batch", "images", doc="largest batch whose analytic estimate is within the limit"),
+        Field("measured_batch", "images", "higher", "largest batch a probe ran within the limit"),
+        Field("capped", doc="the measured batch is --max-batch (larger may fit)"),
+        Field("max_batch", "images", doc="the search's upper bound"),
+        Field("granularity", "images", doc="the answer is exact within this many images"),
+        Field("predicted_over_measured", "x", doc="predicted_batch / measured_batch"),
+        Field("estimate_parts", "bytes", doc="the analytic estimate at the predicted batch, by part"),
+        Field("estimate_fixed_bytes", "bytes", doc="the estimate at batch 0"),
+        Field("estimate_bytes_per_image", "bytes", doc="the estimate's growth per image near the prediction"),
+        Field("predicted_bytes_at_measured", "bytes", doc="the estimate at the measured batch"),
+        Field("measured_peak_bytes", "bytes", "lower", "allocator peak (CUDA) / peak RSS growth (CPU) there"),
+        Field("probes", doc="every probe: batch, fits, status, peak_bytes, predicted_bytes, seconds, detail"),
+        Field("n_probes", "count", doc="worker processes the search ran"),
+        _opt(NOTICE),
+    ),
+)
+
 ROW_KINDS: dict[str, RowKind] = {k.name: k for k in (SWEEP, SENSITIVITY, TRACE_SCALE, TRACE, TRACE_SAMPLE,
-                                                       TRACE_MARK, MODELS)}
+                                                       TRACE_MARK, MODELS, FID, MAXBATCH)}
 
 
 # ---- lookups ---------------------------------------------------------------------------------------------------------

@@ -289,7 +289,6 @@ def load_pipeline(target: ModelTarget, weights: Weights | None = None) -> "VARPi
     spec = target.spec
     w = weights if weights is not None else resolve_weights(target)
     dtype = torch_dtype(target.dtype)
-    torch.backends.cudnn.benchmark = True          # fixed shapes: let cuDNN pick the decoder's conv kernels
     if w.random:
         pipe = VARPipeline.from_spec(spec, device=target.device, seed=target.seed, dtype=dtype)
     else:

@@ -278,3 +278,21 @@ class SensitivityProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def fid_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """``varbench fid`` rows: FID with its [95% interval], IS ± split std, and the protocol they were scored under."""
+    protos = sorted({f"{r['protocol']} (n = {r['n']}, {r['classes']} classes, cfg {r['cfg']:g}, top-k {r['top_k']}, "
+                     f"top-p {r['top_p']:g}, ref {r['ref']})" for r in rows})
+    extractors = sorted({f"{r['extractor']} ({r['extractor_weights']})" for r in rows})
+    t = Table(title="FID · " + "; ".join(protos) + " · features: " + ", ".join(extractors), title_justify="left")
+    t.add_column("configuration", overflow="fold")
+    for c in ("FID [95%]", "IS ± split std", "GFLOP/img"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        ci = (f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if r.get("ci_low") is not None
+              and r.get("ci_high") is not None else "")
+        is_ = f"{r['is_mean']:.2f} ± {r['is_std']:.2f}" if r.get("is_mean") is not None else "-"
+        flops = f"{r['flops'] / 1e9:.2f}" if r.get("flops") is not None else "-"
+        t.add_row(str(r["method"]), f"{r['fid']:.2f}{ci}", is_, flops)
+    return t

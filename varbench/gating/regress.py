@@ -241,22 +241,31 @@ def _judge(b: Metric, n: Metric, tol: Tolerances) -> Verdict:
             v.verdict = "improved"
         v.detail = f"tol {rt:g}" + (f" + {at:g}" if at else "")
     elif b.family == "speed":
-        factor = n.value / b.value if b.value > 0 else math.inf
-        slower = factor > tol.speed_factor
-        faster = factor < 1 / tol.speed_factor
-        bs, ns = b.samples or [], n.samples or []
-        if len(bs) >= tol.min_samples and len(ns) >= tol.min_samples:
-            p = mann_whitney_greater(ns, bs) if slower else mann_whitney_greater(bs, ns)
-            v.detail = f"x{factor:.3f}, p={p:.2g} (alpha {tol.alpha:g}, factor {tol.speed_factor:g})"
-            significant = p < tol.alpha
-        else:
-            v.detail = f"x{factor:.3f}, too few samples for the U test; factor rule only"
-            significant = True
-        if slower and significant:
-            v.verdict = "regression"
-        elif faster and significant:
-            v.verdict = "improved"
+        v.verdict, v.detail, _ = speed_rule(b.value, n.value, b.samples, n.samples, tol)
     return v
+
+
+def speed_rule(base: float, now: float, base_samples: Sequence[float] | None, now_samples: Sequence[float] | None,
+               tol: Tolerances) -> tuple[str, str, float | None]:
+    """The asv rule for a lower-is-better time: (verdict "regression" | "improved" | "ok", detail, p or None).
+
+    Slower (faster) by more than ``tol.speed_factor`` AND, when both sides have ``tol.min_samples`` raw samples,
+    a one-sided U test in that direction with p < ``tol.alpha``; with fewer samples the factor rule alone. Shared
+    by ``compare`` (the gate) and ``varbench.gating.compare`` (two results sets)."""
+    factor = now / base if base > 0 else math.inf
+    slower = factor > tol.speed_factor
+    faster = factor < 1 / tol.speed_factor
+    bs, ns = base_samples or [], now_samples or []
+    p: float | None = None
+    if len(bs) >= tol.min_samples and len(ns) >= tol.min_samples:
+        p = mann_whitney_greater(ns, bs) if slower else mann_whitney_greater(bs, ns)
+        detail = f"x{factor:.3f}, p={p:.2g} (alpha {tol.alpha:g}, factor {tol.speed_factor:g})"
+        significant = p < tol.alpha
+    else:
+        detail = f"x{factor:.3f}, too few samples for the U test; factor rule only"
+        significant = True
+    verdict = "regression" if slower and significant else "improved" if faster and significant else "ok"
+    return verdict, detail, p
 
 
 def compare(baseline: Mapping[str, Any], now_metrics: Mapping[str, Metric], device_class_now: str,

@@ -3,6 +3,10 @@
 Two samplers share one interface: ``NvmlProcessSampler`` (a spawned child process, so the 1 kHz loop never takes
 the measured thread's GIL) and ``NvmlSampler`` (a thread; the fallback where a child cannot run). ``make_sampler``
 picks one. Both read through ``varbench.measuring.memory.Nvml``.
+
+``channels`` picks what the two value columns hold: "memory" (device used bytes, process used bytes: the
+default, and the names of the accessors) or "power" (board power in mW, SM clock in MHz, read every sample:
+``varbench.measuring.energy``).
 """
 from __future__ import annotations
 
@@ -22,6 +26,17 @@ from typing import Any, Callable
 from varbench.measuring.memory import Nvml
 
 log = logging.getLogger(__name__)
+
+
+CHANNELS = ("memory", "power")
+
+
+def _readers(nv: Any, channels: str) -> tuple[Callable[[], int | None], Callable[[], int | None]]:
+    """The two per-sample reads of ``channels``: (device used, process used) or (power mW, SM clock MHz)."""
+    if channels == "power":
+        from varbench.measuring import energy
+        return energy.power_reader(nv), energy.sm_clock_reader(nv)
+    return nv.fast_device_used_reader(), nv.process_used_bytes
 
 
 class _SamplerBase:
@@ -78,9 +93,12 @@ class NvmlSampler(_SamplerBase):
     kind = "thread"
 
     def __init__(self, nvml: Nvml | None = None, interval_ms: float = 1.0, capacity: int = 600_000,
-                 process_every: int = 10):
+                 process_every: int = 10, channels: str = "memory"):
         if interval_ms <= 0:
             raise ValueError(f"interval_ms must be > 0, got {interval_ms}")
+        if channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
+        self.channels = channels
         self.nvml = nvml if nvml is not None else Nvml()
         self.interval_ms = float(interval_ms)
         self.process_every = max(1, int(process_every))
@@ -109,15 +127,14 @@ class NvmlSampler(_SamplerBase):
         period = int(self.interval_ms * 1e6)
         nxt = time.perf_counter_ns()
         last_proc: int | None = None
-        nv = self.nvml
-        read_device = nv.fast_device_used_reader()
+        read_device, read_process = _readers(self.nvml, self.channels)
         while not self._stop.is_set():
             i = self.n
             if i >= len(self.t_ns):
                 self._grow()
             dev = read_device()
             if i % self.process_every == 0:
-                last_proc = nv.process_used_bytes()
+                last_proc = read_process()
             self.t_ns[i] = time.perf_counter_ns()
             self.device_used[i] = dev
             self.process_used[i] = last_proc
@@ -178,7 +195,8 @@ def _child_nvml(ident: dict[str, Any] | None, pid: int, factory: NvmlFactory | N
 
 
 def _sampler_child(shm_name: str, capacity: int, period_ns: int, process_every: int, ident: dict[str, Any] | None,
-                   pid: int, parent_pid: int, factory: NvmlFactory | None, ready: Any) -> None:
+                   pid: int, parent_pid: int, factory: NvmlFactory | None, ready: Any,
+                   channels: str = "memory") -> None:
     """Child main: sample NVML into shared memory until the parent sets _STOP, the buffer fills or the parent dies.
 
     Same pacing as the thread sampler: an absolute schedule, no burst to catch up after falling behind."""
@@ -191,8 +209,7 @@ def _sampler_child(shm_name: str, capacity: int, period_ns: int, process_every: 
         if not nv.available:
             _Q.pack_into(buf, 8 * _STATUS, _NO_NVML)
             return
-        read_device = nv.fast_device_used_reader()
-        read_process = nv.process_used_bytes
+        read_device, read_process = _readers(nv, channels)
         perf = time.perf_counter_ns
         sleep = time.sleep
         pack3, pack1, unpack1 = _QQQ.pack_into, _Q.pack_into, _Q.unpack_from
@@ -302,9 +319,13 @@ class NvmlProcessSampler(_SamplerBase):
     kind = "process"
 
     def __init__(self, nvml: Nvml | None = None, interval_ms: float = 1.0, capacity: int = 600_000,
-                 process_every: int = 10, nvml_factory: NvmlFactory | None = None, start_timeout_s: float = 60.0):
+                 process_every: int = 10, nvml_factory: NvmlFactory | None = None, start_timeout_s: float = 60.0,
+                 channels: str = "memory"):
         if interval_ms <= 0:
             raise ValueError(f"interval_ms must be > 0, got {interval_ms}")
+        if channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
+        self.channels = channels
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.nvml = nvml if nvml is not None else (nvml_factory(os.getpid()) if nvml_factory else Nvml())
@@ -368,7 +389,8 @@ class NvmlProcessSampler(_SamplerBase):
             ready = ctx.Event()
             proc = ctx.Process(target=_sampler_child, name="nvml-sampler", daemon=True,
                                args=(shm.name, self.capacity, max(1, int(self.interval_ms * 1e6)), self.process_every,
-                                     ident, int(self.nvml.pid), os.getpid(), self.nvml_factory, ready))
+                                     ident, int(self.nvml.pid), os.getpid(), self.nvml_factory, ready,
+                                     self.channels))
             t_before = time.perf_counter_ns()
             with _main_hidden():
                 proc.start()
@@ -402,7 +424,7 @@ class NvmlProcessSampler(_SamplerBase):
         self.kind = "thread"
         log.warning("NVML process sampler: %s; using the thread sampler", why)
         self._thread = NvmlSampler(self.nvml, interval_ms=self.interval_ms, capacity=self.capacity,
-                                   process_every=self.process_every)
+                                   process_every=self.process_every, channels=self.channels)
         self._thread.start()
         return self
 
@@ -457,9 +479,11 @@ class NvmlProcessSampler(_SamplerBase):
 
 def make_sampler(nvml: Nvml | None = None, interval_ms: float = 1.0, mode: str = "auto", *,
                  capacity: int = 600_000, process_every: int = 10,
-                 nvml_factory: NvmlFactory | None = None) -> NvmlSampler | NvmlProcessSampler:
+                 nvml_factory: NvmlFactory | None = None,
+                 channels: str = "memory") -> NvmlSampler | NvmlProcessSampler:
     """A sampler: "process" (``NvmlProcessSampler``), "thread" (``NvmlSampler``) or "auto" = process when NVML is
-    available and real (or ``nvml_factory`` provides the child's), else thread (nothing to gain from a child)."""
+    available and real (or ``nvml_factory`` provides the child's), else thread (nothing to gain from a child).
+    ``channels``: "memory" or "power" (what each sample reads; see the module docstring)."""
     if mode not in ("auto", "process", "thread"):
         raise ValueError(f"mode must be auto, process or thread, got {mode!r}")
     if nvml is None:
@@ -468,6 +492,7 @@ def make_sampler(nvml: Nvml | None = None, interval_ms: float = 1.0, mode: str =
         real = nvml.available and (nvml_factory is not None or getattr(nvml, "is_real", False))
         mode = "process" if real else "thread"
     if mode == "thread":
-        return NvmlSampler(nvml, interval_ms=interval_ms, capacity=capacity, process_every=process_every)
+        return NvmlSampler(nvml, interval_ms=interval_ms, capacity=capacity, process_every=process_every,
+                           channels=channels)
     return NvmlProcessSampler(nvml, interval_ms=interval_ms, capacity=capacity, process_every=process_every,
-                              nvml_factory=nvml_factory)
+                              nvml_factory=nvml_factory, channels=channels)

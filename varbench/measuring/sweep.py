@@ -62,12 +62,22 @@ class SweepConfig:
     seed: int = 0
     timeout_s: float | None = None      # per point; None = no limit
     nvml_pass: bool = True              # one extra pass with the NVML sampler (GPU only)
-    cuda_graphs: bool = False           # generate(cuda_graphs=True): per-scale graph replay (keeps every KV buffer)
-    compile: bool = False               # pipe.compile(): fused element-wise kernels + compiled decoder (CUDA)
+    cuda_graphs: bool | None = None     # per-scale CUDA graph replay; None = on for CUDA (the fast path), off on CPU
+    compile: bool | None = None         # fused element-wise kernels + compiled decoder; None = as cuda_graphs
     plan_overrides: dict[str, Any] | None = None   # explicit InferencePlan fields (model/plan.py), e.g. A/B probes
-    methods: list[str] | None = None    # efficiency-method configurations (model/methods.py); None = the variant grid
+    methods: list[str] | None = None    # efficiency-method configurations (model/methods.py) or per-scale
+    #                                     schedules "schedule:depths=..." (varbench plan); None = the variant grid
     devices: list[str] | None = None    # GPU ids, one concurrent worker each (CUDA_VISIBLE_DEVICES); None = one
     threads: int | None = None          # torch intra-op CPU threads per worker; None = torch's default (all cores)
+    energy_seconds: float = 2.0         # GPU energy window (generate + decode) at least this long; 0 = no energy pass
+    profile: bool = False               # one profiled generation per point: <out>/profiles/<point id>/ (profiling)
+
+    def execution(self) -> tuple[bool, bool]:
+        """(cuda_graphs, compile) as the points run: a choice left unset takes the fastest path of the device
+        (both on CUDA, the eager path on a CPU); ``--eager`` sets both off."""
+        gpu = self.device.startswith("cuda")
+        return (gpu if self.cuda_graphs is None else bool(self.cuda_graphs),
+                gpu if self.compile is None else bool(self.compile))
 
     def target(self) -> ModelTarget:
         """What every point loads; each worker rebuilds it from the point's fields (sweep_worker._build)."""
@@ -87,10 +97,11 @@ def method_grid(cfg: SweepConfig) -> list[tuple[str, int, int, str | None]]:
     if not cfg.methods:
         return [(methods_mod.variant(spec, d, sw, cfg.select).canonical(), int(d), int(sw), cfg.select)
                 for sw in cfg.switches for d in cfg.depths]
+    from varbench.workflows.planning import parse_configuration      # methods + schedule:depths=... (plan)
     out = []
     for text in cfg.methods:
         try:
-            conf = methods_mod.parse(text, spec)
+            conf = parse_configuration(text, spec)
         except methods_mod.MethodError as e:
             raise UsageError(f"--method: {e}") from None
         out.append((conf.canonical(), *conf.descriptor()))
@@ -101,18 +112,19 @@ def expand_grid(cfg: SweepConfig, weights: Weights) -> list[dict[str, Any]]:
     """Points in run order (configuration, batch); each carries the key fields and the settings the worker
     needs."""
     points = []
+    graphs, compiled = cfg.execution()
     for method, depth, switch, select in method_grid(cfg):
         for batch in cfg.batches:
             points.append({
                 "model": cfg.model, "weights": weights.label, "depth": int(depth), "switch": int(switch),
                 "method": method, "select": select, "batch": int(batch), "dtype": cfg.dtype,
                 "device": cfg.device,
-                "keep_skipped": bool(cfg.keep_skipped), "cuda_graphs": bool(cfg.cuda_graphs),
-                "compile": bool(cfg.compile), "plan_overrides": dict(cfg.plan_overrides or {}) or None,
+                "keep_skipped": bool(cfg.keep_skipped), "cuda_graphs": graphs,
+                "compile": compiled, "plan_overrides": dict(cfg.plan_overrides or {}) or None,
                 "var_path": weights.var_path, "vae_path": weights.vae_path,
                 "repeats": cfg.repeats, "min_seconds": cfg.min_seconds, "warmup": cfg.warmup,
                 "cfg": cfg.cfg, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
-                "nvml_pass": cfg.nvml_pass, "threads": cfg.threads,
+                "nvml_pass": cfg.nvml_pass, "threads": cfg.threads, "energy_seconds": cfg.energy_seconds,
             })
     return points
 
@@ -134,7 +146,15 @@ def _worker_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Inductor's on-disk caches (compiled graphs, Triton kernels, autotuning) in one lasting place, so a compile
+    # is paid by the first worker of a configuration and loaded by the later ones (rows: first_call_s)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
     return env
+
+
+def compile_cache_dir() -> Path:
+    """Where the workers' torch.compile caches live: $XDG_CACHE_HOME/varbench/inductor (~/.cache/...)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "varbench" / "inductor"
 
 
 def _describe_exit(rc: int) -> str:
@@ -242,9 +262,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, progress: bool | Pro
     ``progress``: a callable ``(event, index, total, row_or_point)`` with event "skip" | "start" | "done",
     or True to log each point, or False for silence.
     """
-    if cfg.repeats < 1 or cfg.min_seconds < 0 or cfg.warmup < 0 or (cfg.threads is not None and cfg.threads < 1):
+    if cfg.repeats < 1 or cfg.min_seconds < 0 or cfg.warmup < 0 or (cfg.threads is not None and cfg.threads < 1) \
+            or not cfg.energy_seconds >= 0:
         raise ValueError(f"bad sweep settings: repeats={cfg.repeats}, min_seconds={cfg.min_seconds}, "
-                         f"warmup={cfg.warmup}, threads={cfg.threads}")
+                         f"warmup={cfg.warmup}, threads={cfg.threads}, energy_seconds={cfg.energy_seconds}")
     if cfg.plan_overrides:                # a typo in a plan field fails here, not in every worker
         from model.plan import InferencePlan
         try:
@@ -257,6 +278,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, progress: bool | Pro
     rows_path = out / SWEEP.rows_file
     weights = resolve_weights(cfg.target())
     points = expand_grid(cfg, weights)
+    if cfg.profile:                       # the worker writes <out>/profiles/<point id>/ (varbench.measuring.profiling)
+        from varbench.measuring.profiling import point_id
+        for p in points:
+            p.update(profile_root=str(out.resolve()), profile_id=point_id(p, SWEEP.key_fields))
     _write_manifest(out, cfg, weights, len(points))
 
     def report(event: str, i: int, obj: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ one ``VARBENCH_RESULT {...}`` line on stdout (everything else the process prints
 Order of work (DESIGN "Measurement rules"): build the pipeline; reset allocator peaks; latency of
 generate(decode=False) with warm-up and repeats (no sampler, no callbacks); a separate pass with per-scale
 boundaries (events on GPU, synchronize + perf_counter on CPU) and the cache's real bytes; VQ-VAE decode timed on
-its own; finally, on GPU, one pass with the NVML sampler for the device peak. Never imports plotly or rich.
+its own; then, on GPU, one pass with the NVML sampler for the device peak and a window of generate + decode for
+the energy per image (``energy``); last, with ``--profile``, one profiled generation (``profiling``). Never
+imports plotly or rich.
 The fault hooks (VARBENCH_FAULT) are documented in ``varbench.measuring.sweep``.
 """
 from __future__ import annotations
@@ -102,7 +104,8 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     spec = spec_mod.get(point["model"])
     depth, switch, batch = int(point["depth"]), int(point["switch"]), int(point["batch"])
     from model import methods
-    conf = (methods.parse(point["method"], spec) if point.get("method")
+    from varbench.workflows.planning import parse_configuration      # methods + schedule:depths=... (plan)
+    conf = (parse_configuration(point["method"], spec) if point.get("method")
             else methods.variant(spec, depth, switch, point["select"]))     # rows written before methods existed
     schedule = conf.schedule()
     res: dict[str, Any] = {"layers": list(conf.layers()), "schedule": schedule.describe(),
@@ -112,6 +115,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     if point.get("threads"):
         torch.set_num_threads(int(point["threads"]))   # CPU timings depend on it: fixed by suites, kept in the row
     res["cpu_threads"] = torch.get_num_threads()
+    cap_check = _cap_memory(point, device)     # maxbatch --memory-limit: set before anything is allocated
     pipe = _build(point, device, dtype)
     _inject_fault(point)
     labels = [i % spec.num_classes for i in range(batch)]
@@ -132,7 +136,6 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     pipe.set_plan(compiled=bool(point.get("compile")),
                   cuda_graphs=bool(point.get("cuda_graphs")) and refiner_spec is None,   # code runs eager
                   **{**conf.plan_changes(), **(point.get("plan_overrides") or {})})
-    graphs = pipe.plan.cuda_graphs        # the graphed cache keeps every block's buffers (keep_skipped accounting)
     res["plan"], res["execution"] = pipe.plan.as_dict(), pipe.plan.execution
     if cuda:
         gc.collect()
@@ -142,6 +145,12 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
         res["baseline_allocated_bytes"] = int(torch.cuda.memory_allocated(device))
 
     reps, min_s, warm = int(point["repeats"]), float(point["min_seconds"]), int(point["warmup"])
+    t0 = time.perf_counter()              # the first call compiles (or loads the on-disk cache) and captures
+    if warm:
+        pipe.generate(**gen_kw)
+        timing.synchronize(device)
+        warm -= 1
+    res["first_call_s"] = time.perf_counter() - t0 if int(point["warmup"]) else None
     samples = timing.measure(lambda: pipe.generate(**gen_kw), warmup=warm, min_repeats=reps,
                              min_seconds=min_s, device=device)
     lat = timing.percentiles(samples)
@@ -170,7 +179,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     e2e = lat["p50"] + dec["p50"]
     flops = (analytic.flops(spec, schedule, batch, plan=pipe.plan) if refiner_spec is None
              else analytic.code_flops(spec, refiner_spec, batch, plan=pipe.plan))
-    kv_analytic = (analytic.kv_peak_bytes(spec, schedule, batch, dtype, point["keep_skipped"] or graphs, plan=pipe.plan)
+    kv_analytic = (analytic.kv_peak_bytes(spec, schedule, batch, dtype, point["keep_skipped"], plan=pipe.plan)
                    if refiner_spec is None else
                    max(analytic.code_kv_bytes_per_scale(spec, refiner_spec, batch, dtype, point["keep_skipped"],
                                                         plan=pipe.plan)))
@@ -188,7 +197,15 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     })
     res.update(_nvml_pass(pipe, gen_kw, device) if cuda and point.get("nvml_pass", True)
                else {"nvml": "NVML unavailable: device is CPU" if not cuda else "NVML pass disabled"})
+    from varbench.measuring import energy
+    res.update(_energy_pass(pipe, gen_kw, device, batch, point) if cuda
+               else energy.null_fields("device is CPU: NVML measures GPU boards only"))
+    if point.get("profile_root"):         # --profile: the drill-down, after every measurement
+        from varbench.measuring import profiling
+        res.update(profiling.profile_point(pipe, gen_kw, device, point["profile_root"], point["profile_id"]))
     res.update({"status": "ok", "error": None})
+    if cap_check is not None:
+        res.update(cap_check())           # CPU, past the limit: status "oom", the growth still reported
     return res
 
 
@@ -214,6 +231,77 @@ def _nvml_pass(pipe: Any, gen_kw: dict[str, Any], device: Any) -> dict[str, Any]
     return {"nvml": nv.reason, "nvml_peak_used_bytes": peak, "nvml_baseline_used_bytes": base,
             "nvml_peak_process_used_bytes": sampler.peak_process_used(), "nvml_samples": sampler.n,
             "nvml_sample_hz": round(sampler.achieved_hz(), 1), "nvml_sampler": sampler.kind}
+
+
+def _energy_pass(pipe: Any, gen_kw: dict[str, Any], device: Any, batch: int, point: dict[str, Any],
+                 nvml: Any = None) -> dict[str, Any]:
+    """Energy per image over a window of generate + decode (``energy.measure_energy``), kept apart from the
+    latency runs its power sampler would perturb; ``point["energy_seconds"]`` <= 0 turns it off."""
+    from varbench.measuring import energy
+    from varbench.measuring.memory import Nvml
+
+    seconds = float(point.get("energy_seconds", 2.0))
+    if seconds <= 0:
+        return energy.null_fields("energy pass disabled (energy_seconds = 0)")
+    nv = nvml if nvml is not None else Nvml(index=device.index)
+    return energy.measure_energy(lambda: pipe.generate(**{**gen_kw, "decode": True}), batch, nv, device=device,
+                                 min_repeats=int(point.get("repeats", 1)), min_seconds=seconds)
+
+
+def _cap_memory(point: dict[str, Any], device: Any) -> Any:
+    """``point["memory_limit_bytes"]`` (``varbench maxbatch --memory-limit``): on CUDA the caching allocator is
+    capped with ``set_per_process_memory_fraction``, so a larger need raises OutOfMemoryError ("oom"); on the CPU
+    the returned check compares the growth of the process's peak RSS (VmHWM, reset here and kept by the kernel, so
+    no transient is missed; ru_maxrss where it cannot be reset) from this point on (weights, activations, decode: what the allocator peak counts on a
+    GPU) with the limit, after the point ran, and returns status "oom" past it. None without a limit."""
+    limit = point.get("memory_limit_bytes")
+    if not limit:
+        return None
+    import torch
+
+    from varbench.measuring.memory import MemoryProbe
+
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()   # it wants an index
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, int(limit) / total), index)
+        return lambda: {"memory_limit_bytes": int(limit), "memory_limit_mechanism": "cuda-memory-fraction"}
+    gc.collect()
+    base = MemoryProbe("cpu").snapshot()["rss_bytes"] or 0
+    hwm = _reset_peak_rss()          # the high-water mark from here on, not the process's earlier peaks
+
+    def check() -> dict[str, Any]:
+        peak = _peak_rss() if hwm else (MemoryProbe("cpu").snapshot()["rss_peak_bytes"] or 0)
+        grown = peak - base
+        out = {"memory_limit_bytes": int(limit), "memory_limit_mechanism": "cpu-rss-peak",
+               "rss_peak_growth_bytes": int(grown)}
+        if grown > int(limit):
+            out.update(status="oom", error=f"out of memory: peak RSS grew {grown / 2**20:.1f} MiB, over the "
+                                           f"memory limit of {int(limit) / 2**20:.1f} MiB")
+        return out
+    return check
+
+
+def _reset_peak_rss() -> bool:
+    """Reset Linux's VmHWM (``/proc/self/clear_refs`` 5); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _peak_rss() > 0
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """VmHWM of /proc/self/status in bytes (0 if absent)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _is_oom(e: BaseException) -> bool:

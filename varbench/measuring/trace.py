@@ -49,6 +49,10 @@ class TraceConfig:
     overhead_repeats: int = 10       # plain/sampled generation pairs for the overhead check (0 = skip)
     sampler: str = "auto"            # auto | process | thread (samplers.make_sampler)
     method: str | None = None        # an efficiency-method configuration (model/methods.py); None = variant
+    compile: bool | None = None      # None: on for CUDA (the lean fast path), off on a CPU
+    cuda_graphs: bool = False        # off by default: a graph replay allocates nothing, so the allocator and NVML
+                                     # timelines go flat at the capture's pool (the cache bytes stay per scale)
+    profile: bool = False            # one profiled generation: out/profiles/<run_id>/ (measuring.profiling)
 
     def target(self) -> ModelTarget:
         return ModelTarget(self.model, self.ckpt, self.vae, self.allow_random, self.dtype, self.device, self.seed)
@@ -119,7 +123,9 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     if cuda and dev.index is not None:
         torch.cuda.set_device(dev)
     pipe = load_pipeline(target, weights)
-    pipe.set_plan(**conf.plan_changes())
+    compiled = cuda if cfg.compile is None else bool(cfg.compile)
+    pipe.set_plan(compiled=compiled, cuda_graphs=bool(cfg.cuda_graphs) and conf.refiner() is None,
+                  **conf.plan_changes())
     nvml = Nvml(index=dev.index) if cuda else None
     probe = MemoryProbe(dev, nvml=nvml)
     labels = [i % spec.num_classes for i in range(cfg.batch)]
@@ -216,6 +222,10 @@ def run_trace(cfg: TraceConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
         **overhead,
         "files": [TRACE_FILE, TIMELINE_FILE],
     }
+    if cfg.profile:                # after every measurement: the drill-down files, their paths in the summary
+        from varbench.measuring import profiling
+        summary.update(profiling.profile_point(pipe, gen_kw, dev, out, run_id))
+        summary["files"] += [summary[k] for k in ("profile_trace", "profile_memory_snapshot") if summary[k]]
     _write(out, cfg, weights, scale_rows, summary, sampler, t0)
     if cuda:                       # give the cached blocks back, so a later process sees a clean device
         del pipe

@@ -282,9 +282,14 @@ def _load_image_dir(path: Path) -> torch.Tensor:
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]      # uint8 (N,3,H,W) -> (N, D) features
 
 
-def inception_extractor(device: str = "cpu", weights_path: str | None = None) -> FeatureFn:
-    """torch-fidelity's FID Inception (2048-d pool features), from a local weights file when given (a missing file
-    is a one-line usage error naming the option) or torch-fidelity's own cache."""
+INCEPTION_NAME = "inception-v3-compat"          # torch-fidelity's port of the TF FID Inception (2048-d pool)
+
+
+def inception_network(device: str = "cpu", weights_path: str | None = None,
+                      outputs: Sequence[str] = ("2048",)) -> torch.nn.Module:
+    """torch-fidelity's FID Inception returning ``outputs`` ("2048" pool features, "logits_unbiased" for the
+    Inception score), from a local weights file when given (a missing file is a one-line usage error naming the
+    option) or torch-fidelity's own cache. Shared by ``sensitivity --metric fid`` and ``varbench fid``."""
     weights_path = weights_path or os.environ.get("VARBENCH_INCEPTION_WEIGHTS")
     if weights_path and not Path(weights_path).is_file():
         raise UsageError(f"--inception-weights: {weights_path} is not a file (the FID Inception weights, "
@@ -292,13 +297,18 @@ def inception_extractor(device: str = "cpu", weights_path: str | None = None) ->
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError:
-        raise UsageError("--metric fid needs the optional extra torch-fidelity: pip install torch-fidelity") from None
+        raise UsageError("FID needs the optional extra torch-fidelity: pip install torch-fidelity") from None
     try:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                          feature_extractor_weights_path=weights_path).to(device)
+        return FeatureExtractorInceptionV3(INCEPTION_NAME, list(outputs),
+                                           feature_extractor_weights_path=weights_path).to(device).eval()
     except Exception as e:  # noqa: BLE001 - offline download, bad file: one readable line
         raise EnvironmentUnavailable(f"could not load the Inception weights for FID ({type(e).__name__}: {e}); "
                                      "pass --inception-weights PATH or set VARBENCH_INCEPTION_WEIGHTS=PATH") from None
+
+
+def inception_extractor(device: str = "cpu", weights_path: str | None = None) -> FeatureFn:
+    """torch-fidelity's FID Inception as a FeatureFn (2048-d pool features); see ``inception_network``."""
+    net = inception_network(device, weights_path)
     return lambda x_u8: net(x_u8.to(device))[0]
 
 

@@ -7,6 +7,16 @@ network without any dataset: per-scale KL teacher-forced on the full network's o
 (same labels, seed, Gumbel noise) giving token agreement and PSNR/SSIM; optionally toy accuracy/FD or FID.
 The full network's samples and logits are computed once and reused by every cell; finished cells are skipped.
 
+Besides the matrix, candidates are scored the same way: efficiency methods (``methods``: ``NAME:k=v`` strings of
+``model.methods``, rows of mode "method") and per-scale depth schedules (``schedules``, e.g. from ``varbench
+plan``'s plan.json, rows of mode "schedule"). Coupled sampling holds for every method: the sampler draws its
+Gumbel noise per scale in the shape (images, pn², V) whatever the plan (guidance-skip runs one row per image but
+samples as many images; code and the KV policies change the logits, not the draw). The KL of a schedule-only
+method is teacher-forced as for the matrix; a method that changes the plan (guidance-skip, scale-window, kv-fp8,
+code) is teacher-forced through cached generation under its plan (``plan_logits``: the full network's tokens fed
+scale by scale through the pipeline's ``ScaleStep``), since the uncached forward knows nothing of KV windows, fp8
+caches or a refiner.
+
 The KL is ``guided`` by default: between the distributions the sampler really draws from (CFG with the ramp
 t = cfg·si/(S−1), top-k then top-p, renormalised; ``metrics.sampled_kl_per_sample_scale`` says how differing
 supports are handled); ``conditional`` is the softmax of the conditional logits alone. Every row carries a 95%
@@ -14,6 +24,7 @@ interval over its samples (``ci_low``, ``ci_high``, ``n``, ``ci_method``; ``varb
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -43,6 +54,7 @@ from varbench.target import (ModelTarget, portable_config, resolve_depths, resol
 log = logging.getLogger(__name__)
 
 MODES = ("single", "from", "groups")
+CANDIDATE_MODES = ("method", "schedule")     # rows scoring one configuration each (no matrix)
 METRICS = ("fidelity", "fid", "toy")
 FIDELITY = ("kl", "token_agreement", "psnr", "ssim")     # row metrics; units and directions: varbench.schema.METRICS
 KL_KINDS = ("guided", "conditional")
@@ -77,6 +89,9 @@ class SensitivityConfig:
     dtype: str | None = None                     # None: fp32 on CPU, bf16 on CUDA
     fid_ref: str | None = None                   # .npz (mu, sigma) or image folder; None: the full network
     kl: str = "guided"                           # guided: the sampled (CFG, top-k/p) distribution; conditional
+    methods: Sequence[str] | None = None         # method configurations (model.methods); replace the matrix
+    schedules: Sequence[dict] | None = None      # per-scale schedules: {"depths", "select", "plan",
+    #                                              "predicted_loss", "plan_metric"} (a plan.json); replace it too
 
     def target(self) -> ModelTarget:
         """The model to score, device (auto -> cuda if present) and dtype (None -> bf16 on CUDA) resolved."""
@@ -87,16 +102,29 @@ class SensitivityConfig:
 
 @dataclass(frozen=True)
 class Cell:
+    """One thing scored: a matrix cell, or a candidate (a method configuration or a per-scale schedule) with the
+    plan fields and refiner it runs under."""
     mode: str
     scale: int | None
     group: tuple[int, int] | None
     depth: int
     schedule: DepthSchedule
     layers: tuple[int, ...]
+    method: str | None = None
+    plan_changes: tuple[tuple[str, Any], ...] = ()
+    refiner: str | None = None
+    extra: dict = dataclasses.field(default_factory=dict, compare=False)    # method_params, plan's prediction
 
     @property
     def label(self) -> str:
+        if self.method is not None:
+            return self.method
         return f"{self.group[0]}-{self.group[1]}" if self.group else str(self.scale)
+
+    @property
+    def key(self) -> tuple:
+        """What a generation depends on: cells with the same key share one evaluation."""
+        return (self.schedule, self.plan_changes, self.refiner)
 
 
 # ---- parsing and planning -----------------------------------------------------------------------------------
@@ -159,8 +187,47 @@ def cell_depths(cfg: SensitivityConfig, spec: VARSpec) -> list[int]:
     return resolve_depths(spec, cfg.depths, default, with_full=False)
 
 
+def candidate_cells(cfg: SensitivityConfig, spec: VARSpec) -> list[Cell]:
+    """The method configurations (mode "method") and per-scale schedules (mode "schedule") to score, in order;
+    UsageError naming a bad method or schedule."""
+    from model.methods import MethodError
+    from varbench.workflows.planning import ScheduleConfiguration, parse_configuration
+
+    cells = []
+    for text in cfg.methods or ():
+        try:
+            conf = parse_configuration(text, spec)
+        except MethodError as e:
+            raise UsageError(f"--method: {e}") from None
+        depth, _, _ = conf.descriptor()
+        changes = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                               for k, v in conf.plan_changes().items()))
+        mode = "schedule" if isinstance(conf, ScheduleConfiguration) else "method"
+        cells.append(Cell(mode, None, None, depth, conf.schedule(), tuple(conf.layers()), conf.canonical(),
+                          changes, conf.refiner(), {"method_params": conf.params()}))
+    for sch in cfg.schedules or ():
+        from varbench.workflows.planning import schedule_label, schedule_of
+        depths, select = [int(d) for d in sch["depths"]], str(sch.get("select") or "isometric")
+        schedule = schedule_of(spec, depths, select)
+        extra = {"method_params": {"schedule": {"depths": depths, "select": select}},
+                 "predicted_loss": sch.get("predicted_loss"), "plan_metric": sch.get("plan_metric"),
+                 "plan_file": sch.get("plan")}
+        cells.append(Cell("schedule", None, None, depths[-1], schedule, schedule.layers[-1],
+                          schedule_label(depths, select), (), None, extra))
+    return list({c.method: c for c in cells}.values())
+
+
 def plan_cells(cfg: SensitivityConfig, spec: VARSpec) -> list[Cell]:
-    """Every (row, depth) cell of the matrix with its schedule, rows in scale/group order, depths as given."""
+    """Every (row, depth) cell of the matrix with its schedule, rows in scale/group order, depths as given; with
+    ``methods``/``schedules``, those candidates instead (``candidate_cells``)."""
+    if cfg.methods or cfg.schedules:
+        matrix_opts = [o for o, set_ in (("--groups", cfg.groups), ("--depths", cfg.depths is not None),
+                                         ("--scales", not (isinstance(cfg.scales, str)
+                                                           and cfg.scales.strip().lower() == "all"))) if set_]
+        if matrix_opts:
+            raise UsageError(f"{', '.join(matrix_opts)} do(es) not apply with --method/--schedule (they replace "
+                             f"the matrix)")
+        return candidate_cells(cfg, spec)
     if cfg.mode not in MODES:
         raise UsageError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
     if cfg.select not in SELECTS:
@@ -301,6 +368,48 @@ def next_scale_logits(pipe, labels_B: torch.Tensor, idx: list[torch.Tensor], sch
     return metrics.guided_logits(both[:B], both[B:], pipe.spec.begin_ends, cfg.cfg)
 
 
+@torch.no_grad()
+def plan_logits(pipe, labels_B: torch.Tensor, idx: list[torch.Tensor], schedule: DepthSchedule,
+                cfg: SensitivityConfig, plan) -> torch.Tensor:
+    """Teacher-forced (B, L, V) float32 logits under an inference plan: cached generation through the pipeline's
+    ``ScaleStep`` (KV policies, fp8 cache, guidance-skip rows, a refiner all act), fed the given tokens instead
+    of sampling. Guided: what the sampler draws from (the CFG ramp; conditional alone on scales without
+    guidance); conditional: the conditional logits. The loop mirrors ``VARPipeline.generate`` (tests hold the
+    two together: same plan, same tokens -> the logits generate returns)."""
+    if cfg.kl not in KL_KINDS:
+        raise UsageError(f"--kl: {cfg.kl!r} is not one of {', '.join(KL_KINDS)}")
+    spec, var, quant = pipe.spec, pipe.var, pipe.vae.quantize
+    schedule = schedule.validate(spec)
+    labels = torch.as_tensor(labels_B, dtype=torch.long, device=pipe.device).view(-1)
+    B, S = labels.shape[0], spec.num_scales
+    labels_2B = torch.cat((labels, torch.full_like(labels, spec.num_classes)))
+    cond_BD = var.class_emb(labels_2B)
+    lvl_pos = var.lvl_pos()
+    x_BlC = cond_BD.float().unsqueeze(1) + var.pos_start.float() + lvl_pos[:, :1]
+    pn_last = spec.patch_nums[-1]
+    f_hat = torch.zeros(B, spec.vae.z_channels, pn_last, pn_last, device=pipe.device)
+    stepper = pipe.scale_step(plan, schedule, B)
+    stepper.start(cond_BD, labels_2B)
+    out, latent = [], None
+    try:
+        for si, pn in enumerate(spec.patch_nums):
+            t = cfg.cfg * si / (S - 1) if S > 1 else cfg.cfg
+            stepper.begin_scale(si)
+            cond, uncond = stepper.run(si, x_BlC, latent).pair(0, B)
+            out.append(cond.float() if cfg.kl == "conditional" or uncond is None
+                       else torch.lerp(uncond.float(), cond.float(), 1 + t))
+            f_hat, nxt = quant.next_input(si, f_hat, quant.embed_idx(idx[si].to(pipe.device), pn))
+            if nxt is not None:
+                latent = nxt
+                b0, b1 = spec.begin_ends[si + 1]
+                x_BlC = var.embed_words(nxt) + lvl_pos[:, b0:b1]
+                if plan.cfg_until is None or si + 1 < plan.cfg_until:
+                    x_BlC = x_BlC.repeat(2, 1, 1)
+    finally:
+        stepper.finish()
+    return torch.cat(out, dim=1)
+
+
 def _kl(ref_BLV: torch.Tensor, other_BLV: torch.Tensor, spec: VARSpec, cfg: SensitivityConfig) -> torch.Tensor:
     ref_BLV = ref_BLV.to(other_BLV.device)
     if cfg.kl == "conditional":
@@ -318,11 +427,23 @@ def _mean_scored(per_sample_scale: torch.Tensor) -> Scored:
 def evaluate_schedule(pipe, ref: Reference, schedule: DepthSchedule, cfg: SensitivityConfig,
                       names: Sequence[str]) -> dict[str, Scored]:
     """All metrics of one schedule against the reference: name -> (value, per-scale list or None, interval)."""
+    return evaluate_configuration(pipe, ref, schedule, cfg, names)
+
+
+def evaluate_configuration(pipe, ref: Reference, schedule: DepthSchedule, cfg: SensitivityConfig,
+                           names: Sequence[str], plan=None) -> dict[str, Scored]:
+    """``evaluate_schedule`` under an inference plan (a method's plan fields; None: the pipeline's plan): coupled
+    generations with ``plan``, the KL teacher-forced under it (``plan_logits``) when it differs from the
+    pipeline's."""
     spec = pipe.spec
+    own = plan is None or plan == pipe.plan
     kl, agree, mse, ssim, images = [], [], [], [], []
     for labels_B, seed_b, idx, img, logits_ref in zip(ref.labels, ref.seeds, ref.indices, ref.images, ref.logits):
-        kl.append(_kl(logits_ref, next_scale_logits(pipe, labels_B, idx, schedule, cfg), spec, cfg).cpu())
-        out = pipe.generate(labels_B, cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, seed=seed_b, schedule=schedule)
+        logits = (next_scale_logits(pipe, labels_B, idx, schedule, cfg) if own
+                  else plan_logits(pipe, labels_B, idx, schedule, cfg, plan))
+        kl.append(_kl(logits_ref, logits, spec, cfg).cpu())
+        out = pipe.generate(labels_B, cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, seed=seed_b, schedule=schedule,
+                            plan=None if own else plan)
         agree.append(metrics.token_agreement_per_sample_scale(idx, [i.cpu() for i in out.indices]))
         gen = out.images.float().cpu()
         mse.append(((gen.double() - img.double()) ** 2).flatten(1).mean(1))
@@ -400,8 +521,9 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     todo = [c for c in cells if missing(_cell_row(base, c, spec), names)]
     ref_todo = missing(ref_row, ref_names)
     info = {"cells": len(cells), "todo": len(todo), "samples": cfg.samples, "metrics": names,
-            "weights": weights.label, "model": spec.name, "mode": cfg.mode,
-            "generations": (len({c.schedule for c in todo}) + 1) * cfg.samples if todo or ref_todo else 0}
+            "weights": weights.label, "model": spec.name,
+            "mode": "methods" if cfg.methods or cfg.schedules else cfg.mode,
+            "generations": (len({c.key for c in todo}) + 1) * cfg.samples if todo or ref_todo else 0}
     log.info("sensitivity: %d cells x %d samples (%d to run)", len(cells), cfg.samples, len(todo))
     if progress:
         progress("plan", 0, len(todo), info)
@@ -418,16 +540,21 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
                     extra["real_fd"] = float(toy_metric.real_fd(cfg.samples))
                 _append(rows_path, done, {**labelled(ref_row, m), "value": vals[m][0], "cell_seconds": None,
                                           **vals[m][2].fields(), **extra})
-        cache: dict[DepthSchedule, tuple[dict, float]] = {}
+        cache: dict[tuple, tuple[dict, float]] = {}
         for i, c in enumerate(todo):
             row0 = _cell_row(base, c, spec)
-            if c.schedule not in cache:
+            if c.key not in cache:
                 _sync(device)
                 t0 = time.perf_counter()
-                vals = evaluate_schedule(pipe, ref, c.schedule, cfg, names)
+                if c.plan_changes or c.refiner:
+                    with _refiner(pipe, c.refiner, target):
+                        vals = evaluate_configuration(pipe, ref, c.schedule, cfg, names,
+                                                      pipe.plan.replace(**dict(c.plan_changes)))
+                else:
+                    vals = evaluate_schedule(pipe, ref, c.schedule, cfg, names)
                 _sync(device)
-                cache[c.schedule] = (vals, time.perf_counter() - t0)
-            vals, secs = cache[c.schedule]
+                cache[c.key] = (vals, time.perf_counter() - t0)
+            vals, secs = cache[c.key]
             for m in missing(row0, names):
                 value, per_scale, ci = vals[m]
                 _append(rows_path, done, {**labelled(row0, m), "value": value, "per_scale": per_scale,
@@ -437,8 +564,30 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     rows = [done[results.row_key(labelled(ref_row, m), KEY_FIELDS)] for m in ref_names]
     rows += [done[results.row_key(labelled(_cell_row(base, c, spec), m), KEY_FIELDS)]
              for c in cells for m in names]
-    write_matrices(rows, out, cfg.mode)
+    if cfg.methods or cfg.schedules:
+        write_candidates(rows, out)
+    else:
+        write_matrices(rows, out, cfg.mode)
     return rows
+
+
+@contextlib.contextmanager
+def _refiner(pipe, name: str | None, target: ModelTarget):
+    """The code method's refiner loaded beside the pipeline (same device, dtype, weights policy) while a
+    candidate runs, then dropped."""
+    if name is None:
+        yield
+        return
+    from varbench.target import load_pipeline
+    rt = dataclasses.replace(target, model=name, ckpt=None, vae=None)
+    if resolve_spec(name).name == pipe.spec.name:
+        rt = target                                 # the model as its own refiner: the same weights
+    other = load_pipeline(rt, resolve_weights(rt))
+    pipe.set_refiner(other.var)
+    try:
+        yield
+    finally:
+        pipe.set_refiner(None)
 
 
 def _row(base: dict, mode: str, scale: int | None, group: tuple[int, int] | None, depth: int,
@@ -450,7 +599,20 @@ def _row(base: dict, mode: str, scale: int | None, group: tuple[int, int] | None
 
 
 def _cell_row(base: dict, c: Cell, spec: VARSpec) -> dict:
-    return _row(base, c.mode, c.scale, c.group, c.depth, c.layers, c.schedule, spec)
+    row = _row(base, c.mode, c.scale, c.group, c.depth, c.layers, c.schedule, spec)
+    if c.method is None:
+        return row
+    from model.plan import InferencePlan
+    plan = InferencePlan.plain().replace(**dict(c.plan_changes))
+    if c.refiner:
+        ref = resolve_spec(c.refiner)
+        kv = max(analytic.code_kv_bytes_per_scale(spec, ref, batch=1, dtype=torch.bfloat16, plan=plan))
+        fl = analytic.code_flops(spec, ref, batch=1, cfg=True, plan=plan)
+    else:
+        kv = analytic.kv_peak_bytes(spec, c.schedule, batch=1, dtype=torch.bfloat16, plan=plan)
+        fl = analytic.flops(spec, c.schedule, batch=1, cfg=True, plan=plan)
+    return {**row, "method": c.method, "kv_bytes": kv, "flops": fl,
+            **{k: v for k, v in c.extra.items() if v is not None}}
 
 
 def _append(path: Path, done: dict, row: dict) -> None:
@@ -479,6 +641,23 @@ def matrix_intervals(rows: Sequence[dict], mode: str, metric: str
     return {(r["group"] if r.get("group") else str(r["scale"]), r["depth"]):
             (r.get("ci_low"), r.get("ci_high"), r.get("n"))
             for r in rows if r.get("mode") == mode and r.get("metric") == metric}
+
+
+def write_candidates(rows: Sequence[dict], out_dir: Path) -> Path:
+    """sensitivity_candidates.csv: one line per (method or schedule, metric) with its interval."""
+    path = Path(out_dir) / "sensitivity_candidates.csv"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["mode", "method", "metric", "value", "ci_low", "ci_high", "n", "kv_bytes", "flops",
+                    "predicted_loss"])
+        for r in rows:
+            if r.get("mode") in CANDIDATE_MODES:
+                w.writerow([r["mode"], r["method"], r["metric"], repr(float(r["value"])), r.get("ci_low"),
+                            r.get("ci_high"), r.get("n"), r.get("kv_bytes"), r.get("flops"),
+                            r.get("predicted_loss")])
+    os.replace(tmp, path)
+    return path
 
 
 def write_matrices(rows: Sequence[dict], out_dir: Path, mode: str) -> list[Path]:

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
-from varbench.reporting.pareto import pareto_indices, step_line
+from varbench.reporting.pareto import not_separable, pareto_indices, step_line
 from varbench.results import finite_number as _num
 from varbench.schema import METRICS, direction, unit
 
@@ -27,6 +27,9 @@ AXES: dict[str, tuple[str, str, bool]] = {
     "kv": ("kv_mib", "KV cache (MiB)", direction("kv_bytes") == "higher"),
     "peak": ("peak_mib", "peak memory (MiB; allocator, else NVML; on CPU the KV cache's bytes)",
              direction("peak_allocated_bytes") == "higher"),
+    # GPU board energy per image (measuring.energy); an option only where some point has it (pareto_figures)
+    "energy": ("energy_j", f"energy per image ({unit('energy_j_per_image')}, GPU board, generate + decode)",
+               direction("energy_j_per_image") == "higher"),
 }
 
 
@@ -58,14 +61,20 @@ def _full_depth(model: str) -> int | None:
 
 def join_quality(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Mapping[str, Any]],
                  metric: str) -> list[float | None]:
-    """Quality of each sweep config: sensitivity mode "from" at scale == switch and the same depth (VARiant).
+    """Quality of each sweep config: the sensitivity row of the same configuration (mode method / schedule, same
+    ``method`` string), else for VARiant points mode "from" at scale == switch and the same depth. Other
+    methods without such a row get None (their quality is not VARiant's at the same depth).
 
     The full network needs no ablation; any sensitivity row of the full depth stands for it.
     """
     table: dict[tuple, float] = {}
     full: dict[tuple, float] = {}
+    by_method: dict[tuple, float] = {}       # sensitivity --method / --schedule rows: the same configuration
     for r in sens_rows:
         if r.get("metric") != metric or _num(r.get("value")) is None:
+            continue
+        if r.get("mode") in ("method", "schedule") and r.get("method"):
+            by_method[(r.get("model"), r["method"])] = float(r["value"])
             continue
         if r.get("mode") == "from" and r.get("scale") is not None:
             table[(r.get("model"), int(r["scale"]), r.get("depth"))] = float(r["value"])
@@ -74,7 +83,12 @@ def join_quality(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Ma
     out: list[float | None] = []
     for r in sweep_rows:
         sw = r.get("switch")
-        q = table.get((r.get("model"), int(sw), r.get("depth"))) if sw is not None else None
+        q = by_method.get((r.get("model"), r.get("method")))
+        if q is None and not str(r.get("method") or "variant").startswith("variant"):
+            out.append(None)                 # another method's quality is not VARiant's at the same depth
+            continue
+        q = q if q is not None else (table.get((r.get("model"), int(sw), r.get("depth"))) if sw is not None
+                                     else None)
         if q is None:
             q = full.get((r.get("model"), r.get("depth")))
         out.append(q)
@@ -104,7 +118,13 @@ def sweep_points(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Ma
         pts.append({**r, "quality": q, "latency_ms": _num(r.get("latency_ms_p50")),
                     "throughput": _num(r.get("images_per_s")),
                     "kv_mib": kv / MIB if kv is not None else None,
-                    "peak_mib": peak / MIB if peak is not None else None})
+                    "peak_mib": peak / MIB if peak is not None else None,
+                    "energy_j": _num(r.get("energy_j_per_image"))})
+    if metric is not None:         # the joined rows' 95% intervals, by the same join (ends read as values)
+        for end in ("low", "high"):
+            ends = join_quality(ok, [{**r, "value": r.get(f"ci_{end}")} for r in sens_rows], metric)
+            for p, v in zip(pts, ends):
+                p[f"quality_{end}"] = v
     return pts, metric
 
 
@@ -116,7 +136,11 @@ def _hover(p: Mapping[str, Any], metric: str | None) -> str:
               f"throughput: {p['throughput']:.2f} img/s" if p.get("throughput") is not None else "",
               f"KV: {p['kv_mib']:.3f} MiB" if p.get("kv_mib") is not None else "",
               f"peak: {p['peak_mib']:.3f} MiB" if p.get("peak_mib") is not None else "",
-              f"{esc(metric)}: {p['quality']:.4g}" if metric and p.get("quality") is not None else ""]
+              f"energy: {p['energy_j']:.3f} J/img" if p.get("energy_j") is not None else "",
+              f"{esc(metric)}: {p['quality']:.4g}" + (f" [{p['quality_low']:.4g}, {p['quality_high']:.4g}] (95%)"
+                                                       if p.get("quality_low") is not None
+                                                       and p.get("quality_high") is not None else "")
+              if metric and p.get("quality") is not None else ""]
     return "<br>".join(s for s in lines if s)
 
 
@@ -133,9 +157,25 @@ def _path_label(p: Mapping[str, Any]) -> str:
     return "+".join(parts) or "eager"
 
 
+NOT_SEPARABLE = "not separable from the front (95% intervals overlap)"
+
+
+def _error_bars(points: Sequence[Mapping[str, Any]], y_key: str) -> dict[str, Any]:
+    """Asymmetric 95% error bars from quality_low/quality_high (none where a point has no interval)."""
+    up, down = [], []
+    for p in points:
+        y, lo, hi = _num(p.get(y_key)), _num(p.get("quality_low")), _num(p.get("quality_high"))
+        up.append(hi - y if y is not None and hi is not None else None)
+        down.append(y - lo if y is not None and lo is not None else None)
+    return dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1.2, width=4, color="#444")
+
+
 def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_label: str, y_higher: bool,
-                  x_options: Sequence[str], default_x: str, metric: str | None) -> go.Figure:
-    """Scatter of every config (colour = depth, symbol = batch or switch) + per-group Pareto step lines.
+                  x_options: Sequence[str], default_x: str, metric: str | None,
+                  reported: Sequence[Mapping[str, Any]] = ()) -> go.Figure:
+    """Scatter of every config (colour = depth, symbol = batch or switch) + per-group Pareto step lines;
+    ``reported`` points (``varbench.reporting.reported.plot_points``, keyed like the points) drawn hollow and
+    labelled "reported, not measured here", never part of a front.
 
     The x-axis selector (updatemenus) swaps x data and recomputes nothing in the browser: the front of
     every option is precomputed here.
@@ -151,6 +191,8 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_la
     for p in points:
         groups[(p.get("model"), p.get("batch"), p.get("dtype"), p.get("device"), _path_label(p))].append(p)
     multi = len(groups) > 1
+    # quality with 95% intervals (sensitivity rows' ci_low/ci_high): error bars and "not separable" rings
+    show_ci = y_key == "quality" and any(p.get("quality_low") is not None for p in points)
 
     def xy_for(opt: str) -> tuple[list[list], list[list]]:
         key, _, higher = AXES[opt]
@@ -165,6 +207,11 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_la
             fx, fy = step_line([g[i] for i in idx], key, y_key, x_minimize=not higher, y_minimize=not y_higher)
             xs.append(fx)
             ys.append(fy)
+        if show_ci:                 # points whose place relative to their group's front the intervals leave open
+            unsure = [g[i] for g in groups.values() for i in not_separable(
+                g, key, y_key, "quality_low", "quality_high", x_minimize=not higher, y_minimize=not y_higher)]
+            xs.append([p.get(key) for p in unsure])
+            ys.append([p.get(y_key) for p in unsure])
         return xs, ys
 
     if not any(p.get(AXES[default_x][0]) is not None for p in points):   # e.g. no peak memory measured
@@ -186,20 +233,36 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_la
             x=x0[i], y=y0[i], mode="markers", name=f"{sym_key}={esc(v)}",
             hovertext=[_hover(p, metric) for p in sel], hoverinfo="text",
             marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=11, color=[colour(p) for p in sel],
-                        line=dict(width=1, color="#333"))))
+                        line=dict(width=1, color="#333")),
+            error_y=_error_bars(sel, y_key) if show_ci else None))
     for j, key in enumerate(groups):
         label = "Pareto front" + (" (" + ", ".join(esc(k) for k in key if k is not None) + ")" if multi else "")
         fig.add_trace(go.Scatter(x=x0[len(sym_vals) + j], y=y0[len(sym_vals) + j], mode="lines", name=label,
                                  hoverinfo="skip", line=dict(color="#555", dash="dash", width=1.5)))
+    if show_ci:
+        fig.add_trace(go.Scatter(x=x0[-1], y=y0[-1], mode="markers", name=NOT_SEPARABLE, hoverinfo="skip",
+                                 marker=dict(symbol="square-open", size=20, color="#e67e22", line=dict(width=2))))
     # an empty trace that only carries the depth colour bar
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
                              marker=dict(colorscale="Viridis", cmin=lo, cmax=hi, color=[lo], showscale=True,
                                          colorbar=dict(title="depth (blocks)"))))
+    rep = [p for p in reported if _num(p.get(y_key)) is not None]
+    if rep:
+        from varbench.reporting.reported import LABEL
+        fig.add_trace(go.Scatter(
+            x=[p.get(AXES[default_x][0]) for p in rep], y=[p.get(y_key) for p in rep], mode="markers+text",
+            name=esc(LABEL), text=[esc(p["method"]) for p in rep], textposition="top center",
+            hovertext=["<br>".join(esc(f"{k}: {v}") for k, v in p.items() if v is not None and k != "label")
+                       + f"<br><b>{esc(LABEL)}</b>" for p in rep], hoverinfo="text",
+            marker=dict(symbol="circle-open", size=13, color="#c0392b", line=dict(width=2))))
     buttons = []
     for opt in x_options:
         xs, ys = xy_for(opt)
         xs.append([None])
         ys.append([None])
+        if rep:
+            xs.append([p.get(AXES[opt][0]) for p in rep])
+            ys.append([p.get(y_key) for p in rep])
         buttons.append(dict(label=opt, method="update",
                             args=[{"x": xs, "y": ys}, {"xaxis.title.text": AXES[opt][1]}]))
     fig.update_layout(
@@ -211,13 +274,17 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str, y_key: str, y_la
     return fig
 
 
-def pareto_figures(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Mapping[str, Any]]
-                   ) -> list[tuple[str, go.Figure | str]]:
-    """The three frontiers; a figure that lacks its data becomes a one-line note instead."""
+def pareto_figures(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[Mapping[str, Any]],
+                   reported: Sequence[Mapping[str, Any]] = ()) -> list[tuple[str, go.Figure | str]]:
+    """The three frontiers; a figure that lacks its data becomes a one-line note instead. ``reported`` points
+    join the quality figures when the quality metric is FID (theirs) and the latency-vs-memory figure."""
     points, metric = sweep_points(sweep_rows, sens_rows)
+    rep_q = [{**p, "quality": p.get("quality_fid")} for p in reported] if metric == "fid" else []
     out: list[tuple[str, go.Figure | str]] = []
     if not points:
         return [("Pareto frontiers", "no successful sweep rows")]
+    energy = any(p.get("energy_j") is not None for p in points)      # GPU rows with an energy pass
+    axes = [o for o in AXES if o != "energy" or energy]
     if metric is None:
         note = ("no quality joined: needs sensitivity rows with mode 'from' at scale = switch and the same depth")
         out += [("Quality vs latency", note), ("Quality vs peak memory", note)]
@@ -226,11 +293,16 @@ def pareto_figures(sweep_rows: Sequence[Mapping[str, Any]], sens_rows: Sequence[
         y_label = f"{esc(metric)} ({metric_unit(metric)}, {'higher' if higher else 'lower'} is better)"
         qpts = [p for p in points if p.get("quality") is not None]
         out.append(("Quality vs latency", pareto_figure(qpts, f"Quality ({metric}) vs latency", "quality", y_label,
-                                                        higher, list(AXES), "latency", metric)))
+                                                        higher, axes, "latency", metric, rep_q)))
         out.append(("Quality vs peak memory", pareto_figure(qpts, f"Quality ({metric}) vs peak memory", "quality",
-                                                            y_label, higher, list(AXES), "peak", metric)))
+                                                            y_label, higher, axes, "peak", metric, rep_q)))
     out.append(("Latency vs memory", pareto_figure(points, "Latency vs memory", "latency_ms", "latency p50 (ms)",
-                                                   False, ["peak", "kv"], "peak", metric)))
+                                                   False, ["peak", "kv"], "peak", metric, reported)))
+    if energy:
+        epts = [p for p in points if p.get("energy_j") is not None]
+        out.append(("Energy per image vs throughput", pareto_figure(
+            epts, "Energy per image vs throughput", "energy_j", AXES["energy"][1], AXES["energy"][2],
+            ["throughput", "latency", "peak"], "throughput", metric)))
     return out
 
 

@@ -79,3 +79,43 @@ def step_line(front: Sequence[Mapping[str, Any]], x: str, y: str, *,
         xs.append(a)
         ys.append(b)
     return xs, ys
+
+
+def not_separable(points: Sequence[Mapping[str, Any]], x: str, y: str, y_low: str, y_high: str, *,
+                  x_minimize: bool = True, y_minimize: bool = False) -> list[int]:
+    """Indices (input order) of the points whose place relative to the 2-D front their y intervals do not settle.
+
+    ``x`` is taken as exact (a cost: latency, memory), ``y`` as uncertain within [``y_low``, ``y_high``] (a
+    quality with its 95% interval; a point without one counts as exact). A point's place is settled when
+    either some other point at least as good on x has an interval entirely better than its own (it is dominated
+    whatever the true values are), or its own interval is entirely better than that of every other point at
+    least as good on x (nothing cheaper can be as good: it is on the front whatever the true values are).
+    Every other point is "not separable": a front point whose interval overlaps a cheaper point's (it may
+    really be dominated), or a dominated point whose interval overlaps a point that dominates it (it may really
+    be on the front). Points missing x or y are left out.
+    """
+    vals = []
+    for p in points:
+        xv, yv = _value(p, x), _value(p, y)
+        if xv is None or yv is None:
+            vals.append(None)
+            continue
+        lo, hi = _value(p, y_low), _value(p, y_high)
+        lo, hi = (yv if lo is None else min(lo, yv)), (yv if hi is None else max(hi, yv))
+        # as "smaller is better" numbers: the interval's good end and bad end
+        vals.append((xv if x_minimize else -xv, (lo, hi) if y_minimize else (-hi, -lo)))
+
+    out = []
+    for i, vi in enumerate(vals):
+        if vi is None:
+            continue
+        # at least as cheap; an exact duplicate of this point says nothing about its place
+        cheaper = [vj for j, vj in enumerate(vals) if j != i and vj is not None and vj[0] <= vi[0] and vj != vi]
+        # dominated for sure: a cheaper point's worst quality beats (or, strictly cheaper, equals) our best;
+        # exact values (no interval) thus follow the ordinary dominance rule
+        dominated = any(vj[1][1] <= vi[1][0] and (vj[0] < vi[0] or vj[1][1] < vi[1][0]) for vj in cheaper)
+        # on the front for sure: our worst quality beats the best of every point at least as cheap
+        front = all(vi[1][1] < vj[1][0] for vj in cheaper)
+        if not dominated and not front:
+            out.append(i)
+    return out

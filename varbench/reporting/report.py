@@ -236,8 +236,10 @@ def _summary_html(manifests: Sequence[Mapping[str, Any]], sweep: Sequence[Mappin
 
 
 def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.PathLike,
-                 png_dir: str | os.PathLike | None = None) -> Path:
-    """Write the report; returns its path. ``png_dir`` exports static PNGs too, only when kaleido is installed."""
+                 png_dir: str | os.PathLike | None = None, reported: Sequence[Any] = ()) -> Path:
+    """Write the report; returns its path. ``png_dir`` exports static PNGs too, only when kaleido is installed.
+    ``reported``: published points (``varbench.reporting.reported.load_reported``), drawn hollow on the Pareto
+    axes and listed, labelled "reported, not measured here"."""
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
@@ -268,11 +270,24 @@ def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.Pa
             parts.append(f"<div class=\"figure\" data-title=\"{html.escape(title)}\">{div}</div>")
         sections.append("\n".join(parts))
 
-    add_figs("Pareto frontiers", rf.pareto_figures(sweep, sens) if sweep else [], "no sweep rows in these results")
+    from varbench.reporting.reported import plot_points, predicted_vs_measured_html, reported_html
+    add_figs("Pareto frontiers", rf.pareto_figures(sweep, sens, plot_points(reported)) if sweep else [],
+             "no sweep rows in these results")
+    for extra in (reported_html(reported, sweep, sens), predicted_vs_measured_html(sens)):
+        if extra:
+            sections.append(extra)
     add_figs("Sensitivity (scale × depth)", rf.heatmap_figures(sens), "no sensitivity rows in these results")
     add_figs("Memory timeline (trace)", rf.trace_figures(by_kind.get("trace_scale", []),
                                                         by_kind.get("trace_sample", [])),
              "no trace rows in these results")
+    from varbench.reporting.profiles import profiles_html     # --profile: links and per-scale breakdown per point
+    drill = profiles_html(manifests, [*sweep, *by_kind.get("trace", [])], Path(out_html).parent)
+    if drill:
+        sections.append(drill)
+    from varbench.reporting.history import history_figures
+    history = history_figures(manifests, rows)      # several runs of one suite at different commits
+    if history:
+        add_figs("History over commits", history, "")
     tables = [_table_html(k, by_kind[k], f"rows-{i}") for i, k in enumerate(sorted(by_kind))
               if k not in TIMELINE_KINDS]
     n_samples = sum(len(by_kind.get(k, [])) for k in TIMELINE_KINDS)

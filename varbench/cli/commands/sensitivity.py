@@ -5,6 +5,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
+from rich.table import Table
 
 from varbench.cli.common import (CkptOpt, DeviceOpt, JsonOpt, ModelOpt, OutOpt, SelectOpt, VaeOpt, check_weight_files,
                                  err_console, out_dir_lock, print_json)
@@ -39,6 +41,13 @@ def sensitivity(
                                                "weights are found (--ckpt, shipped, official): plumbing tests and "
                                                "timing only.")] = False,
     device: DeviceOpt = "auto",
+    method: Annotated[Optional[list[str]], typer.Option("--method", help="Score an efficiency-method "
+                                                        "configuration NAME[:key=value,...] (varbench methods) "
+                                                        "against the full network instead of the matrix; "
+                                                        "repeatable.")] = None,
+    schedule: Annotated[Optional[list[Path]], typer.Option("--schedule", help="Score the per-scale schedule of "
+                                                           "a plan.json (varbench plan) instead of the matrix; "
+                                                           "repeatable.")] = None,
 ) -> None:
     """Which scales can run a shallow subnet, and at what price: scale × depth matrix of fidelity to the full
     network (KL, token agreement, PSNR/SSIM), with analytic KV bytes and FLOPs per cell."""
@@ -51,12 +60,16 @@ def sensitivity(
         raise UsageError("--groups only applies to --mode groups")
     if samples < 1 or batch < 1:
         raise UsageError(f"--samples and --batch must be >= 1 (got {samples}, {batch})")
+    from varbench.workflows.planning import read_plan
+    plans = [read_plan(p, spec) for p in schedule or ()]
     cfg = sens.SensitivityConfig(
         model=spec.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None,
         depths=parse_int_list(depths, "--depths") if depths is not None else None,
         scales=scales, mode=mode, groups=sens.parse_groups(groups, spec.num_scales) if groups else None,
         select=check_select(select), samples=samples, batch=batch, metric=metric, seed=seed, kl=kl,
-        allow_random=allow_random, device=resolve_device(device))
+        allow_random=allow_random, device=resolve_device(device), methods=list(method) if method else None,
+        schedules=[{"depths": list(p.depths), "select": p.select, "plan": p.path, "predicted_loss": p.predicted_loss,
+                    "plan_metric": p.metric} for p in plans] or None)
     if kl not in sens.KL_KINDS:
         raise UsageError(f"--kl: {kl!r} is not one of {', '.join(sens.KL_KINDS)}")
     sens.plan_cells(cfg, spec)                      # bad scales/depths -> exit 2 before anything is loaded
@@ -70,7 +83,9 @@ def sensitivity(
             rows = sens.run_sensitivity(cfg, out_dir, progress=render)
         finally:
             render.close()
-    for m in sens.metric_names(metric):
+    if cfg.methods or cfg.schedules:
+        err_console.print(candidates_table(rows, sens.metric_names(metric), spec.name))
+    for m in sens.metric_names(metric) if not (cfg.methods or cfg.schedules) else ():
         table = matrix_table(rows, mode, m, spec.depth)
         if table is not None:
             err_console.print(table)
@@ -81,9 +96,41 @@ def sensitivity(
             value += (f" [{fmt_metric(r['ci_low'], r['metric'])}, {fmt_metric(r['ci_high'], r['metric'])}] "
                       f"(95%, n = {r.get('n')})")
         err_console.print(f"full network ({spec.name}, d{spec.depth}): {r['metric']} = {value}")
-    err_console.print(f"rows: {out_dir / sens.ROWS_FILE}; matrices: {out_dir}/sensitivity_matrix_{mode}_*.csv")
+    tables = ("sensitivity_candidates.csv" if cfg.methods or cfg.schedules
+              else f"sensitivity_matrix_{mode}_*.csv")
+    err_console.print(f"rows: {out_dir / sens.ROWS_FILE}; tables: {out_dir}/{tables}")
     if json_out:
         print_json(rows)
+
+
+def candidates_table(rows: list[dict], metrics: list[str], model: str) -> Table:
+    """One line per method / schedule: each metric with its 95% interval (and a plan's predicted loss)."""
+    table = Table(box=box.SIMPLE_HEAD, title=f"methods against the full network ({model}); 95% intervals")
+    table.add_column("configuration", overflow="fold")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    by: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if r.get("mode") in ("method", "schedule"):
+            by.setdefault(r["method"], {})[r["metric"]] = r
+    for name, cells in by.items():
+        out = []
+        for m in metrics:
+            r = cells.get(m)
+            if r is None:
+                out.append("—")
+                continue
+            v = fmt_metric(r["value"], m)
+            if r.get("ci_low") is not None and r.get("ci_high") is not None:
+                v += f" [{fmt_metric(r['ci_low'], m)}, {fmt_metric(r['ci_high'], m)}]"
+            if r.get("predicted_loss") is not None and r.get("plan_metric") == m:
+                v += f" (plan's predicted loss {r['predicted_loss']:.4g})"
+            out.append(v)
+        table.add_row(name, *out)
+    n = next((r.get("n") for r in rows if r.get("mode") in ("method", "schedule")), None)
+    if n is not None:
+        table.caption = f"n = {n} samples each"
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -29,6 +29,12 @@ def _parse_switches(text: str | None, spec: Any) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def _plan_labels(paths: list[Path] | None, spec: Any) -> list[str]:
+    """--schedule plan.json -> its "schedule:depths=..." configuration (a one-line error for a bad file)."""
+    from varbench.workflows.planning import read_plan
+    return [read_plan(p, spec).label for p in paths or ()]
+
+
 def sweep(
     model: ModelOpt = "var-d30",
     ckpt: CkptOpt = None,
@@ -47,11 +53,15 @@ def sweep(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed generations before timing.")] = 1,
     keep_skipped: Annotated[bool, typer.Option("--keep-skipped", help="Keep skipped blocks' KV caches "
                                                "(the paper's accounting).")] = False,
-    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Replay per-scale CUDA graphs (GPU; "
-                                              "keeps every block's KV buffers).")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the fast path (GPU): fused "
-                                          "element-wise kernels in the blocks (inside the graphs with "
-                                          "--cuda-graphs) and the VQ-VAE decoder; compiles during warm-up.")] = False,
+    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay "
+                                                        "per-scale CUDA graphs (default on CUDA; they free "
+                                                        "what the eager path frees).")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the "
+                                                    "element-wise kernels of the blocks and the VQ-VAE decoder "
+                                                    "(default on CUDA; compiles during warm-up, cached on disk "
+                                                    "for later workers).")] = None,
+    eager: Annotated[bool, typer.Option("--eager", help="The plain eager path (no graphs, no compile): what "
+                                        "the default fast path is measured against.")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per worker "
                                                    "(torch.set_num_threads; default: torch's own).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="GPU ids to spread points over, one "
@@ -66,6 +76,16 @@ def sweep(
     method: Annotated[Optional[list[str]], typer.Option("--method", help="An efficiency-method configuration, "
                                                         "NAME[:key=value,...] joined by '+' (varbench methods); "
                                                         "repeatable; replaces the --depths/--switch grid.")] = None,
+    schedule: Annotated[Optional[list[Path]], typer.Option("--schedule", help="The per-scale schedule of a "
+                                                           "plan.json (varbench plan) as one more configuration; "
+                                                           "repeatable; replaces the grid like --method.")] = None,
+    energy_seconds: Annotated[float, typer.Option("--energy-seconds", help="GPU: the energy window per point, "
+                                                  "generate + decode repeated at least this long (NVML's energy "
+                                                  "counter; 0 = no energy pass).")] = 2.0,
+    profile: Annotated[bool, typer.Option("--profile", help="Per point, one profiled generation + decode: a "
+                                          "torch.profiler Chrome trace (Perfetto) with a range per scale and "
+                                          "phase, and on CUDA a memory snapshot (memory_viz), under "
+                                          "OUT/profiles/<point>/.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Latency, throughput and memory of VARiant(depth, switch) over a grid, each point in a fresh process."""
@@ -85,6 +105,8 @@ def sweep(
         raise UsageError(f"--threads: must be >= 1, got {threads}")
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout: must be > 0, got {timeout}")
+    if not energy_seconds >= 0:
+        raise UsageError(f"--energy-seconds: must be >= 0, got {energy_seconds}")
     check_weight_files(ckpt, vae, s)
     dev = resolve_device(device)
     gpus = None
@@ -100,6 +122,10 @@ def sweep(
     # would kill the worker, or the machine, so every point must fit
     b_check = max(bs) if dev == "cpu" else min(bs)
     check_fits(inference_estimate(s, b_check, dt, dev, ckpt is not None, f"{s.name} at batch {b_check}"), "sweep")
+    if eager:
+        if cuda_graphs or compile:
+            raise UsageError("--eager contradicts --cuda-graphs / --compile")
+        cuda_graphs = compile = False
     if dev == "cpu" and (cuda_graphs or compile):
         err_console.print("[yellow]warning: --cuda-graphs and --compile act on CUDA only; on the CPU every point "
                           "runs the plain eager path (the rows still carry the flags as asked)[/]")
@@ -110,7 +136,8 @@ def sweep(
                       batches=bs, switches=sws, select=sel, dtype=dt, device=dev,
                       repeats=repeats, min_seconds=min_seconds, warmup=warmup, keep_skipped=keep_skipped,
                       timeout_s=timeout, cuda_graphs=cuda_graphs, compile=compile, threads=threads,
-                      devices=gpus, methods=list(method) if method else None)
+                      devices=gpus, methods=(list(method or []) + _plan_labels(schedule, s)) or None,
+                      energy_seconds=energy_seconds, profile=profile)
     from varbench.measuring.sweep import method_grid
     n_conf = len(method_grid(cfg))                      # a bad --method fails here, before any worker
     with out_dir_lock(out_path) as out_dir, \

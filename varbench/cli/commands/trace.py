@@ -35,6 +35,16 @@ def trace(
     method: Annotated[Optional[str], typer.Option("--method", help="An efficiency-method configuration "
                                                   "(varbench methods), e.g. scale-window:anchors=2,recent=3; "
                                                   "replaces --depth/--switch.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the "
+                                                    "element-wise kernels (default on CUDA).")] = None,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Replay per-scale CUDA graphs (off by "
+                                              "default: a replay allocates nothing, so the allocator and NVML "
+                                              "timelines are flat at the graphs' pool).")] = False,
+    eager: Annotated[bool, typer.Option("--eager", help="The plain eager path (no compile, no graphs).")] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="Also one profiled generation + decode: a "
+                                          "torch.profiler Chrome trace (Perfetto) with a range per scale and "
+                                          "phase, and on CUDA a memory snapshot (memory_viz), under "
+                                          "OUT/profiles/<run id>/.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Memory at every scale boundary of one generation: analytic KV, real cache bytes, allocator, NVML."""
@@ -61,10 +71,14 @@ def trace(
     check_fits(inference_estimate(s, batch, dt, dev, ckpt is not None, f"{s.name} at batch {batch}"), "trace")
     if dev == "cpu" and s.depth >= 16:
         err_console.print(f"[yellow]warning: {s.name} on CPU is slow; var-toy is the small model[/]")
+    if eager:
+        if cuda_graphs or compile:
+            raise UsageError("--eager contradicts --cuda-graphs / --compile")
+        compile = False
     cfg = TraceConfig(model=s.name, ckpt=str(ckpt) if ckpt else None, vae=str(vae) if vae else None, depth=d,
                       switch=sw, select=sel, batch=batch, dtype=dt, device=dev,
                       interval_ms=interval_ms, keep_skipped=keep_skipped, overhead_repeats=overhead_pairs,
-                      sampler=sampler, method=method)
+                      sampler=sampler, method=method, compile=compile, cuda_graphs=cuda_graphs, profile=profile)
     if method:                               # a bad configuration is exit 2 before anything is built
         from model import methods as methods_mod
         try:

@@ -1,0 +1,166 @@
+"""maxbatch: the analytic prediction, the search (a fake probe: pure and fast), the CPU memory cap in the worker,
+and one real search on var-tiny whose probes are isolated sweep workers (an injected OOM stays in its worker)."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from varbench.cli import app
+from varbench.errors import UsageError
+from varbench.workflows import maxbatch as mb
+
+
+def linear_probe(per_image: float, fixed: float, limit: float, fail_peaks: bool = True, calls: list | None = None):
+    """A device where a batch needs fixed + per_image * batch bytes; like CUDA (fail_peaks False) an OOM probe
+    reports no peak, like the CPU cap (True) it does."""
+    def probe(b: int) -> mb.Probe:
+        if calls is not None:
+            calls.append(b)
+        peak = per_image * b + fixed
+        fits = peak <= limit
+        return mb.Probe(b, fits, "ok" if fits else "oom", int(peak) if fits or fail_peaks else None)
+    return probe
+
+
+def test_a_right_prediction_is_confirmed_in_two_probes():
+    calls: list[int] = []
+    probes = mb.search(linear_probe(10, 100, 1000, calls=calls), first=90, cap=4096, limit_bytes=1000,
+                       bytes_per_image=10)
+    assert calls == [90, 91] and mb.largest(probes) == 90 and [p.fits for p in probes] == [True, False]
+
+
+def test_wrong_predictions_still_find_the_exact_answer_in_few_probes():
+    for first, slope in ((500, 5), (3, 20), (4000, 1), (1, 50)):
+        for fail_peaks in (True, False):
+            probes = mb.search(linear_probe(10, 100, 1000, fail_peaks), first, 4096, 1000, slope)
+            assert mb.largest(probes) == 90 and len(probes) <= 12, (first, slope, [p.batch for p in probes])
+
+
+def test_search_is_exact_within_granularity_on_random_devices():
+    rng = random.Random(1)
+    for _ in range(400):
+        a, c, limit = rng.uniform(0.1, 100), rng.uniform(0, 1000), rng.uniform(0, 50000)
+        cap, g, curve = rng.choice([16, 256, 4096]), rng.choice([1, 1, 8]), rng.random() < 0.5
+        fail_peaks = rng.random() < 0.5
+
+        def probe(b: int) -> mb.Probe:
+            peak = a * b + c + (0.01 * a * b * b if curve else 0)    # convex too: interpolation undershoots
+            return mb.Probe(b, peak <= limit, "x", int(peak) if peak <= limit or fail_peaks else None)
+
+        probes = mb.search(probe, rng.randint(1, cap), cap, limit, a * rng.uniform(0.2, 5), g)
+        truth = max((b for b in range(1, cap + 1) if probe(b).fits), default=0)
+        assert truth - g < mb.largest(probes) <= truth
+        assert len(probes) <= 2 * cap.bit_length() + 4
+        assert len({p.batch for p in probes}) == len(probes)             # never the same batch twice
+
+
+def test_nothing_fits_and_everything_fits():
+    calls: list[int] = []
+    assert mb.largest(mb.search(linear_probe(10, 100, 50, calls=calls), 90, 4096, 50, 10)) == 0
+    assert calls == [90, 1]                           # the failed probe's peak says: try the smallest batch
+    probes = mb.search(linear_probe(10, 100, 10 ** 9), 90, 256, 10 ** 9, 10)
+    assert mb.largest(probes) == 256 and len(probes) == 2                  # the cap is probed directly
+    with pytest.raises(UsageError):
+        mb.search(linear_probe(1, 1, 10), 1, 0)
+
+
+def test_prediction_is_the_largest_batch_whose_estimate_fits(tiny_spec):
+    from model import methods
+    from varbench.measuring import analytic
+
+    conf = methods.variant(tiny_spec, 2, 2)
+    est = lambda b: mb.estimate(tiny_spec, conf, b, "fp32", "cuda")       # noqa: E731
+    assert est(3).parts["KV cache"] == analytic.kv_peak_bytes(tiny_spec, conf.schedule(), 3, torch.float32)
+    limit = est(37).total
+    p = mb.predict(est, limit, 4096)
+    assert p.batch == 37 and est(38).total > limit and p.fixed_bytes == est(0).total
+    assert p.bytes_per_image == est(38).total - est(37).total
+    full = methods.variant(tiny_spec, tiny_spec.depth, 2)
+    assert mb.estimate(tiny_spec, full, 64, "fp32", "cuda").total > est(64).total    # a subnet holds less KV
+    graphs = mb.estimate(tiny_spec, conf, 64, "fp32", "cuda", cuda_graphs=True)     # graphs free what eager frees
+    assert graphs.parts["KV cache"] == analytic.kv_peak_bytes(tiny_spec, conf.schedule(), 64, torch.float32, False)
+    kept = mb.estimate(tiny_spec, conf, 64, "fp32", "cuda", keep_skipped=True)
+    assert kept.parts["KV cache"] == analytic.kv_peak_bytes(tiny_spec, conf.schedule(), 64, torch.float32, True)
+    assert mb.predict(est, 10, 4096).batch == 0
+
+
+def test_cpu_cap_reports_oom_when_the_peak_rss_grows_past_the_limit():
+    # a fresh process, as a worker is: the peak RSS of this test process is not a clean high-water mark
+    code = ("import torch, json; from varbench.measuring.sweep_worker import _cap_memory\n"
+            "dev = torch.device('cpu')\n"
+            "small = _cap_memory({'memory_limit_bytes': 16 << 20}, dev)\n"
+            "big = _cap_memory({'memory_limit_bytes': 1 << 30}, dev)\n"
+            "x = torch.ones(64 << 18)  # 64 MiB, touched\n"
+            "print(json.dumps([small(), big(), _cap_memory({}, dev)]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    small, big, none = json.loads(out.stdout.strip().splitlines()[-1])
+    assert small["status"] == "oom" and "memory limit" in small["error"]
+    assert small["rss_peak_growth_bytes"] >= 60 << 20 and small["memory_limit_mechanism"] == "cpu-rss-peak"
+    assert "status" not in big and big["rss_peak_growth_bytes"] >= 60 << 20
+    assert none is None
+
+
+def test_maxbatch_cli_on_var_tiny_with_an_oom_contained_in_its_worker(tmp_path, monkeypatch):
+    # batch 64 runs out of memory in its worker (the sweep's fault hook); the next probe (the bracket's middle,
+    # nothing measured yet) fits well inside 0.1 GiB; granularity 40 stops the search there: two workers
+    monkeypatch.setenv("VARBENCH_FAULT", "oom:batch=64")
+    res = CliRunner().invoke(app, ["maxbatch", "--model", "var-tiny", "--allow-random", "--device", "cpu",
+                                   "--dtype", "fp32", "--memory-limit", "0.1", "--max-batch", "64",
+                                   "--granularity", "40", "--threads", "1", "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert [(p["batch"], p["fits"], p["status"]) for p in r["probes"]] == [(64, False, "oom"), (32, True, "ok")]
+    assert "injected" in r["probes"][0]["detail"]
+    assert r["measured_batch"] == 32 and r["mechanism"] == "cpu-rss-peak" and r["weights"] == "random"
+    assert 0 < r["measured_peak_bytes"] <= r["memory_limit_bytes"] == int(0.1 * 2 ** 30)
+    assert r["predicted_batch"] >= 1 and r["predicted_bytes_at_measured"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "maxbatch.jsonl").read_text().splitlines()]
+    assert rows[0]["kind"] == "maxbatch" and rows[0]["measured_batch"] == 32
+    assert (tmp_path / "manifest.json").exists()
+
+
+def test_bad_input_is_exit_2(tmp_path):
+    base = ["maxbatch", "--model", "var-tiny", "--device", "cpu", "--allow-random"]
+    for extra in (["--memory-limit", "0"], ["--max-batch", "0"], ["--granularity", "0"],
+                  ["--method", "nope:x=1"], ["--method", "variant:depth=2", "--depth", "2"], ["--depth", "9"]):
+        res = CliRunner().invoke(app, base + extra)
+        assert res.exit_code == 2 and "Traceback" not in res.output, (extra, res.output)
+    res = CliRunner().invoke(app, ["maxbatch", "--model", "var-d30", "--device", "cpu", "--memory-limit", "1"])
+    assert res.exit_code == 2 and "--allow-random" in res.output        # no weights, random not allowed
+
+
+def test_cuda_cap_sets_the_allocator_fraction_for_an_indexed_device(monkeypatch):
+    # no GPU here: the torch.cuda calls are recorded; torch.device("cuda") has no index, the allocator wants one
+    from varbench.measuring import sweep_worker
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: type("P", (), {"total_memory": 80 << 30})())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, i: calls.append((f, i)))
+    check = sweep_worker._cap_memory({"memory_limit_bytes": 20 << 30}, torch.device("cuda"))
+    assert calls == [(0.25, 0)] and isinstance(calls[0][0], float)
+    assert check()["memory_limit_mechanism"] == "cuda-memory-fraction"
+    sweep_worker._cap_memory({"memory_limit_bytes": 200 << 30}, torch.device("cuda:1"))
+    assert calls[-1] == (1.0, 1)                                           # never above the whole device
+
+
+def test_cuda_limit_without_memory_limit_is_nvml_free_memory_less_a_context(monkeypatch):
+    from tests import fake_pynvml
+
+    mod = fake_pynvml.make(total=80_000 * fake_pynvml.MIB, base_used=1000 * fake_pynvml.MIB, step=0)
+    monkeypatch.setitem(sys.modules, "pynvml", mod)
+    limit, source, enforce = mb._limit(mb.MaxBatchConfig(device="cuda"))
+    assert limit == 79_000 * fake_pynvml.MIB - mb.CONTEXT_RESERVE and "NVML" in source and enforce is False
+    assert mb._limit(mb.MaxBatchConfig(device="cuda", memory_limit_gb=2.0))[0] == 2 << 30
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml.make(mode="no_driver"))
+    from varbench.errors import EnvironmentUnavailable
+    with pytest.raises(EnvironmentUnavailable):
+        mb._limit(mb.MaxBatchConfig(device="cuda"))
