@@ -1,7 +1,8 @@
 """Efficiency methods as named, parameterised configurations that resolve into a depth schedule and plan fields.
 
 A configuration is one or more methods joined by "+", each ``NAME[:key=value,...]``, e.g.
-``variant:depth=2,switch=6+kv-fp8``. At most one method sets the depth schedule (variant, early-exit); the others
+``variant:depth=2,switch=6+kv-fp8``. At most one method sets the depth schedule (variant, early-exit, schedule:
+any depth per scale, as ``varbench plan`` writes); the others
 change the inference plan (guidance-skip, scale-window, kv-fp8) and compose with any; code adds a refiner model
 (composes with the plan methods, not with a schedule). ``canonical()`` is the string rows record
 (every parameter spelled out, methods in registry order), ``params()`` the dict.
@@ -48,9 +49,11 @@ class Param:
             raise MethodError(f"{method}: {self.name}={value} is outside {lo}..{hi} for {spec.name}")
 
     def describe(self, spec: VARSpec | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "type": self.kind.__name__, "doc": self.doc}
+        kind = "depths" if self.kind is Depths else self.kind.__name__
+        out: dict[str, Any] = {"name": self.name, "type": kind, "doc": self.doc}
         if spec is not None:
-            out["default"] = self.default(spec)
+            default = self.default(spec)
+            out["default"] = str(default) if isinstance(default, Depths) else default
             out["range"] = [self.lo(spec) if self.lo else None, self.hi(spec) if self.hi else None]
         if self.choices:
             out["choices"] = list(self.choices)
@@ -68,6 +71,7 @@ class Method:
     params: tuple[Param, ...] = ()
     schedule: Callable[[VARSpec, Mapping[str, Any]], DepthSchedule] | None = None
     plan: Callable[[VARSpec, Mapping[str, Any]], dict[str, Any]] | None = None
+    check: Callable[[VARSpec, Mapping[str, Any]], None] | None = None    # checks across parameters
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -92,6 +96,30 @@ def _default_refiner(spec: VARSpec) -> str:
     others = sorted((s for s in SPECS.values() if s.name != spec.name and compatible(s, spec)),
                     key=lambda s: s.depth)
     return others[0].name if others else spec.name
+
+
+class Depths(tuple):
+    """A per-scale depth list written ``12/12/4/2`` (the schedule method's parameter; prints the same way)."""
+
+    def __new__(cls, text: "str | Depths | tuple[int, ...]") -> "Depths":
+        if isinstance(text, str):
+            text = tuple(int(d) for d in text.split("/"))     # ValueError: Param.parse names the parameter
+        return super().__new__(cls, (int(d) for d in text))
+
+    def __str__(self) -> str:
+        return "/".join(str(d) for d in self)
+
+
+def _check_depths(spec: VARSpec, p: Mapping[str, Any]) -> None:
+    d = p["depths"]
+    if len(d) != spec.num_scales:
+        raise MethodError(f"schedule: depths needs {spec.num_scales} values (one per scale), got {len(d)}")
+    if any(not 1 <= x <= spec.depth for x in d):
+        raise MethodError(f"schedule: every depth must be in 1..{spec.depth} for {spec.name}, got {d}")
+
+
+def _per_scale(spec: VARSpec, p: Mapping[str, Any]) -> DepthSchedule:
+    return DepthSchedule.per_scale(spec, p["depths"], p["select"])
 
 
 def _early_exit(spec: VARSpec, p: Mapping[str, Any]) -> DepthSchedule:
@@ -135,6 +163,12 @@ REGISTRY: tuple[Method, ...] = (
             Param("from_scale", int, _default_switch, "first scale the refiner runs", lambda s: 1,
                   lambda s: s.num_scales - 1)),
            plan=lambda spec, p: {"refine_from": p["from_scale"]}),
+    Method("schedule", "any depth per scale (a plan from `varbench plan`): the subnet of depths[s] blocks at "
+           "scale s", "VARiant's per-scale schedules, chosen from a sensitivity matrix", "schedule",
+           (Param("depths", Depths, lambda s: Depths((s.depth,) * s.num_scales),
+                  "blocks per scale, '/'-separated (one per scale)"),
+            Param("select", str, lambda s: "isometric", "which blocks form each scale's subnet", choices=SELECTS)),
+           schedule=_per_scale, check=_check_depths),
     Method("kv-fp8", "the KV cache in float8 e4m3 with a per-block, per-head scale", "fp8 KV-cache quantisation",
            "plan", (), plan=lambda spec, p: {"kv_fp8": True}),
 )
@@ -170,13 +204,13 @@ class Configuration:
 
     def descriptor(self) -> tuple[int, int, str | None]:
         """(depth, switch, select) that rows and point names carry: variant's own, else the blocks of the last
-        scale and the first scale that runs fewer than all (select None)."""
+        scale and the first scale that runs fewer than all (select: the schedule method's, else None)."""
         v = self.variant_params()
         if v is not None:
             return v["depth"], v["switch"], v["select"]
         sched, S = self.schedule(), self.spec.num_scales
         switch = next((si for si in range(S) if sched.depth_at(si) < self.spec.depth), S)
-        return sched.depth_at(S - 1), switch, None
+        return sched.depth_at(S - 1), switch, self.params().get("schedule", {}).get("select")
 
     def layers(self) -> tuple[int, ...]:
         """The subnet's blocks (variant: its selection even where it never runs; else the last scale's)."""
@@ -215,6 +249,8 @@ def parse(text: str, spec: VARSpec) -> Configuration:
             values[key.strip()] = m.param(key.strip()).parse(val.strip(), spec, name)
         for p in m.params:                       # defaults can fall outside a small model's range
             p.check(values[p.name], spec, name)
+        if m.check is not None:
+            m.check(spec, values)
         if name == "code":
             from .spec import SPECS
             ref = SPECS.get(values["refiner"])

@@ -159,12 +159,20 @@ class VARPipeline:
                  on_scale_end: Callable[[int, KVCache], None] | None = None,
                  cuda_graphs: bool | None = None,
                  on_scale_begin: Callable[[int, KVCache], None] | None = None,
-                 plan: InferencePlan | None = None) -> GenerateOutput:
+                 plan: InferencePlan | None = None, teacher_indices: Sequence[torch.Tensor] | None = None,
+                 logits_kind: str = "conditional") -> GenerateOutput:
         """Class-conditional samples under ``schedule`` (default full depth), run as ``plan`` says (default: the
         pipeline's). ``cuda_graphs`` overrides the plan's field (on CUDA only): per-scale CUDA graphs, captured once
         per (plan, schedule, batch, keep_skipped) key, holding the same cache bytes as the eager path (skipped
         blocks' buffers freed unless ``keep_skipped``). Hooks get (scale, cache) before and after each scale on
-        either path; a graphed cache shows its bytes only (``CapturedCache``)."""
+        either path; a graphed cache shows its bytes only (``CapturedCache``).
+
+        ``teacher_indices`` (one (B, pn²) tensor per scale): feed these tokens instead of sampling, under any plan
+        (a KV policy, fp8 cache, guidance-skip, a refiner all act): what the sensitivity metrics score a
+        configuration on. ``logits_kind`` of ``return_logits``: "conditional" or "guided" (what the sampler
+        draws from: the CFG ramp, before top-k/top-p; the conditional logits on scales without guidance)."""
+        if logits_kind not in ("conditional", "guided"):
+            raise ValueError(f"logits_kind must be conditional or guided, got {logits_kind!r}")
         plan = plan or self.plan
         if cuda_graphs is not None:
             plan = plan.replace(cuda_graphs=bool(cuda_graphs) and self.device.type == "cuda")
@@ -192,7 +200,9 @@ class VARPipeline:
             out = stepper.run(si, x_BlC, latent_BlCv)
             x_BlC = latent_BlCv = None          # the scale's input is dead once its blocks ran
             kv_peak = max(kv_peak, cache.nbytes())
-            idx_Bl, cond_logits = self._sample_scale(out, B, t, top_k, top_p, gen, return_logits, plan, kernels)
+            forced = None if teacher_indices is None else teacher_indices[si].to(self.device)
+            idx_Bl, cond_logits = self._sample_scale(out, B, t, top_k, top_p, gen, return_logits, plan, kernels,
+                                                     forced, logits_kind == "guided")
             out = None                          # dead now: at a scale boundary only the cache and small state live
             if return_logits:
                 logits_out.append(cond_logits)
@@ -212,11 +222,12 @@ class VARPipeline:
         return GenerateOutput(images, indices, f_hat, logits_out, kv_peak, plan)
 
     def _sample_scale(self, out: ScaleLogits, B: int, t: float, top_k: int, top_p: float, gen: torch.Generator,
-                      return_logits: bool, plan: InferencePlan, kernels: Kernels
+                      return_logits: bool, plan: InferencePlan, kernels: Kernels,
+                      forced_Bl: torch.Tensor | None = None, keep_guided: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Head, CFG and sampling in batch chunks of at most ``plan.sample_chunk_logits`` logits, so the float32
         logits of a large batch never exist all at once (1.4 GB at d30 batch 64). The chunking depends only on
-        (B, pn²)."""
+        (B, pn²). ``forced_Bl``: the tokens to take instead of sampling (no noise is drawn)."""
         n, V = out.rows(), self.spec.vae.vocab_size
         step = max(1, plan.sample_chunk_logits // (n * V))
         idx, kept = [], []
@@ -224,10 +235,12 @@ class VARPipeline:
             b1 = min(B, b0 + step)
             cond, uncond = out.pair(b0, b1)
             guided = cond if uncond is None else torch.lerp(uncond, cond, 1 + t)
-            idx.append(sample_tokens(guided, top_k, top_p, gen, kernels))
+            if forced_Bl is None:
+                idx.append(sample_tokens(guided, top_k, top_p, gen, kernels))
             if return_logits:
-                kept.append(cond.clone())
-        return torch.cat(idx), (torch.cat(kept) if return_logits else None)
+                kept.append((guided if keep_guided else cond).clone())
+        idx_Bl = forced_Bl if forced_Bl is not None else torch.cat(idx)
+        return idx_Bl, (torch.cat(kept) if return_logits else None)
 
     def scale_step(self, plan: InferencePlan, schedule: DepthSchedule, batch: int, keep_skipped: bool = False,
                    k_dtype: torch.dtype | None = None) -> ScaleStep:

@@ -222,3 +222,22 @@ def test_compiled_blocks_share_graphs_across_drop_path_rates():
     # block 0 has rate 0 (no drop path), blocks 1-5 one graph: at most 2 distinct graphs, whatever the depth
     assert 1 <= counters["stats"]["unique_graphs"] <= 2
     torch._dynamo.reset()
+
+
+def test_teacher_indices_feed_the_given_tokens(pipe):
+    """Forced with its own samples, a generation repeats itself (tokens and logits); forced with other tokens
+    the later scales' logits follow those tokens; the guided kind is the CFG ramp the sampler drew from."""
+    labels = [1, 2, 3]
+    ref = pipe.generate(labels, seed=4, decode=False, return_logits=True)
+    again = pipe.generate(labels, seed=99, decode=False, return_logits=True, teacher_indices=ref.indices)
+    assert all(torch.equal(a, b) for a, b in zip(ref.indices, again.indices))
+    assert all(torch.equal(a, b) for a, b in zip(ref.logits, again.logits))
+    other = [torch.randint_like(i, SPEC.vae.vocab_size) for i in ref.indices]
+    moved = pipe.generate(labels, decode=False, return_logits=True, teacher_indices=other)
+    assert torch.equal(moved.logits[0], ref.logits[0]) and not torch.allclose(moved.logits[-1], ref.logits[-1])
+    guided = pipe.generate(labels, decode=False, return_logits=True, teacher_indices=ref.indices,
+                           logits_kind="guided")
+    assert torch.equal(guided.logits[0], ref.logits[0])          # t = 0 at the first scale: the conditional
+    assert not torch.allclose(guided.logits[-1], ref.logits[-1])
+    with pytest.raises(ValueError, match="logits_kind"):
+        pipe.generate(labels, decode=False, logits_kind="sampled")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from model import methods
 from model import spec as spec_mod
 from model.schedule import DepthSchedule
 from varbench import results
@@ -183,17 +184,18 @@ def test_cli_plan_bad_input_exits_2(tmp_path, args):
     assert "Traceback" not in res.output
 
 
-def test_parse_configuration_schedule_and_methods():
-    conf = planning.parse_configuration("schedule:depths=4/4/2/2", TINY)
+def test_schedule_method_parses_and_reads_back():
+    conf = methods.parse("schedule:depths=4/4/2/2", TINY)
     assert conf.canonical() == "schedule:depths=4/4/2/2,select=isometric"
     assert conf.schedule() == DepthSchedule.per_scale(TINY, [4, 4, 2, 2])
     assert conf.descriptor() == (2, 2, "isometric") and conf.plan_changes() == {} and conf.refiner() is None
-    assert planning.parse_configuration(conf.canonical(), TINY) == conf           # the label reads back
-    assert planning.parse_configuration("kv-fp8", TINY).canonical() == "kv-fp8"
+    assert methods.parse(conf.canonical(), TINY) == conf           # the label reads back
+    assert conf.canonical() == planning.schedule_label([4, 4, 2, 2], "isometric")
+    assert methods.parse("schedule:depths=4/4/2/2+kv-fp8", TINY).plan_changes() == {"kv_fp8": True}
     from model.methods import MethodError
     for bad in ("schedule:depths=4/4/2", "schedule:depths=4/x/2/2", "schedule:blocks=4", "schedule:depths=4/4/2/9"):
         with pytest.raises(MethodError):
-            planning.parse_configuration(bad, TINY)
+            methods.parse(bad, TINY)
 
 
 def test_sweep_schedule_points_have_their_own_key(tmp_path):

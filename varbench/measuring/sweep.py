@@ -97,11 +97,10 @@ def method_grid(cfg: SweepConfig) -> list[tuple[str, int, int, str | None]]:
     if not cfg.methods:
         return [(methods_mod.variant(spec, d, sw, cfg.select).canonical(), int(d), int(sw), cfg.select)
                 for sw in cfg.switches for d in cfg.depths]
-    from varbench.workflows.planning import parse_configuration      # methods + schedule:depths=... (plan)
     out = []
     for text in cfg.methods:
         try:
-            conf = parse_configuration(text, spec)
+            conf = methods_mod.parse(text, spec)
         except methods_mod.MethodError as e:
             raise UsageError(f"--method: {e}") from None
         out.append((conf.canonical(), *conf.descriptor()))

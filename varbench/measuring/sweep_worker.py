@@ -104,8 +104,7 @@ def measure_point(point: dict[str, Any]) -> dict[str, Any]:
     spec = spec_mod.get(point["model"])
     depth, switch, batch = int(point["depth"]), int(point["switch"]), int(point["batch"])
     from model import methods
-    from varbench.workflows.planning import parse_configuration      # methods + schedule:depths=... (plan)
-    conf = (parse_configuration(point["method"], spec) if point.get("method")
+    conf = (methods.parse(point["method"], spec) if point.get("method")
             else methods.variant(spec, depth, switch, point["select"]))     # rows written before methods existed
     schedule = conf.schedule()
     res: dict[str, Any] = {"layers": list(conf.layers()), "schedule": schedule.describe(),

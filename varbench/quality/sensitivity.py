@@ -190,8 +190,7 @@ def cell_depths(cfg: SensitivityConfig, spec: VARSpec) -> list[int]:
 def candidate_cells(cfg: SensitivityConfig, spec: VARSpec) -> list[Cell]:
     """The method configurations (mode "method") and per-scale schedules (mode "schedule") to score, in order;
     UsageError naming a bad method or schedule."""
-    from model.methods import MethodError
-    from varbench.workflows.planning import ScheduleConfiguration, parse_configuration
+    from model.methods import MethodError, parse as parse_configuration
 
     cells = []
     for text in cfg.methods or ():
@@ -202,7 +201,7 @@ def candidate_cells(cfg: SensitivityConfig, spec: VARSpec) -> list[Cell]:
         depth, _, _ = conf.descriptor()
         changes = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                                for k, v in conf.plan_changes().items()))
-        mode = "schedule" if isinstance(conf, ScheduleConfiguration) else "method"
+        mode = "schedule" if "schedule" in conf.params() else "method"
         cells.append(Cell(mode, None, None, depth, conf.schedule(), tuple(conf.layers()), conf.canonical(),
                           changes, conf.refiner(), {"method_params": conf.params()}))
     for sch in cfg.schedules or ():
@@ -371,43 +370,16 @@ def next_scale_logits(pipe, labels_B: torch.Tensor, idx: list[torch.Tensor], sch
 @torch.no_grad()
 def plan_logits(pipe, labels_B: torch.Tensor, idx: list[torch.Tensor], schedule: DepthSchedule,
                 cfg: SensitivityConfig, plan) -> torch.Tensor:
-    """Teacher-forced (B, L, V) float32 logits under an inference plan: cached generation through the pipeline's
-    ``ScaleStep`` (KV policies, fp8 cache, guidance-skip rows, a refiner all act), fed the given tokens instead
-    of sampling. Guided: what the sampler draws from (the CFG ramp; conditional alone on scales without
-    guidance); conditional: the conditional logits. The loop mirrors ``VARPipeline.generate`` (tests hold the
-    two together: same plan, same tokens -> the logits generate returns)."""
+    """Teacher-forced (B, L, V) float32 logits under an inference plan: ``generate`` fed the given tokens
+    instead of sampling (KV policies, fp8 cache, guidance-skip rows, a refiner all act). Guided: what the sampler
+    draws from (the CFG ramp; conditional alone on scales without guidance); conditional: the conditional
+    logits."""
     if cfg.kl not in KL_KINDS:
         raise UsageError(f"--kl: {cfg.kl!r} is not one of {', '.join(KL_KINDS)}")
-    spec, var, quant = pipe.spec, pipe.var, pipe.vae.quantize
-    schedule = schedule.validate(spec)
-    labels = torch.as_tensor(labels_B, dtype=torch.long, device=pipe.device).view(-1)
-    B, S = labels.shape[0], spec.num_scales
-    labels_2B = torch.cat((labels, torch.full_like(labels, spec.num_classes)))
-    cond_BD = var.class_emb(labels_2B)
-    lvl_pos = var.lvl_pos()
-    x_BlC = cond_BD.float().unsqueeze(1) + var.pos_start.float() + lvl_pos[:, :1]
-    pn_last = spec.patch_nums[-1]
-    f_hat = torch.zeros(B, spec.vae.z_channels, pn_last, pn_last, device=pipe.device)
-    stepper = pipe.scale_step(plan, schedule, B)
-    stepper.start(cond_BD, labels_2B)
-    out, latent = [], None
-    try:
-        for si, pn in enumerate(spec.patch_nums):
-            t = cfg.cfg * si / (S - 1) if S > 1 else cfg.cfg
-            stepper.begin_scale(si)
-            cond, uncond = stepper.run(si, x_BlC, latent).pair(0, B)
-            out.append(cond.float() if cfg.kl == "conditional" or uncond is None
-                       else torch.lerp(uncond.float(), cond.float(), 1 + t))
-            f_hat, nxt = quant.next_input(si, f_hat, quant.embed_idx(idx[si].to(pipe.device), pn))
-            if nxt is not None:
-                latent = nxt
-                b0, b1 = spec.begin_ends[si + 1]
-                x_BlC = var.embed_words(nxt) + lvl_pos[:, b0:b1]
-                if plan.cfg_until is None or si + 1 < plan.cfg_until:
-                    x_BlC = x_BlC.repeat(2, 1, 1)
-    finally:
-        stepper.finish()
-    return torch.cat(out, dim=1)
+    out = pipe.generate(labels_B, cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, schedule=schedule, plan=plan,
+                        decode=False, return_logits=True, teacher_indices=idx,
+                        logits_kind="conditional" if cfg.kl == "conditional" else "guided")
+    return torch.cat(out.logits, dim=1)
 
 
 def _kl(ref_BLV: torch.Tensor, other_BLV: torch.Tensor, spec: VARSpec, cfg: SensitivityConfig) -> torch.Tensor:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from model.methods import MethodError, parse as parse_method
 from model.schedule import DepthSchedule, subnet_layers
 from model.spec import VARSpec
 from varbench import results
@@ -252,69 +251,9 @@ def schedule_of(spec: VARSpec, depths: Sequence[int], select: str) -> DepthSched
 
 def schedule_label(depths: Sequence[int], select: str) -> str:
     """The string rows carry as ``method`` for a per-scale schedule, e.g. ``schedule:depths=12/12/4/2,select=
-    isometric`` (one key per schedule, so a plan's rows never collide with other points); ``parse_configuration``
-    reads it back."""
+    isometric`` (one key per schedule, so a plan's rows never collide with other points); ``model.methods.parse``
+    reads it back (the ``schedule`` method)."""
     return f"schedule:depths={'/'.join(str(int(d)) for d in depths)},select={select}"
-
-
-class ScheduleError(MethodError):
-    """A ``schedule:`` configuration that does not parse or does not fit the model."""
-
-
-@dataclass(frozen=True)
-class ScheduleConfiguration:
-    """A per-scale depth schedule with the interface of ``model.methods.Configuration`` that sweep workers and
-    sensitivity use (schedule, plan_changes, refiner, canonical, params, layers, descriptor)."""
-
-    spec: VARSpec
-    depths: tuple[int, ...]
-    select: str
-
-    def schedule(self) -> DepthSchedule:
-        return DepthSchedule.per_scale(self.spec, self.depths, self.select).validate(self.spec)
-
-    def plan_changes(self) -> dict[str, Any]:
-        return {}
-
-    def refiner(self) -> None:
-        return None
-
-    def canonical(self) -> str:
-        return schedule_label(self.depths, self.select)
-
-    def params(self) -> dict[str, dict[str, Any]]:
-        return {"schedule": {"depths": list(self.depths), "select": self.select}}
-
-    def layers(self) -> tuple[int, ...]:
-        return self.schedule().layers[-1]
-
-    def descriptor(self) -> tuple[int, int, str | None]:
-        """(depth of the last scale, first scale below full depth, select), as rows and point names carry."""
-        S = self.spec.num_scales
-        switch = next((si for si in range(S) if self.depths[si] < self.spec.depth), S)
-        return self.depths[-1], switch, self.select
-
-
-def parse_configuration(text: str, spec: VARSpec) -> Any:
-    """``schedule:depths=12/12/4/2[,select=nested]`` -> a ScheduleConfiguration, anything else
-    ``model.methods.parse``; MethodError (ScheduleError) on bad input."""
-    name, _, args = text.strip().partition(":")
-    if name.strip() != "schedule":
-        return parse_method(text, spec)
-    kv = dict(a.partition("=")[::2] for a in args.split(",") if a.strip())
-    unknown = sorted(set(kv) - {"depths", "select"})
-    if unknown or "depths" not in kv:
-        raise ScheduleError(f"schedule: expected depths=D0/D1/...[,select=...], got {text!r}")
-    try:
-        depths = tuple(int(d) for d in kv["depths"].split("/"))
-    except ValueError:
-        raise ScheduleError(f"schedule: depths must be integers joined by '/', got {kv['depths']!r}") from None
-    conf = ScheduleConfiguration(spec, depths, kv.get("select", "isometric").strip())
-    try:
-        conf.schedule()
-    except ValueError as e:
-        raise ScheduleError(f"schedule: {e}") from None
-    return conf
 
 
 def make_plan(sens_dir: str | os.PathLike, spec_of: Any, budget_kind: str, budget: float, metric: str = "kl",
