@@ -31,7 +31,7 @@ class InferencePlan:
     fused_gelu: fc1 through cuBLASLt's bias+GELU epilogue (CUDA inference, weights and input of one dtype).
     split_head: the head as one bf16 matmul with float32 output over [h_hi | h_lo | 1] (CUDA, bf16 weights).
     compiled: the element-wise pieces of the blocks and the sampler through torch.compile (CUDA).
-    cuda_graphs: per-scale CUDA graph replay (the cache then keeps every block's buffers).
+    cuda_graphs: per-scale CUDA graph replay (each graph also captures the cache's allocation step: the same bytes).
     sample_chunk_logits: head + CFG + sampling on batch chunks of at most this many logits.
     ffn_chunk_elems: MLP hidden elements per row chunk at inference (bounds the largest transient).
     decode_dtype: the VQ-VAE decoder's dtype ("bf16" | "fp16" | "fp32"); decode_channels_last: its memory format.

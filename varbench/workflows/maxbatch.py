@@ -99,7 +99,7 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
              keep_skipped: bool = False, from_file: bool = False) -> Estimate:
     """Peak memory of one sweep point (generate + decode) at ``batch``, from ``measuring.analytic``'s sizes:
     weights (on the CPU built in float32 and cast, as ``budget.inference_estimate``), the schedule's KV cache
-    (``analytic.kv_peak_bytes`` with the method's plan fields; every buffer kept under CUDA graphs), the last
+    (``analytic.kv_peak_bytes`` with the method's plan fields; CUDA graphs free what eager frees), the last
     scale's working set per image (float32 residual stream and two float32 temporaries, the 16-bit modulated
     input, q/k/v and attention output, per CFG row), the bounded chunks (the head's float32 logits:
     ``plan.sample_chunk_logits``; the MLP hidden: ``plan.ffn_chunk_elems``) and the decoder's widest activations

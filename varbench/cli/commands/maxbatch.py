@@ -65,7 +65,7 @@ def maxbatch(
     granularity: Annotated[int, typer.Option("--granularity", help="Stop when the answer is known within this "
                                              "many images.")] = 1,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Probe with per-scale CUDA graph replay "
-                                              "(keeps every block's KV buffers).")] = False,
+                                              "(they free what the eager path frees).")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="Probe with torch.compile (CUDA).")] = False,
     keep_skipped: Annotated[bool, typer.Option("--keep-skipped", help="Skipped blocks keep their KV caches.")] = False,
     allow_random: Annotated[bool, typer.Option("--allow-random", help="Random weights when none are found "
