@@ -117,3 +117,12 @@ def test_cli_report_with_reported_and_plan_table(tmp_path):
 def test_build_report_without_reported_has_no_section(tmp_path):
     page = build_report([_results(tmp_path / "res")], tmp_path / "r.html").read_text()
     assert "Reported points" not in page
+
+
+def test_reported_points_of_another_model_are_listed_not_drawn():
+    pts = rp.load_reported(EXAMPLE)
+    assert {p["method"] for p in rp.plot_points(pts, ["var-d30"])} >= {"code", "variant"}
+    assert rp.plot_points(pts, ["var-toy"]) == []             # paper numbers of var-d30 stay off var-toy's axes
+    assert all(p["model"].split()[0] == "var-d30" for p in rp.plot_points(pts, ["var-d30"]))
+    page = rp.reported_html(pts, [{"model": "var-toy"}], [])
+    assert "Listed only, not drawn" in page and "var-toy" in page

@@ -271,7 +271,8 @@ def build_report(result_dirs: Sequence[str | os.PathLike], out_html: str | os.Pa
         sections.append("\n".join(parts))
 
     from varbench.reporting.reported import plot_points, predicted_vs_measured_html, reported_html
-    add_figs("Pareto frontiers", rf.pareto_figures(sweep, sens, plot_points(reported)) if sweep else [],
+    run_models = sorted({r.get("model") for r in sweep if r.get("model")})
+    add_figs("Pareto frontiers", rf.pareto_figures(sweep, sens, plot_points(reported, run_models)) if sweep else [],
              "no sweep rows in these results")
     for extra in (reported_html(reported, sweep, sens), predicted_vs_measured_html(sens)):
         if extra:

@@ -110,10 +110,18 @@ def load_reported(path: str | os.PathLike) -> list[ReportedPoint]:
     return parse_points(doc, f"--reported {p}")
 
 
-def plot_points(points: Sequence[ReportedPoint]) -> list[dict[str, Any]]:
-    """Points in the keys the Pareto figures read (latency_ms, peak_mib, kv_mib, and quality = fid)."""
+def same_model(point: ReportedPoint, models: Sequence[str]) -> bool:
+    """The point reports one of these models (its ``model`` names it first, e.g. "var-d30 (VARiant-d16, 6+4)"):
+    only then is it drawn on this run's axes; a var-d30 paper number on a var-toy plot would mislead."""
+    head = point.model.split()[0] if point.model.split() else ""
+    return head in models
+
+
+def plot_points(points: Sequence[ReportedPoint], models: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Points in the keys the Pareto figures read (latency_ms, peak_mib, kv_mib, and quality = fid); with
+    ``models``, only the points of those models."""
     return [{**pt.as_dict(), "quality_fid": pt.fid, "label": f"{pt.method} ({pt.paper}), {LABEL}"}
-            for pt in points]
+            for pt in points if models is None or same_model(pt, models)]
 
 
 # ---- report sections (HTML; no plotly) ---------------------------------------------------------------------------
@@ -129,10 +137,14 @@ def reported_html(points: Sequence[ReportedPoint], sweep_rows: Sequence[dict], s
     body = "".join("<tr>" + "".join(f"<td>{html.escape('' if getattr(p, c) is None else str(getattr(p, c)))}</td>"
                                     for c in cols) + "</tr>" for p in points)
     fid_here = any(r.get("metric") == "fid" for r in sens_rows)
+    models = sorted({r.get("model") for r in sweep_rows if r.get("model")})
+    other = [p.method for p in points if not same_model(p, models)]
     where = ("They are drawn hollow on the latency-vs-memory figure where the paper gives latency and memory, and "
              "on the quality figures " + ("(FID)" if fid_here else "only when this report's quality metric is FID "
                                           "(it is not here: their FID is not comparable with this run's metric)")
-             + ". Their GPU, batch and FID protocol are the papers', not this run's.")
+             + ". Their GPU, batch and FID protocol are the papers', not this run's."
+             + (f" Listed only, not drawn ({len(other)}): their model is not this run's ({', '.join(models) or 'none'})."
+                if other else ""))
     return (f"<section class=\"reported\"><h2>Reported points ({html.escape(LABEL)})</h2>"
             f"<p class=\"note\">{html.escape(where)}</p><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table></section>")
