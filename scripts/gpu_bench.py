@@ -11,6 +11,8 @@ command prints a short table last. Parts:
              order so that drift hits both alike                         -> OUT/compare/{baseline,current}/
   probe      inference-plan variants timed in one process (plan fields switched one at a time from the
              device's fast plan, each with CUDA graphs)                  -> OUT/probe/probe.jsonl
+  sens       the fast-sensitivity target: a `single` KL matrix (scales x 2/4/8/16) at --sens-samples per
+             cell, timed whole                                            -> OUT/sens/
   decode     the VQ-VAE decode of --batches under decoder plan variants (chunk, cuDNN autotuning, memory
              format), with each variant's allocator peak             -> OUT/decode/decode.jsonl
 
@@ -151,6 +153,24 @@ def decode_part(out: Path, a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def sens_part(out: Path, a: argparse.Namespace) -> list[dict]:
+    """The fast sensitivity target: a `single` matrix (every scale x 2/4/8/16) of --model at --sens-samples
+    samples per cell, KL alone (teacher forcing, compiled), timed whole (reference included)."""
+    from varbench.quality.sensitivity import SensitivityConfig, run_sensitivity
+
+    from model import spec as spec_mod
+    depth = spec_mod.get(a.model).depth
+    cfg = SensitivityConfig(model=a.model, mode="single", depths=[d for d in (2, 4, 8, 16) if d < depth] or [2],
+                            samples=a.sens_samples, batch=64,
+                            metric="kl", allow_random=True, device=a.device, dtype=a.dtype)
+    t0 = time.perf_counter()
+    rows = run_sensitivity(cfg, out / "sens")
+    secs = time.perf_counter() - t0
+    summary = {"kind": "sens", "model": a.model, "samples": a.sens_samples, "cells": len(rows), "seconds": secs}
+    results.append_row(out / "sens" / "timing.jsonl", summary)
+    return [summary]
+
+
 def tests_part(out: Path, a: argparse.Namespace) -> list[dict]:
     (out / "tests").mkdir(parents=True, exist_ok=True)
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/"],
@@ -164,6 +184,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if r.get("kind") == "tests":
             lines.append(f"tests: rc {r['returncode']} · {r['summary']}")
+        elif r.get("kind") == "sens":
+            lines.append(f"sensitivity {r['model']} single matrix, {r['samples']} samples/cell, KL: "
+                         f"{r['cells']} rows in {r['seconds']:.0f} s")
         elif r.get("kind") == "decode":
             mib = (r.get("decode_peak_extra_bytes") or 0) / 2**20
             lines.append(f"decode b{r['batch']:<4} {r['variant']:<20} {r['decode_ms_p50']:9.2f} ms  +{mib:7.0f} MiB")
@@ -181,7 +204,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("parts", nargs="+", choices=["tests", "compare", "probe", "decode", *PRESETS])
+    ap.add_argument("parts", nargs="+", choices=["tests", "compare", "probe", "decode", "sens", *PRESETS])
     ap.add_argument("--model", default="var-d30")
     ap.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[30, 2])
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64])
@@ -192,6 +215,7 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=540.0)
     ap.add_argument("--baseline-src", type=Path, default=None)
+    ap.add_argument("--sens-samples", type=int, default=256, help="samples per cell of the sens part")
     ap.add_argument("--methods", type=lambda s: s.split(";"), default=None,
                     help="efficiency-method configurations separated by ';' (varbench methods); replaces --depths")
     a = ap.parse_args()
@@ -199,7 +223,8 @@ def main() -> None:
     rows: list[dict] = []
     for part in a.parts:
         t0 = time.time()
-        got = {"tests": tests_part, "compare": compare_part, "probe": probe_part, "decode": decode_part}.get(part)
+        got = {"tests": tests_part, "compare": compare_part, "probe": probe_part, "decode": decode_part,
+               "sens": sens_part}.get(part)
         rows += got(a.out, a) if got else sweep_part(a.out, a, part)
         print(f"[{part}] {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     (a.out / "summary.json").write_text(json.dumps(rows, default=str, indent=1))

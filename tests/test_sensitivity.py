@@ -298,3 +298,24 @@ def test_rows_without_intervals_are_measured_again(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in old))
     again = sens.run_sensitivity(cfg, tmp_path)
     assert again and all("ci_low" in r and r["n"] == 2 for r in again)
+
+
+def test_kl_metric_alone_runs_no_generation_and_matches_the_full_rows(tmp_path, monkeypatch):
+    """--metric kl: the KL rows equal those of the fidelity run (same reference, same teacher forcing), and no
+    cell generates (only the reference does): the fast matrix."""
+    full = sens.run_sensitivity(_cfg(metric="fidelity"), tmp_path / "fidelity")
+    from model.pipeline import VARPipeline
+    calls = []
+    real = VARPipeline.generate
+
+    def counting(self, *a, **k):
+        calls.append(k.get("schedule"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VARPipeline, "generate", counting)
+    fast = sens.run_sensitivity(_cfg(metric="kl"), tmp_path / "kl")
+    assert {r["metric"] for r in fast} == {"kl"}
+    want = {k: r["value"] for k, r in _by(full, "kl").items()}
+    assert {k: r["value"] for k, r in _by(fast, "kl").items()} == pytest.approx(want)
+    cfg = _cfg()
+    assert len(calls) == math.ceil(cfg.samples / cfg.batch)     # the reference's batches only

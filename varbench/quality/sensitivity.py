@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("single", "from", "groups")
 CANDIDATE_MODES = ("method", "schedule")     # rows scoring one configuration each (no matrix)
-METRICS = ("fidelity", "fid", "toy")
+METRICS = ("fidelity", "kl", "fid", "toy")       # kl: the KL alone (teacher forcing, no generation per cell)
 FIDELITY = ("kl", "token_agreement", "psnr", "ssim")     # row metrics; units and directions: varbench.schema.METRICS
 KL_KINDS = ("guided", "conditional")
 FD_RESAMPLES = 200       # a Fréchet distance per resample (metrics.frechet_to): percentile bootstrap, ~0.4 s a cell
@@ -88,6 +88,7 @@ class SensitivityConfig:
     device: str = "auto"
     dtype: str | None = None                     # None: fp32 on CPU, bf16 on CUDA
     fid_ref: str | None = None                   # .npz (mu, sigma) or image folder; None: the full network
+    compile: bool | None = None                  # torch.compile the kernels; None: on for CUDA (off on a CPU)
     kl: str = "guided"                           # guided: the sampled (CFG, top-k/p) distribution; conditional
     methods: Sequence[str] | None = None         # method configurations (model.methods); replace the matrix
     schedules: Sequence[dict] | None = None      # per-scale schedules: {"depths", "select", "plan",
@@ -257,9 +258,12 @@ def plan_cells(cfg: SensitivityConfig, spec: VARSpec) -> list[Cell]:
 
 
 def metric_names(metric: str) -> list[str]:
-    """Row metrics of a --metric choice; the data-free fidelity metrics are always computed (they are cheap)."""
+    """Row metrics of a --metric choice: the data-free fidelity metrics with every choice but ``kl``, which is the
+    KL alone (a teacher-forced pass per cell and batch, no coupled generation: the fast matrix)."""
     if metric not in METRICS:
         raise UsageError(f"--metric: {metric!r} is not one of {', '.join(METRICS)}")
+    if metric == "kl":
+        return ["kl"]
     return list(FIDELITY) + {"fidelity": [], "toy": ["toy_acc", "toy_fd"], "fid": ["fid"]}[metric]
 
 
@@ -410,10 +414,13 @@ def evaluate_configuration(pipe, ref: Reference, schedule: DepthSchedule, cfg: S
     spec = pipe.spec
     own = plan is None or plan == pipe.plan
     kl, agree, mse, ssim, images = [], [], [], [], []
+    generate = any(m != "kl" for m in names)       # the KL alone needs no coupled generation
     for labels_B, seed_b, idx, img, logits_ref in zip(ref.labels, ref.seeds, ref.indices, ref.images, ref.logits):
         logits = (next_scale_logits(pipe, labels_B, idx, schedule, cfg) if own
                   else plan_logits(pipe, labels_B, idx, schedule, cfg, plan))
         kl.append(_kl(logits_ref, logits, spec, cfg).cpu())
+        if not generate:
+            continue
         out = pipe.generate(labels_B, cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, seed=seed_b, schedule=schedule,
                             plan=None if own else plan)
         agree.append(metrics.token_agreement_per_sample_scale(idx, [i.cpu() for i in out.indices]))
@@ -421,6 +428,8 @@ def evaluate_configuration(pipe, ref: Reference, schedule: DepthSchedule, cfg: S
         mse.append(((gen.double() - img.double()) ** 2).flatten(1).mean(1))
         ssim.append(metrics.ssim_per_image(gen, img).cpu())
         images.append(gen)
+    if not generate:
+        return {"kl": _mean_scored(torch.cat(kl))}
     mse_n, ssim_n = torch.cat(mse).numpy(), torch.cat(ssim).numpy()
     psnr_of = lambda a: metrics.psnr_from_mse(float(a.mean()))   # noqa: E731 - PSNR of the pooled MSE
     res: dict[str, Scored] = {
@@ -472,6 +481,7 @@ def run_sensitivity(cfg: SensitivityConfig, out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     weights = resolve_weights(target)
     pipe = load_pipeline(target, weights)
+    pipe.set_plan(compiled=device.type == "cuda" if cfg.compile is None else bool(cfg.compile))
     base = {"kind": "sensitivity", "model": spec.name, "weights": weights.label, "select": cfg.select,
             "samples": cfg.samples, "batch": cfg.batch, "seed": cfg.seed, "cfg": cfg.cfg, "top_k": cfg.top_k,
             "top_p": cfg.top_p, "dtype": target.dtype, "device": device.type,

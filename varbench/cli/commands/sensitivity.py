@@ -30,8 +30,9 @@ def sensitivity(
     select: SelectOpt = "isometric",
     samples: Annotated[int, typer.Option("--samples", help="Images per cell (labels cycle over classes).")] = 16,
     batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 8,
-    metric: Annotated[str, typer.Option("--metric", help="fidelity (data-free) | fid (torch-fidelity) | "
-                                        "toy (toy classifier).")] = "fidelity",
+    metric: Annotated[str, typer.Option("--metric", help="fidelity (data-free: KL, token agreement, PSNR, SSIM) | "
+                                        "kl (the KL alone: no generation per cell, the fast matrix) | fid "
+                                        "(torch-fidelity) | toy (toy classifier).")] = "fidelity",
     kl: Annotated[str, typer.Option("--kl", help="guided: KL of the distributions sampled (CFG ramp, top-k/top-p, "
                                     "renormalised); conditional: of the conditional logits alone.")] = "guided",
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (shared by every cell: coupled).")] = 0,
@@ -48,6 +49,8 @@ def sensitivity(
     schedule: Annotated[Optional[list[Path]], typer.Option("--schedule", help="Score the per-scale schedule of "
                                                            "a plan.json (varbench plan) instead of the matrix; "
                                                            "repeatable.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the kernels "
+                                                    "(default on CUDA).")] = None,
 ) -> None:
     """Which scales can run a shallow subnet, and at what price: scale × depth matrix of fidelity to the full
     network (KL, token agreement, PSNR/SSIM), with analytic KV bytes and FLOPs per cell."""
@@ -69,7 +72,7 @@ def sensitivity(
         select=check_select(select), samples=samples, batch=batch, metric=metric, seed=seed, kl=kl,
         allow_random=allow_random, device=resolve_device(device), methods=list(method) if method else None,
         schedules=[{"depths": list(p.depths), "select": p.select, "plan": p.path, "predicted_loss": p.predicted_loss,
-                    "plan_metric": p.metric} for p in plans] or None)
+                    "plan_metric": p.metric} for p in plans] or None, compile=compile)
     if kl not in sens.KL_KINDS:
         raise UsageError(f"--kl: {kl!r} is not one of {', '.join(sens.KL_KINDS)}")
     sens.plan_cells(cfg, spec)                      # bad scales/depths -> exit 2 before anything is loaded
