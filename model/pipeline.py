@@ -49,6 +49,10 @@ class GenerateOutput:
     plan: InferencePlan | None = None    # the plan the generation ran under
 
 
+def _no_phase(name: str, si: int, event: str) -> None:
+    """``generate`` without an ``on_phase`` hook."""
+
+
 def _scale_input(x_BlC: torch.Tensor, guided: bool, buf_RlC: torch.Tensor | None) -> torch.Tensor:
     """A scale's input rows: conditional and unconditional (the same tokens) with guidance, written into the
     step's static buffer when it has one (a graph's input), so a second copy of the input never exists."""
@@ -160,7 +164,8 @@ class VARPipeline:
                  cuda_graphs: bool | None = None,
                  on_scale_begin: Callable[[int, KVCache], None] | None = None,
                  plan: InferencePlan | None = None, teacher_indices: Sequence[torch.Tensor] | None = None,
-                 logits_kind: str = "conditional") -> GenerateOutput:
+                 logits_kind: str = "conditional",
+                 on_phase: Callable[[str, int, str], None] | None = None) -> GenerateOutput:
         """Class-conditional samples under ``schedule`` (default full depth), run as ``plan`` says (default: the
         pipeline's). ``cuda_graphs`` overrides the plan's field (on CUDA only): per-scale CUDA graphs, captured once
         per (plan, schedule, batch, keep_skipped) key, holding the same cache bytes as the eager path (skipped
@@ -170,7 +175,11 @@ class VARPipeline:
         ``teacher_indices`` (one (B, pn²) tensor per scale): feed these tokens instead of sampling, under any plan
         (a KV policy, fp8 cache, guidance-skip, a refiner all act): what the sensitivity metrics score a
         configuration on. ``logits_kind`` of ``return_logits``: "conditional" or "guided" (what the sampler
-        draws from: the CFG ramp, before top-k/top-p; the conditional logits on scales without guidance)."""
+        draws from: the CFG ramp, before top-k/top-p; the conditional logits on scales without guidance).
+        ``on_phase(name, scale, "begin" | "end")`` brackets each phase inside a scale: "blocks" (the step's run;
+        a graph holds the head too), "sampling" (head, CFG, top-k/top-p, with "head" nested around each chunk's
+        logits on the eager path) and "next_input" (the VQ-VAE step to the next scale's map): a profiler's
+        named ranges (synchronise yourself if timing)."""
         if logits_kind not in ("conditional", "guided"):
             raise ValueError(f"logits_kind must be conditional or guided, got {logits_kind!r}")
         plan = plan or self.plan
@@ -189,6 +198,7 @@ class VARPipeline:
         pn_last = spec.patch_nums[-1]
         f_hat = torch.zeros(B, spec.vae.z_channels, pn_last, pn_last, device=self.device)
         stepper = self.scale_step(plan, schedule, B, keep_skipped, k_dtype)
+        phase = on_phase or _no_phase
         stepper.start(cond_BD, labels_2B)
         indices, logits_out, kv_peak, latent_BlCv = [], [], 0, None
         for si, pn in enumerate(spec.patch_nums):
@@ -197,18 +207,24 @@ class VARPipeline:
             cache = stepper.cache               # the step's cache of this scale (code: the drafter's, then the refiner's)
             if on_scale_begin is not None:
                 on_scale_begin(si, cache)
+            phase("blocks", si, "begin")
             out = stepper.run(si, x_BlC, latent_BlCv)
+            phase("blocks", si, "end")
             x_BlC = latent_BlCv = None          # the scale's input is dead once its blocks ran
             kv_peak = max(kv_peak, cache.nbytes())
             forced = None if teacher_indices is None else teacher_indices[si].to(self.device)
+            phase("sampling", si, "begin")
             idx_Bl, cond_logits = self._sample_scale(out, B, t, top_k, top_p, gen, return_logits, plan, kernels,
-                                                     forced, logits_kind == "guided")
+                                                     forced, logits_kind == "guided", lambda e: phase("head", si, e))
+            phase("sampling", si, "end")
             out = None                          # dead now: at a scale boundary only the cache and small state live
             if return_logits:
                 logits_out.append(cond_logits)
             indices.append(idx_Bl)
+            phase("next_input", si, "begin")
             h_BChw = quant.embed_idx(idx_Bl, pn)
             f_hat, next_BlCv = quant.next_input(si, f_hat, h_BChw)
+            phase("next_input", si, "end")
             if on_scale_end is not None:
                 on_scale_end(si, cache)
             if next_BlCv is not None:
@@ -223,7 +239,8 @@ class VARPipeline:
 
     def _sample_scale(self, out: ScaleLogits, B: int, t: float, top_k: int, top_p: float, gen: torch.Generator,
                       return_logits: bool, plan: InferencePlan, kernels: Kernels,
-                      forced_Bl: torch.Tensor | None = None, keep_guided: bool = False
+                      forced_Bl: torch.Tensor | None = None, keep_guided: bool = False,
+                      head_phase: Callable[[str], None] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Head, CFG and sampling in batch chunks of at most ``plan.sample_chunk_logits`` logits, so the float32
         logits of a large batch never exist all at once (1.4 GB at d30 batch 64). The chunking depends only on
@@ -233,7 +250,11 @@ class VARPipeline:
         idx, kept = [], []
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
+            if head_phase is not None:
+                head_phase("begin")
             cond, uncond = out.pair(b0, b1)
+            if head_phase is not None:
+                head_phase("end")
             guided = cond if uncond is None else torch.lerp(uncond, cond, 1 + t)
             if forced_Bl is None:
                 idx.append(sample_tokens(guided, top_k, top_p, gen, kernels))

@@ -241,3 +241,14 @@ def test_teacher_indices_feed_the_given_tokens(pipe):
     assert not torch.allclose(guided.logits[-1], ref.logits[-1])
     with pytest.raises(ValueError, match="logits_kind"):
         pipe.generate(labels, decode=False, logits_kind="sampled")
+
+
+def test_on_phase_brackets_every_phase_of_every_scale(pipe):
+    events = []
+    out = pipe.generate([1, 2], seed=3, decode=False, on_phase=lambda n, si, e: events.append((n, si, e)))
+    ref = pipe.generate([1, 2], seed=3, decode=False)
+    assert all(torch.equal(a, b) for a, b in zip(out.indices, ref.indices))       # the hook observes only
+    for si in range(SPEC.num_scales):
+        mine = [(n, e) for n, s, e in events if s == si]
+        assert mine == [("blocks", "begin"), ("blocks", "end"), ("sampling", "begin"), ("head", "begin"),
+                        ("head", "end"), ("sampling", "end"), ("next_input", "begin"), ("next_input", "end")]

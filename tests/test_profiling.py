@@ -53,7 +53,7 @@ def test_trace_profile_records_files(tmp_path):
     assert [n for n in names if n.startswith("scale ")] == SCALES
 
 
-def test_profile_point_restores_the_pipeline(tmp_path):
+def test_profile_point_leaves_the_pipeline_as_it_was(tmp_path):
     from varbench.target import ModelTarget, load_pipeline
 
     pipe = load_pipeline(ModelTarget("var-tiny", allow_random=True, dtype="fp32", device="cpu"))
@@ -61,7 +61,7 @@ def test_profile_point_restores_the_pipeline(tmp_path):
     before = pipe.generate(**kw).indices
     out = profiling.profile_point(pipe, kw, "cpu", tmp_path, "p")
     assert out["profile_error"] is None and (tmp_path / "profiles" / "p" / "trace.json").exists()
-    assert "scale_step" not in vars(pipe) and "get_logits" not in vars(pipe.var)   # wrappers removed
+    assert "scale_step" not in vars(pipe) and "get_logits" not in vars(pipe.var)   # the hooks, no wrappers
     after = pipe.generate(**kw).indices
     assert all((a == b).all() for a, b in zip(before, after))
     broken = profiling.profile_point(pipe, {**kw, "top_k": "bad"}, "cpu", tmp_path, "q")

@@ -7,16 +7,11 @@ The row records both paths relative to the results folder, and a per-scale / per
 from the trace (``breakdown``), which the report shows next to links to the files.
 
 Named ranges (``torch.profiler.record_function``): ``generate``; ``scale i`` per scale, opened and closed by the
-pipeline's ``on_scale_begin`` / ``on_scale_end`` hooks; ``decode`` around the VQ-VAE decode (outside the scale
-loop). The model has no hooks inside a scale, so the phases inside one are taken at the public objects the loop
-calls, wrapped for this one generation and restored after it (model/ is not changed):
-- ``blocks``: ``ScaleStep.run`` of the step ``pipe.scale_step`` returns (on the CUDA-graph path the captured
-  graph holds the head too, so it is inside ``blocks`` there);
-- ``head``: ``VAR.get_logits`` (the refiner's too), called per batch chunk while sampling on the eager path;
-- ``sampling``: from the end of ``run`` to ``on_scale_end``: CFG, top-k/top-p, the head's calls (nested, taken
-  out of the exclusive figure) and the next scale's input (``embed_idx`` / ``next_input``).
-The clean model-side hook would be ``generate(..., on_phase=(name, si, "begin"|"end"))`` fired around
-``stepper.run``, the head inside ``_sample_scale``, ``sample_tokens`` and ``quant.next_input``.
+pipeline's ``on_scale_begin`` / ``on_scale_end`` hooks; the phases inside a scale from its ``on_phase`` hook:
+``blocks`` (the step's run; on the CUDA-graph path the captured graph holds the head too), ``sampling`` (CFG,
+top-k/top-p, with ``head`` nested around each chunk's logits on the eager path, taken out of the exclusive
+figure) and ``next_input`` (the VQ-VAE step, counted as "other"); ``decode`` around the VQ-VAE decode (outside
+the scale loop).
 
 On CUDA every range boundary synchronises the device, so a range's wall time is the GPU time of its work
 (this generation is profiled, never timed). The profiled pass runs after every measurement of the point.
@@ -75,39 +70,6 @@ class _Ranges:
             self.pop()
 
 
-class _PhasedStep:
-    """A ScaleStep whose ``run`` is the ``blocks`` range and opens ``sampling`` when it returns."""
-
-    def __init__(self, inner: Any, ranges: _Ranges):
-        self._inner, self._ranges = inner, ranges
-
-    def run(self, *args: Any, **kw: Any) -> Any:
-        self._ranges.push("blocks")
-        try:
-            out = self._inner.run(*args, **kw)
-        finally:
-            self._ranges.pop("blocks")
-        self._ranges.push("sampling")
-        return out
-
-    def __getattr__(self, name: str) -> Any:      # cache, start, begin_scale, finish: the real step's
-        return getattr(self._inner, name)
-
-
-def _wrap(obj: Any, name: str, wrapper_of: Any, undo: list) -> None:
-    """Shadow ``obj.name`` by an instance attribute for this generation; ``undo`` restores it."""
-    had = name in vars(obj)
-    old = vars(obj).get(name)
-    object.__setattr__(obj, name, wrapper_of(getattr(obj, name)))
-
-    def restore() -> None:
-        if had:
-            object.__setattr__(obj, name, old)
-        else:
-            object.__delattr__(obj, name)
-    undo.append(restore)
-
-
 def profile_point(pipe: Any, gen_kw: Mapping[str, Any], device: Any, results_dir: str | os.PathLike,
                   name: str) -> dict[str, Any]:
     """Profile one generation (``gen_kw``, decode run separately) + decode into ``results_dir/profiles/name/``;
@@ -134,30 +96,21 @@ def profile_point(pipe: Any, gen_kw: Mapping[str, Any], device: Any, results_dir
         trace_path, snap_path = folder / TRACE_FILE, folder / SNAPSHOT_FILE
         sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
         ranges = _Ranges(sync)
-        undo: list = []
 
         def on_scale_begin(si: int, cache: Any) -> None:
             ranges.push(f"scale {si}")
 
         def on_scale_end(si: int, cache: Any) -> None:
-            ranges.pop("sampling")
             ranges.pop(f"scale {si}")
 
-        def head_of(fn: Any) -> Any:
-            def head(*a: Any, **k: Any) -> Any:
-                ranges.push("head")
-                try:
-                    return fn(*a, **k)
-                finally:
-                    ranges.pop("head")
-            return head
+        def on_phase(name: str, si: int, event: str) -> None:
+            if event == "begin":
+                ranges.push(name)
+            else:
+                ranges.pop(name)
 
-        _wrap(pipe, "scale_step", lambda fn: (lambda *a, **k: _PhasedStep(fn(*a, **k), ranges)), undo)
-        for var in (pipe.var, getattr(pipe, "refiner", None)):
-            if var is not None:
-                _wrap(var, "get_logits", head_of, undo)
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-        kw = {k: v for k, v in gen_kw.items() if k not in ("on_scale_begin", "on_scale_end")}
+        kw = {k: v for k, v in gen_kw.items() if k not in ("on_scale_begin", "on_scale_end", "on_phase")}
         kw["decode"] = False
         try:
             sync()
@@ -166,7 +119,8 @@ def profile_point(pipe: Any, gen_kw: Mapping[str, Any], device: Any, results_dir
                 recording = True
             with torch.profiler.profile(activities=activities) as prof:
                 ranges.push("generate")
-                res = pipe.generate(**kw, on_scale_begin=on_scale_begin, on_scale_end=on_scale_end)
+                res = pipe.generate(**kw, on_scale_begin=on_scale_begin, on_scale_end=on_scale_end,
+                                    on_phase=on_phase)
                 ranges.close_all()
                 ranges.push("decode")
                 pipe.decode(res.f_hat)
@@ -176,8 +130,6 @@ def profile_point(pipe: Any, gen_kw: Mapping[str, Any], device: Any, results_dir
                 out["profile_memory_snapshot"] = f"{rel}/{SNAPSHOT_FILE}"
         finally:
             ranges.close_all()
-            for restore in reversed(undo):
-                restore()
         prof.export_chrome_trace(str(trace_path))
         out["profile_trace"] = f"{rel}/{TRACE_FILE}"
         out.update(breakdown(trace_path, len(pipe.spec.patch_nums)))
