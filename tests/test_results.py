@@ -37,7 +37,7 @@ def test_manifest_is_atomic_and_complete(tmp_path, monkeypatch):
     p = results.write_manifest(tmp_path, {"dtype": "fp32", "model": "var-tiny"})
     data = json.loads(p.read_text())
     for key in ("hostname", "python", "torch", "cuda", "cudnn", "gpu_name", "driver", "cpu_count",
-                "git_commit", "command_line", "start_time"):
+                "git_commit", "git_dirty", "command_line", "start_time"):
         assert key in data, key
     assert data["dtype"] == "fp32" and data["model"] == "var-tiny"
     assert data["driver"] == "999.99"                  # read through (fake) NVML
@@ -59,3 +59,21 @@ def test_row_key_normalises_lists_and_floats():
     assert results.row_key(a, fields) == results.row_key(b, fields)
     assert results.row_key(a, fields) != results.row_key({**b, "batch": 3}, fields)
     hash(results.row_key(a, fields))
+
+
+def test_git_dirty_follows_tracked_changes(tmp_path, monkeypatch):
+    import subprocess
+    repo = tmp_path / "r"
+    repo.mkdir()
+    run = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)   # noqa: E731
+    run("init", "-q")
+    (repo / "f").write_text("a")
+    run("add", "f")
+    run("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    monkeypatch.setattr(results, "__file__", str(repo / "results.py"))
+    assert results._git_dirty() is False
+    (repo / "f").write_text("b")
+    assert results._git_dirty() is True
+    (repo / "untracked").write_text("c")
+    (repo / "f").write_text("a")
+    assert results._git_dirty() is False           # untracked files are not the measured code

@@ -47,6 +47,17 @@ def _git_commit() -> str | None:
     return out if res.returncode == 0 and out else None
 
 
+def _git_dirty() -> bool | None:
+    """Whether tracked files differ from HEAD (the measured code is then HEAD plus uncommitted changes); None
+    outside a repo."""
+    try:
+        res = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                             cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(res.stdout.strip()) if res.returncode == 0 else None
+
+
 def _nvml_driver() -> tuple[str | None, list[str]]:
     """Driver version and GPU names through NVML; (None, []) without it."""
     try:
@@ -80,6 +91,7 @@ def environment() -> dict[str, Any]:
         "command_line": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else None,
         "start_time": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
         "torch": None, "cuda": None, "cudnn": None, "gpu_name": None, "gpu_count": 0,
     }
     try:
