@@ -41,7 +41,9 @@ PRESETS = {"fast": {}, "lean": dict(cuda_graphs=False, compile=True), "eager": d
 PROBE_VARIANTS = {"fast": {}, "no-triton-qkv": {"triton_qkv": False}, "no-tiny-attn": {"tiny_attn_max_keys": 0},
                   "no-small-attn": {"small_attn_max_keys": 0}, "head-kv-layout": {"kv_layout": "head"},
                   "no-split-head": {"split_head": False}, "no-fused-gelu": {"fused_gelu": False},
-                  "not-compiled": {"compiled": False}}
+                  "not-compiled": {"compiled": False},
+                  # memory: smaller transients of the last scale (the sampler's float32 logits, the MLP chunk)
+                  "logits-chunk-2^23": {"sample_chunk_logits": 1 << 23}, "ffn-chunk-2^26": {"ffn_chunk_elems": 1 << 26}}
 
 
 def sweep_part(out: Path, a: argparse.Namespace, preset: str) -> list[dict]:
@@ -94,15 +96,23 @@ def probe_part(out: Path, a: argparse.Namespace) -> list[dict]:
         for batch in a.batches:
             labels = [i % spec.num_classes for i in range(batch)]
             samples: dict[str, list[float]] = {n: [] for n in PROBE_VARIANTS}
+            peaks: dict[str, int] = {}
+            cuda = pipe.device.type == "cuda"
             for _ in range(a.repeats):
                 for name, change in PROBE_VARIANTS.items():
                     plan = fast.replace(**change)
+                    if cuda:
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
                     samples[name] += measure(lambda: pipe.generate(labels, schedule=sched, plan=plan, decode=False),
                                              warmup=1, min_repeats=1, device=pipe.device)
+                    if cuda:                 # the variant's capture and generations (one capture at a time)
+                        peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
             for name, ms in samples.items():
                 row = {"kind": "probe", "model": spec.name, "weights": "random", "depth": depth, "batch": batch,
                        "switch": a.switch, "variant": name, "plan": fast.replace(**PROBE_VARIANTS[name]).as_dict(),
-                       "latency_ms_samples": ms, "latency_ms_p50": sorted(ms)[len(ms) // 2]}
+                       "latency_ms_samples": ms, "latency_ms_p50": sorted(ms)[len(ms) // 2],
+                       "peak_allocated_bytes": peaks.get(name)}
                 results.append_row(path, row)
                 rows.append(row)
     results.write_manifest(path.parent, {"kind": "probe", "variants": PROBE_VARIANTS})
@@ -191,7 +201,9 @@ def table(rows: list[dict]) -> str:
             mib = (r.get("decode_peak_extra_bytes") or 0) / 2**20
             lines.append(f"decode b{r['batch']:<4} {r['variant']:<20} {r['decode_ms_p50']:9.2f} ms  +{mib:7.0f} MiB")
         elif r.get("kind") == "probe":
-            lines.append(f"probe d{r['depth']} b{r['batch']:<4} {r['variant']:<16} {r['latency_ms_p50']:9.2f} ms")
+            mib = (r.get("peak_allocated_bytes") or 0) / 2**20
+            lines.append(f"probe d{r['depth']} b{r['batch']:<4} {r['variant']:<18} {r['latency_ms_p50']:9.2f} ms  "
+                         f"peak {mib:9.0f} MiB")
         else:
             mib = (r.get("peak_allocated_bytes") or 0) / 2**20
             lines.append(f"{r.get('side', r.get('execution', '')):<9} {r.get('method') or '':<44.44} "
