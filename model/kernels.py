@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -175,13 +176,49 @@ class Kernels:
 _COMPILED: dict[str, Callable] = {}
 
 
+def width_of(first: torch.Tensor) -> tuple[int, ...]:
+    """What stays static for a model: the last dim (the width; the vocabulary for the noise), and the heads too
+    for the (rows, 3, H, c) q/k inputs. Rows and tokens vary with the batch and the scale."""
+    return tuple(first.shape[-2:]) if first.dim() >= 4 else (first.shape[-1],)
+
+
+def _own_code(fn: Callable, tag: str) -> Callable:
+    """``fn`` with a code object (and name) of its own: Dynamo keeps compiled graphs and its automatic-dynamic
+    decisions per code object and name, so two copies never share them."""
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}__{tag}")
+    g = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    g.__kwdefaults__, g.__doc__ = fn.__kwdefaults__, fn.__doc__
+    return g
+
+
+class PerWidth:
+    """One ``torch.compile(fn, dynamic=None)`` per model width (``width_of`` its first argument). With one compiled
+    function for all, a second model's width (collaborative decoding's refiner, var-d16 next to var-d30) made
+    Dynamo's automatic dynamic shapes mark the width symbolic, and every later call of either model ran the
+    width-symbolic kernels: the looped reductions that read their input twice (``dynamic=True``, 2-7x slower on
+    the H100)."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.variants = fn, {}
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, first: torch.Tensor, *args, **kwargs):
+        key = width_of(first)
+        f = self.variants.get(key)
+        if f is None:
+            tag = "w" + "x".join(map(str, key))
+            f = self.variants[key] = torch.compile(_own_code(self.fn, tag), dynamic=None, fullgraph=True)
+        return f(first, *args, **kwargs)
+
+
 def _compiled() -> dict[str, Callable]:
-    """The element-wise pieces through torch.compile, built once per process. ``dynamic=None`` (automatic
-    dynamic): only the dimensions seen to change (rows, tokens) become symbolic, the width stays static, so the
-    LayerNorm and q/k norms compile to one-pass persistent reductions (``dynamic=True`` made the width symbolic too
-    and gave looped reductions that read the input twice: 2-7x slower on the H100)."""
+    """The element-wise pieces through torch.compile, built once per process, one compilation set per model
+    width (``PerWidth``). ``dynamic=None`` (automatic dynamic): only the dimensions seen to change (rows, tokens)
+    become symbolic, the width stays static, so the LayerNorm and q/k norms compile to one-pass persistent
+    reductions (``dynamic=True`` made the width symbolic too and gave looped reductions that read the input
+    twice: 2-7x slower on the H100)."""
     if not _COMPILED:
-        _COMPILED.update({n: torch.compile(f, dynamic=None, fullgraph=True) for n, f in ELEMENTWISE.items()})
+        _COMPILED.update({n: PerWidth(f) for n, f in ELEMENTWISE.items()})
     return _COMPILED
 
 

@@ -408,8 +408,38 @@ MAXBATCH = RowKind(
     ),
 )
 
+# ---- toy_study: one row per (run, schedule, metric) of scripts/toy_study.py (issue 22) ----------------------------------
+TOY_STUDY = RowKind(
+    "toy_study", "toy_study.jsonl",
+    key_fields=("run", "schedule", "metric", "samples", "cfg"),
+    doc="one quality metric of the full network or one subnet of a pretrained / fine-tuned toy supernet",
+    fields=(
+        KIND, MODEL, WEIGHTS, DEPTH, SWITCH,
+        Field("run", doc='"pretrain" or STRATEGY-sSEED: the training run the weights come from'),
+        Field("strategy", doc="pretrained | progressive | sandwich | fixed-pX"),
+        Field("subnet_p", doc="fixed strategies: the subnet-step probability (null otherwise)"),
+        Field("train_seed", doc="seed of the run's init draws, data set and data order"),
+        Field("steps", "steps", doc="optimizer steps the run trained"), BATCH,
+        Field("schedule", doc='"full" or "dN": the network scored'),
+        Field("metric", doc="which quality metric `value` holds (a key of METRICS)"),
+        Field("value", "metric unit", doc="the metric's value, in the unit of METRICS[metric]"),
+        Field("ci_low", "metric unit", doc="lower end of the 95% interval of `value` over the samples"),
+        Field("ci_high", "metric unit", doc="upper end of the 95% interval of `value` over the samples"),
+        Field("n", "count", doc="samples the value and its interval are computed over"),
+        Field("ci_method", doc="bca-bootstrap | percentile-bootstrap | wilson | exact | none"),
+        Field("kl_kind", doc="guided (the sampled CFG, top-k/top-p distribution) | conditional; null: not KL"),
+        Field("real_fd", "FD", doc="toy FD of as many real images: the floor at this sample count"),
+        Field("samples", "count", doc="images scored per cell"),
+        Field("cfg", doc="classifier-free guidance scale"), Field("top_k", doc="sampling top-k"),
+        Field("top_p", doc="sampling top-p"),
+        Field("val_loss", "nats", "lower", "the run's last validation cross-entropy of this schedule"),
+        Field("train_seconds", "s", doc="wall time of the run's training"),
+        Field("eval_seconds", "s", doc="wall time of the run's evaluation (all schedules)"),
+    ),
+)
+
 ROW_KINDS: dict[str, RowKind] = {k.name: k for k in (SWEEP, SENSITIVITY, TRACE_SCALE, TRACE, TRACE_SAMPLE,
-                                                       TRACE_MARK, MODELS, FID, MAXBATCH)}
+                                                       TRACE_MARK, MODELS, FID, MAXBATCH, TOY_STUDY)}
 
 
 # ---- lookups ---------------------------------------------------------------------------------------------------------

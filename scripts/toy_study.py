@@ -1,0 +1,908 @@
+"""The toy-scale study of issue 22 in one command: pretrain var-toy, fine-tune it into supernets, measure, report.
+
+Stages (``--stage``; ``all`` runs them in order, each skipping what is already finished in ``--out``):
+
+- ``pretrain``: the full network from random init (strategy ``full``) by varbench's trainer
+  (``model.train.loop.train``, what ``varbench train`` runs; each run folder holds the ``train.toml`` that
+  ``python3 -m varbench train --config RUN/train.toml`` reproduces it from), then a fp16 export
+  (``pretrain/var.safetensors``) with ``provenance.json`` (command, seed, steps, losses, commit, throughput) and the
+  evaluation below. ``--pretrain-minutes M`` sizes the step count from a short throughput probe instead of
+  ``--pretrain-steps``.
+- ``finetune``: from the pretrained weights, every (strategy, seed) supernet fine-tune at equal steps and batch:
+  progressive (the paper's 5/15/10-epoch phases, p 0.2 -> 1, laid over the budget), fixed p in {0.1, 0.5, 1.0},
+  sandwich; each run is trained, exported and evaluated as one unit (its weights need never leave the machine),
+  ``--jobs`` units at a time in their own processes.
+- ``eval``: any run with weights but without rows: toy accuracy (Wilson interval), toy FD (bootstrap) of the full
+  network and of VARiant-d{2,4,6} at the switch, guided KL / token agreement of each subnet against its own full
+  network (``varbench.quality.sensitivity.run_sensitivity``, mode ``from``), n = ``--samples``.
+- ``report``: ``pareto.json`` (one point per strategy and seed: full-network vs subnet quality, intervals) and
+  ``table.md`` (per strategy, and whether progressive reaches the frontier of the fixed ratios, within intervals).
+
+Rows: ``OUT/toy_study.jsonl`` (kind ``toy_study``, varbench/schema.py), one per (run, schedule, metric); manifests
+in ``OUT/manifest.json``. ``--max-minutes M`` starts no unit that its estimate says cannot finish in M minutes and
+stops a training that overruns (a rerun resumes); ``--pack DIR`` writes, after every finished unit,
+``DIR/toy_study.tar.gz``: the study folder without optimizer states, fp32 checkpoints or sample caches (the
+pretrained fp16 weights included: unpack it and carry the folder into the next call). ``--plan`` prints the runs
+and the time estimate and does nothing; ``--smoke`` is a tiny CPU version of the whole pipeline.
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=. python3 scripts/toy_study.py --out runs/toy-study --device cuda --jobs 5 \\
+        --pretrain-minutes 5.5 --max-minutes 9 --pack $OUT
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tarfile
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:                      # `python3 scripts/toy_study.py` without PYTHONPATH
+    sys.path.insert(0, str(ROOT))
+
+from varbench import results                          # noqa: E402
+from varbench.errors import UsageError               # noqa: E402
+from varbench.schema import TOY_STUDY                 # noqa: E402
+
+SHIPPED_VAE = ROOT / "model" / "weights" / "var-toy" / "vae.safetensors"
+STRATEGIES = ("sandwich", "progressive", "fixed-p0.1", "fixed-p0.5", "fixed-p1.0")   # longest first
+PAPER_PHASES = (5.0, 15.0, 10.0)       # VARIANT_PAPER "Training recipe": E1 at p0, E2 ramp, E3 at p = 1 (5-15)
+PACK_FILE = "toy_study.tar.gz"
+PACK_LIMIT = 16 * 2 ** 20              # the device returns files of at most 16 MiB
+ROWS_FILE = TOY_STUDY.rows_file
+METRIC_OF = {"toy_acc": "toy_acc", "toy_fd": "toy_fd", "kl": "kl", "token_agreement": "token_agreement"}
+
+# ---- time model (assumptions until measured; --plan prints which it used) ---------------------------------------
+# results/toy/train/*/metrics.jsonl: var-toy, batch 256, no compile, 3 runs sharing one H100 -> ~2,200 img/s each
+ASSUMED_IMG_S = {"cuda": 4000.0, "cpu": 60.0}         # one training process alone (batch 256, no compile)
+ASSUMED_SHARED_IMG_S = {"cuda": 6600.0, "cpu": 60.0}  # all processes together when several share the device
+PASS_COST = {"sandwich": 2.5, "progressive": 1.0, "fixed": 1.0, "full": 1.0}   # step time relative to one pass
+START_S = {"cuda": 20.0, "cpu": 3.0}                   # render the data set, build the model, per training run
+EVAL_S = {"cuda": 40.0, "cpu": 20.0}                   # one run's evaluation at 500 samples (4 schedules)
+
+
+class OutOfTime(Exception):
+    """Raised from the trainer's log hook when a unit overruns the call's deadline (the run resumes later)."""
+
+
+# ---- configuration ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StudyConfig:
+    out: Path
+    model: str = "var-toy"
+    vae: str = str(SHIPPED_VAE)
+    device: str = "auto"
+    pretrain_steps: int = 6000
+    pretrain_minutes: float | None = None
+    pretrain_batch: int = 512
+    pretrain_lr: float = 1.4e-3          # var-toy's 1e-3 at batch 256, x sqrt(2) for batch 512
+    pretrain_size: int = 100_000
+    finetune_steps: int = 500
+    finetune_batch: int = 256
+    finetune_lr: float = 3e-4
+    finetune_size: int = 50_000
+    val_size: int = 1000
+    strategies: tuple[str, ...] = STRATEGIES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    depths: tuple[int, ...] = (2, 4, 6)
+    switch: int = 4
+    samples: int = 500
+    eval_batch: int = 250
+    cfg: float = 1.5
+    top_k: int = 900
+    top_p: float = 0.96
+    eval_dtype: str = "fp32"
+    jobs: int = 1
+    max_minutes: float | None = None
+    pack: Path | None = None
+    keep: tuple[str, ...] = ("progressive-s0",)     # fp16 weights of these runs are packed beside the tarball
+    smoke: bool = False
+
+    @property
+    def device_type(self) -> str:
+        import torch
+        return "cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def parse_strategy(name: str) -> dict[str, Any]:
+    """'progressive' | 'sandwich' | 'fixed-pX' -> trainer options (UsageError otherwise)."""
+    if name in ("progressive", "sandwich"):
+        return {"strategy": name}
+    if name.startswith("fixed-p"):
+        try:
+            p = float(name[len("fixed-p"):])
+        except ValueError:
+            p = -1.0
+        if 0.0 <= p <= 1.0:
+            return {"strategy": "fixed", "p": p}
+    raise UsageError(f"--strategies: {name!r} is not progressive, sandwich or fixed-pX with X in [0, 1]")
+
+
+def run_names(cfg: StudyConfig) -> list[str]:
+    return [f"{s}-s{seed}" for s in cfg.strategies for seed in cfg.seeds]
+
+
+def split_run(run: str) -> tuple[str, int]:
+    strat, _, seed = run.rpartition("-s")
+    return strat, int(seed)
+
+
+def _epochs(steps: int, batch: int, size: int) -> int:
+    return max(1, math.ceil(steps * batch / size))
+
+
+def pretrain_config(cfg: StudyConfig, steps: int) -> dict[str, Any]:
+    """TrainConfig fields of the pretraining run: the full network only, from random init, seed 0."""
+    return {"model": cfg.model, "init": "random", "vae": cfg.vae, "data": "synthetic", "strategy": "full",
+            "depths": list(cfg.depths), "switch": cfg.switch, "synthetic_size": cfg.pretrain_size,
+            "val_size": cfg.val_size, "batch": cfg.pretrain_batch, "lr": cfg.pretrain_lr,
+            "epochs": _epochs(steps, cfg.pretrain_batch, cfg.pretrain_size), "max_steps": steps,
+            "schedule_steps": steps, "log_every": 10 if cfg.smoke else 50,
+            "val_every": max(1, steps // 4), "save_every": max(1, steps // 8), "seed": 0, "device": cfg.device,
+            "workers": 0, "out": str(cfg.out / "pretrain")}
+
+
+def finetune_config(cfg: StudyConfig, run: str) -> dict[str, Any]:
+    """TrainConfig fields of one fine-tune: equal steps, batch, lr and data for every strategy; progressive's
+    phases are the paper's 5/15/10 epochs scaled onto the run's epochs (the trainer lays them over the steps)."""
+    strat, seed = split_run(run)
+    epochs = _epochs(cfg.finetune_steps, cfg.finetune_batch, cfg.finetune_size)
+    d = {"model": cfg.model, "init": str(cfg.out / "pretrain" / "var.safetensors"), "vae": cfg.vae,
+         "data": "synthetic", "depths": list(cfg.depths), "switch": cfg.switch,
+         "synthetic_size": cfg.finetune_size, "val_size": cfg.val_size, "batch": cfg.finetune_batch,
+         "lr": cfg.finetune_lr, "epochs": epochs, "max_steps": cfg.finetune_steps,
+         "schedule_steps": cfg.finetune_steps, "log_every": 5 if cfg.smoke else 25, "val_every": 0,
+         "save_every": 0, "seed": seed, "device": cfg.device, "workers": 0, "out": str(cfg.out / "finetune" / run)}
+    d.update(parse_strategy(strat))
+    if d["strategy"] == "progressive":
+        total = sum(PAPER_PHASES)
+        d.update(p0=0.2, e1=epochs * PAPER_PHASES[0] / total, e2=epochs * PAPER_PHASES[1] / total,
+                 e3=epochs * PAPER_PHASES[2] / total)
+    return d
+
+
+# ---- time estimates ---------------------------------------------------------------------------------------------
+def measured_img_s(cfg: StudyConfig) -> tuple[float, str]:
+    """One process's training throughput: the pretraining run's (or probe's) median, else the assumption."""
+    for name in ("pretrain/provenance.json", "probe.json"):
+        p = cfg.out / name
+        if p.exists():
+            v = json.loads(p.read_text()).get("images_per_s")
+            if v:
+                return float(v), f"measured ({name})"
+    return ASSUMED_IMG_S[cfg.device_type], "assumed (H100 logs of var-toy; not measured on this device)"
+
+
+def unit_seconds(cfg: StudyConfig, strat: str, img_s: float, sharing: int) -> float:
+    """Estimated wall seconds of one fine-tune unit (start, train, eval) with ``sharing`` processes on the device."""
+    dev = cfg.device_type
+    per_proc = min(img_s, ASSUMED_SHARED_IMG_S[dev] / max(1, sharing)) if sharing > 1 else img_s
+    kind = parse_strategy(strat)["strategy"]
+    train = cfg.finetune_steps * cfg.finetune_batch * PASS_COST[kind] / per_proc
+    return START_S[dev] + train + EVAL_S[dev] * cfg.samples / 500
+
+
+def plan(cfg: StudyConfig) -> dict[str, Any]:
+    """What the study will run and how long it should take on this device (stated as an estimate)."""
+    img_s, source = measured_img_s(cfg)
+    dev = cfg.device_type
+    pre_steps = cfg.pretrain_steps if cfg.pretrain_minutes is None else int(cfg.pretrain_minutes * 60 * img_s
+                                                                           / cfg.pretrain_batch)
+    pre_s = START_S[dev] + pre_steps * cfg.pretrain_batch / img_s + EVAL_S[dev] * cfg.samples / 500
+    runs = run_names(cfg)
+    sharing = max(1, min(cfg.jobs, len(runs)))
+    units = {r: unit_seconds(cfg, split_run(r)[0], img_s, sharing) for r in runs}
+    ft_s = sum(units.values()) / sharing
+    return {
+        "device": dev, "throughput_img_s": img_s, "throughput_source": source,
+        "shared_throughput_img_s": ASSUMED_SHARED_IMG_S[dev] if sharing > 1 else img_s,
+        "pretrain": {"steps": pre_steps, "batch": cfg.pretrain_batch, "images": pre_steps * cfg.pretrain_batch,
+                     "epochs_of_set": round(pre_steps * cfg.pretrain_batch / cfg.pretrain_size, 1),
+                     "estimate_min": round(pre_s / 60, 1)},
+        "finetune": {"runs": len(runs), "steps": cfg.finetune_steps, "batch": cfg.finetune_batch,
+                     "images_per_run": cfg.finetune_steps * cfg.finetune_batch,
+                     "fraction_of_pretrain": round(cfg.finetune_steps * cfg.finetune_batch
+                                                   / max(1, pre_steps * cfg.pretrain_batch), 3),
+                     "jobs": sharing, "estimate_min_per_unit": {r: round(s / 60, 2) for r, s in units.items()},
+                     "estimate_min": round(ft_s / 60, 1)},
+        "eval": {"samples": cfg.samples, "schedules": ["full"] + [f"d{d}" for d in cfg.depths],
+                 "estimate_min_per_run": round(EVAL_S[dev] * cfg.samples / 500 / 60, 2)},
+        "total_estimate_min": round((pre_s + ft_s) / 60, 1),
+        "calls_of_max_minutes": (math.ceil((pre_s + ft_s) / 60 / cfg.max_minutes) if cfg.max_minutes else None),
+    }
+
+
+# ---- training (library API of `varbench train`) ----------------------------------------------------------------
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def write_train_toml(run: Path, fields: dict[str, Any]) -> Path:
+    """RUN/train.toml: the options ``python3 -m varbench train --config`` reproduces this run from."""
+    lines = ["# python3 -m varbench train --config THIS_FILE (written by scripts/toy_study.py)", "[train]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items() if v is not None]
+    results.atomic_write_text(run / "train.toml", "\n".join(lines) + "\n")
+    return run / "train.toml"
+
+
+def train_run(fields: dict[str, Any], deadline: float | None = None,
+              on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train (or resume, when RUN/checkpoint holds an unfinished run) one run to its max_steps; returns the
+    trainer's result plus wall seconds and the median throughput. OutOfTime when ``deadline`` passes."""
+    from model.train import state as state_mod
+    from model.train.loop import TrainConfig, config_from_dict, train
+
+    run = Path(fields["out"])
+    run.mkdir(parents=True, exist_ok=True)
+    write_train_toml(run, fields)
+    try:
+        meta = state_mod.load_meta(run)
+    except ValueError:
+        meta = None
+    if meta is not None and meta["config"].get("max_steps") == fields["max_steps"]:
+        cfg = config_from_dict(meta["config"] | {"out": str(run), "resume": str(run), "device": fields["device"]})
+    else:
+        cfg = config_from_dict(dataclasses.asdict(TrainConfig()) | fields).validate()
+    speeds: list[float] = []
+
+    def hook(row: dict) -> None:
+        if row.get("kind") == "train" and row.get("step", 0) > row.get("total_steps", 0) // 10:
+            speeds.append(float(row["images_per_s"]))
+        if on_log:
+            on_log(row)
+        if deadline is not None and time.time() > deadline:
+            raise OutOfTime(f"{run.name}: deadline reached at step {row.get('step')}")
+
+    t0 = time.perf_counter()
+    res = train(cfg, on_log=hook)
+    res["wall_s"] = time.perf_counter() - t0
+    res["images_per_s"] = statistics.median(speeds) if speeds else res.get("images_per_s")
+    return res
+
+
+def export_half(run: Path) -> Path:
+    """RUN/var.safetensors: the final checkpoint in fp16 (what ships, and what fine-tuning starts from)."""
+    from safetensors.torch import load_file
+
+    from model.checkpoint import save_safetensors
+
+    sd = load_file(str(run / "checkpoint" / "model.safetensors"))
+    meta = json.loads((run / "checkpoint" / "state.json").read_text())
+    out = run / "var.safetensors"
+    save_safetensors({k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}, out,
+                     {"format": "varbench", "model": meta["config"]["model"], "dtype": "float16",
+                      "step": str(meta["step"])})
+    return out
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    return results.read_rows(run / "metrics.jsonl")
+
+
+def final_val(run: Path) -> dict[str, float]:
+    """The last validation CE per schedule name (full, d2, ...) from the run's metrics."""
+    out: dict[str, float] = {}
+    for r in metrics_rows(run):
+        if r.get("kind") == "val":
+            out[r["schedule"]] = float(r["loss"])
+    return out
+
+
+def probe_throughput(cfg: StudyConfig) -> float:
+    """Training images/s of one process at the pretraining batch: a short throwaway run (probe.json)."""
+    fields = pretrain_config(cfg, 40 if not cfg.smoke else 4) | {
+        "synthetic_size": cfg.pretrain_batch * 8, "val_size": 0, "save_final": False, "log_every": 5,
+        "out": str(cfg.out / "probe")}
+    fields["epochs"] = _epochs(fields["max_steps"], cfg.pretrain_batch, fields["synthetic_size"])
+    res = train_run(fields)
+    shutil.rmtree(cfg.out / "probe", ignore_errors=True)
+    ips = float(res["images_per_s"] or 1.0)
+    results.atomic_write_text(cfg.out / "probe.json", json.dumps({"images_per_s": ips, "steps": res["step"],
+                                                                  "batch": cfg.pretrain_batch}) + "\n")
+    return ips
+
+
+# ---- evaluation (the sensitivity library) -----------------------------------------------------------------------
+def evaluate_run(cfg: StudyConfig, run_dir: Path, run: str, info: dict[str, Any]) -> list[dict]:
+    """Study rows of one run: the full network and every subnet at the switch, each metric with its interval.
+    ``run_sensitivity`` (mode ``from``, --metric toy) does the measuring; this maps its rows onto the study's."""
+    from varbench.quality.sensitivity import SensitivityConfig, run_sensitivity
+
+    scfg = SensitivityConfig(model=cfg.model, ckpt=str(run_dir / "var.safetensors"), vae=cfg.vae,
+                             depths=list(cfg.depths), scales=[cfg.switch], mode="from", samples=cfg.samples,
+                             batch=min(cfg.eval_batch, cfg.samples), metric="toy", seed=0, cfg=cfg.cfg,
+                             top_k=cfg.top_k, top_p=cfg.top_p, device=cfg.device, dtype=cfg.eval_dtype,
+                             compile=False)
+    t0 = time.perf_counter()
+    srows = run_sensitivity(scfg, run_dir / "eval")
+    eval_s = time.perf_counter() - t0
+    (run_dir / "eval" / "reference.pt").unlink(missing_ok=True)      # a sample cache; the rows are the result
+    val = final_val(run_dir)
+    strat, seed = (run, 0) if run == "pretrain" else split_run(run)
+    p = parse_strategy(strat).get("p") if run != "pretrain" else None
+    out = []
+    for r in srows:
+        if r["metric"] not in METRIC_OF:
+            continue
+        full = r["mode"] == "reference"
+        name = "full" if full else f"d{r['depth']}"
+        out.append({
+            "kind": TOY_STUDY.name, "model": r["model"], "weights": r["weights"], "run": run,
+            "strategy": "pretrained" if run == "pretrain" else strat, "subnet_p": p, "train_seed": seed,
+            "steps": info.get("steps"), "batch": info.get("batch"), "schedule": name, "depth": r["depth"],
+            "switch": cfg.switch, "metric": r["metric"], "value": r["value"], "ci_low": r.get("ci_low"),
+            "ci_high": r.get("ci_high"), "n": r.get("n"), "ci_method": r.get("ci_method"),
+            "kl_kind": r.get("kl_kind"), "real_fd": r.get("real_fd"), "samples": cfg.samples, "cfg": cfg.cfg,
+            "top_k": cfg.top_k, "top_p": cfg.top_p, "val_loss": val.get(name),
+            "train_seconds": info.get("wall_s"), "eval_seconds": eval_s})
+    return out
+
+
+def expected_keys(cfg: StudyConfig, run: str) -> set[tuple]:
+    keys = {(run, "full", m, cfg.samples, cfg.cfg) for m in ("toy_acc", "toy_fd")}
+    keys |= {(run, f"d{d}", m, cfg.samples, cfg.cfg) for d in cfg.depths for m in METRIC_OF}
+    return keys
+
+
+def row_keys(cfg: StudyConfig) -> set[tuple]:
+    return {(r["run"], r["schedule"], r["metric"], r["samples"], r["cfg"])
+            for r in results.read_rows(cfg.out / ROWS_FILE) if r.get("kind") == TOY_STUDY.name}
+
+
+def evaluated(cfg: StudyConfig, run: str, have: set[tuple] | None = None) -> bool:
+    return expected_keys(cfg, run) <= (row_keys(cfg) if have is None else have)
+
+
+# ---- one fine-tune unit (runs in a worker process with --jobs > 1) ----------------------------------------------
+def finetune_unit(cfg: StudyConfig, run: str, deadline: float | None, threads: int | None = None) -> dict:
+    """Train (unless its fp16 weights exist), export and evaluate one fine-tune run; returns its rows."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    fields = finetune_config(cfg, run)
+    run_dir = Path(fields["out"])
+    info_path = run_dir / "train_info.json"
+    if not (run_dir / "var.safetensors").exists() or not info_path.exists():
+        res = train_run(fields, deadline)
+        export_half(run_dir)
+        info = {"steps": res["step"], "batch": fields["batch"], "wall_s": res["wall_s"],
+                "images_per_s": res["images_per_s"], "final_train_loss": res["loss"], "val": final_val(run_dir)}
+        results.atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
+    info = json.loads(info_path.read_text())
+    t0 = time.perf_counter()
+    rows = evaluate_run(cfg, run_dir, run, info)
+    return {"run": run, "rows": rows, "info": info, "unit_s": info["wall_s"] + time.perf_counter() - t0}
+
+
+# ---- packing (what comes back from the device) ------------------------------------------------------------------
+SKIP_PARTS = {"checkpoint", "checkpoint.tmp", "checkpoint.old", "probe"}
+SKIP_NAMES = {"reference.pt", ".varbench.lock", "optim.pt"}
+
+
+def pack(cfg: StudyConfig) -> Path | None:
+    """PACK/toy_study.tar.gz of the study folder without optimizer states, fp32 checkpoints, sample caches and
+    fine-tuned weights (only the pretrained fp16 weights travel); the ``keep`` runs' fp16 weights beside it."""
+    if cfg.pack is None:
+        return None
+    cfg.pack.mkdir(parents=True, exist_ok=True)
+    base = cfg.out.resolve()
+
+    def skip(p: Path) -> bool:
+        rel = p.relative_to(base).parts
+        if set(rel) & SKIP_PARTS or p.name in SKIP_NAMES:
+            return True
+        return p.suffix == ".safetensors" and rel[0] != "pretrain"
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in sorted(base.rglob("*")):
+            if p.is_file() and not skip(p):
+                tar.add(p, arcname=str(Path(base.name) / p.relative_to(base)))
+    dest = cfg.pack / PACK_FILE
+    tmp = dest.with_name("." + dest.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, dest)
+    if dest.stat().st_size > PACK_LIMIT:
+        print(f"warning: {dest} is {dest.stat().st_size / 2**20:.1f} MiB, over the 16 MiB the device returns",
+              file=sys.stderr)
+    for run in cfg.keep:
+        w = cfg.out / "finetune" / run / "var.safetensors"
+        if w.exists():
+            shutil.copyfile(w, cfg.pack / f"var-{run}.safetensors")
+    return dest
+
+
+# ---- stages -----------------------------------------------------------------------------------------------------
+def say(msg: str) -> None:
+    print(f"[toy_study {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _left(deadline: float | None) -> float:
+    return math.inf if deadline is None else deadline - time.time()
+
+
+def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
+    """Pretrain, export, write provenance, evaluate. False when it did not finish (time)."""
+    run = cfg.out / "pretrain"
+    prov_path = run / "provenance.json"
+    if not prov_path.exists():
+        meta = None
+        try:
+            from model.train import state as state_mod
+            meta = state_mod.load_meta(run)
+        except ValueError:
+            pass
+        if meta is not None:
+            steps = int(meta["config"]["max_steps"])           # resume the unfinished run as it was planned
+        elif cfg.pretrain_minutes is not None:
+            ips = probe_throughput(cfg)
+            steps = max(1, int(cfg.pretrain_minutes * 60 * ips / cfg.pretrain_batch) // 100 * 100 or 1)
+            say(f"probe: {ips:.0f} img/s at batch {cfg.pretrain_batch} -> {steps} pretraining steps "
+                f"in {cfg.pretrain_minutes} min")
+        else:
+            steps = cfg.pretrain_steps
+        img_s, _ = measured_img_s(cfg)
+        est = START_S[cfg.device_type] + steps * cfg.pretrain_batch / img_s
+        if est > _left(deadline):
+            say(f"pretrain not started: ~{est / 60:.1f} min needed, {_left(deadline) / 60:.1f} min left "
+                f"(give --max-minutes more, or fewer --pretrain-steps)")
+            return False
+        fields = pretrain_config(cfg, steps)
+        say(f"pretrain: {steps} steps at batch {cfg.pretrain_batch} (~{est / 60:.1f} min)")
+        try:
+            res = train_run(fields, deadline)
+        except OutOfTime as e:
+            say(f"pretrain stopped: {e}; its last checkpoint resumes on this machine, else it restarts")
+            return False
+        export_half(run)
+        rows = metrics_rows(run)
+        prov = {
+            "what": f"{cfg.model}: the full network pretrained from random init by varbench's trainer on the "
+                    f"procedural toy set (scripts/toy_study.py, issue 22)",
+            "commands": [" ".join(["python3", "scripts/toy_study.py"] + sys.argv[1:]),
+                         f"python3 -m varbench train --config {run}/train.toml"],
+            "seed": fields["seed"], "steps": res["step"], "batch": fields["batch"], "lr": fields["lr"],
+            "images": res["step"] * fields["batch"], "synthetic_size": fields["synthetic_size"],
+            "vae": cfg.vae, "wall_s": res["wall_s"], "images_per_s": res["images_per_s"],
+            "final_train_loss": res["loss"], "final_val": final_val(run),
+            "losses": [{"step": r["step"], "loss": r["loss"]} for r in rows if r.get("kind") == "train"],
+            "val_losses": [{"step": r["step"], "schedule": r["schedule"], "loss": r["loss"]}
+                           for r in rows if r.get("kind") == "val"],
+            "config": fields, "environment": results.environment(),
+            "files": {"var.safetensors": (run / "var.safetensors").stat().st_size},
+        }
+        results.atomic_write_text(prov_path, json.dumps(prov, indent=2, default=str) + "\n")
+        pack(cfg)
+    if not evaluated(cfg, "pretrain"):
+        if EVAL_S[cfg.device_type] * cfg.samples / 500 > _left(deadline):
+            say("pretrain evaluation not started: no time left")
+            return False
+        prov = json.loads(prov_path.read_text())
+        info = {"steps": prov["steps"], "batch": prov["batch"], "wall_s": prov["wall_s"]}
+        _append_rows(cfg, evaluate_run(cfg, run, "pretrain", info))
+        pack(cfg)
+    acc = next((r for r in results.read_rows(cfg.out / ROWS_FILE)
+                if r["run"] == "pretrain" and r["schedule"] == "full" and r["metric"] == "toy_acc"), None)
+    if acc:
+        goal = "meets" if acc["value"] >= 0.85 else "misses"
+        say(f"pretrained full network: toy accuracy {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] "
+            f"at cfg {cfg.cfg}, n {acc['n']} ({goal} the 0.85 goal)")
+    return True
+
+
+def _append_rows(cfg: StudyConfig, rows: Sequence[dict]) -> None:
+    have = row_keys(cfg)
+    for r in rows:
+        k = (r["run"], r["schedule"], r["metric"], r["samples"], r["cfg"])
+        if k not in have:
+            results.append_row(cfg.out / ROWS_FILE, r)
+            have.add(k)
+
+
+def stage_finetune(cfg: StudyConfig, deadline: float | None) -> bool:
+    """Every (strategy, seed) unit not yet evaluated, longest first, ``jobs`` at a time, each started only when
+    its estimate fits the time left. False when some were left for a later call."""
+    if not (cfg.out / "pretrain" / "var.safetensors").exists():
+        say("finetune: no pretrained weights yet (run --stage pretrain first)")
+        return False
+    have = row_keys(cfg)
+    todo = [r for r in run_names(cfg) if not evaluated(cfg, r, have)]
+    if not todo:
+        return True
+    img_s, _ = measured_img_s(cfg)
+    jobs = max(1, min(cfg.jobs, len(todo)))
+    seen: dict[str, float] = {}               # measured unit seconds per strategy
+
+    def estimate(run: str) -> float:
+        strat = split_run(run)[0]
+        return seen.get(strat, unit_seconds(cfg, strat, img_s, jobs))
+
+    def finished(res: dict) -> None:
+        _append_rows(cfg, res["rows"])
+        seen[split_run(res["run"])[0]] = max(seen.get(split_run(res["run"])[0], 0.0), res["unit_s"])
+        acc = {r["schedule"]: r["value"] for r in res["rows"] if r["metric"] == "toy_acc"}
+        say(f"{res['run']}: {res['unit_s']:.0f} s; toy accuracy " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+        pack(cfg)
+
+    left_over = []
+    if jobs == 1:
+        for run in todo:
+            if estimate(run) > _left(deadline):
+                left_over.append(run)
+                continue
+            say(f"{run}: start (~{estimate(run) / 60:.1f} min)")
+            try:
+                finished(finetune_unit(cfg, run, deadline))
+            except OutOfTime as e:
+                say(f"stopped: {e}")
+                left_over.append(run)
+    else:
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 2) // jobs)
+        queue = list(todo)
+        running: dict[Future, str] = {}
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    run = queue.pop(0)
+                    if estimate(run) > _left(deadline):
+                        left_over.append(run)
+                        continue
+                    say(f"{run}: start (~{estimate(run) / 60:.1f} min, {len(running) + 1} running)")
+                    running[ex.submit(finetune_unit, cfg, run, deadline, threads)] = run
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in done:
+                    run = running.pop(f)
+                    try:
+                        finished(f.result())
+                    except OutOfTime as e:
+                        say(f"stopped: {e}")
+                        left_over.append(run)
+    if left_over:
+        say(f"finetune: {len(left_over)} unit(s) left for the next call: {', '.join(left_over)}")
+    return not left_over
+
+
+def stage_eval(cfg: StudyConfig, deadline: float | None) -> bool:
+    """Evaluate every run whose fp16 weights exist but whose rows are missing (e.g. after changing --samples)."""
+    ok = True
+    have = row_keys(cfg)
+    for run in ["pretrain"] + run_names(cfg):
+        run_dir = cfg.out / ("pretrain" if run == "pretrain" else f"finetune/{run}")
+        if evaluated(cfg, run, have) or not (run_dir / "var.safetensors").exists():
+            ok &= evaluated(cfg, run, have)
+            continue
+        if EVAL_S[cfg.device_type] * cfg.samples / 500 > _left(deadline):
+            ok = False
+            continue
+        info_file = run_dir / ("provenance.json" if run == "pretrain" else "train_info.json")
+        info = json.loads(info_file.read_text()) if info_file.exists() else {}
+        _append_rows(cfg, evaluate_run(cfg, run_dir, run, info))
+        pack(cfg)
+    return ok
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+def _wilson(k: int, n: int) -> tuple[float | None, float | None]:
+    from varbench.quality.intervals import wilson_interval
+
+    iv = wilson_interval(k, n)
+    return iv.low, iv.high
+
+
+def run_points(rows: Sequence[dict], depths: Sequence[int]) -> list[dict]:
+    """One Pareto point per run: full-network accuracy and the subnets' pooled accuracy (d2+d4+d6 samples, one
+    Wilson interval), with FD and guided KL beside them."""
+    by_run: dict[str, dict[tuple[str, str], dict]] = {}
+    for r in rows:
+        by_run.setdefault(r["run"], {})[(r["schedule"], r["metric"])] = r
+    pts = []
+    for run, m in by_run.items():
+        subs = [f"d{d}" for d in depths]
+        if ("full", "toy_acc") not in m or any((s, "toy_acc") not in m for s in subs):
+            continue
+        full = m[("full", "toy_acc")]
+        k = sum(round(m[(s, "toy_acc")]["value"] * m[(s, "toy_acc")]["n"]) for s in subs)
+        n = sum(m[(s, "toy_acc")]["n"] for s in subs)
+        lo, hi = _wilson(k, n)
+        first = next(iter(m.values()))
+        pt = {"run": run, "strategy": first["strategy"], "seed": first["train_seed"],
+              "full_acc": full["value"], "full_acc_low": full["ci_low"], "full_acc_high": full["ci_high"],
+              "subnet_acc": k / n, "subnet_acc_low": lo, "subnet_acc_high": hi, "subnet_n": n,
+              "full_fd": m.get(("full", "toy_fd"), {}).get("value"),
+              "subnet_fd": _mean([m.get((s, "toy_fd"), {}).get("value") for s in subs]),
+              "subnet_kl": _mean([m.get((s, "kl"), {}).get("value") for s in subs])}
+        for s in subs:
+            for met in ("toy_acc", "toy_fd", "kl"):
+                r = m.get((s, met))
+                if r:
+                    pt[f"{s}_{met}"] = r["value"]
+                    pt[f"{s}_{met}_low"], pt[f"{s}_{met}_high"] = r.get("ci_low"), r.get("ci_high")
+        pts.append(pt)
+    return pts
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def strategy_means(points: Sequence[dict]) -> dict[str, dict]:
+    """Per strategy: mean of each axis over seeds, its standard error over seeds and the t-interval (df = seeds-1)."""
+    from scipy import stats
+
+    out: dict[str, dict] = {}
+    for strat in dict.fromkeys(p["strategy"] for p in points):
+        ps = [p for p in points if p["strategy"] == strat]
+        d: dict[str, Any] = {"strategy": strat, "seeds": len(ps)}
+        for axis in ("full_acc", "subnet_acc", "full_fd", "subnet_fd", "subnet_kl"):
+            xs = [p[axis] for p in ps if p.get(axis) is not None]
+            if not xs:
+                continue
+            mean = sum(xs) / len(xs)
+            se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+            t = float(stats.t.ppf(0.975, len(xs) - 1)) if len(xs) > 1 else None
+            d[axis] = mean
+            d[f"{axis}_se"] = se
+            d[f"{axis}_low"] = mean - t * se if se is not None else None
+            d[f"{axis}_high"] = mean + t * se if se is not None else None
+        out[strat] = d
+    return out
+
+
+def frontier_gap(means: dict[str, dict], who: str, x: str = "full_acc", y: str = "subnet_acc") -> dict | None:
+    """How far ``who`` lies above (+) or below (-) the fixed ratios' frontier in ``y`` at its own ``x``: the
+    frontier is the piecewise-linear line through the fixed-p means sorted by x (flat beyond its ends); the gap's
+    95% interval combines the seed standard errors (t with the smaller df)."""
+    from scipy import stats
+
+    fixed = sorted((m for s, m in means.items() if s.startswith("fixed-") and x in m and y in m),
+                   key=lambda m: m[x])
+    me = means.get(who)
+    if me is None or len(fixed) < 2 or x not in me:
+        return None
+    xp = me[x]
+    if xp <= fixed[0][x]:
+        a, b, w = fixed[0], fixed[0], 0.0
+    elif xp >= fixed[-1][x]:
+        a, b, w = fixed[-1], fixed[-1], 0.0
+    else:
+        i = next(i for i in range(len(fixed) - 1) if fixed[i][x] <= xp <= fixed[i + 1][x])
+        a, b = fixed[i], fixed[i + 1]
+        w = (xp - a[x]) / (b[x] - a[x]) if b[x] > a[x] else 0.0
+    y_front = (1 - w) * a[y] + w * b[y]
+    gap = me[y] - y_front
+    ses = [me.get(f"{y}_se"), a.get(f"{y}_se"), b.get(f"{y}_se")]
+    if None in ses:
+        lo = hi = None
+    else:
+        se = math.sqrt(ses[0] ** 2 + ((1 - w) * ses[1]) ** 2 + (w * ses[2]) ** 2)
+        t = float(stats.t.ppf(0.975, max(1, min(me["seeds"], a["seeds"], b["seeds"]) - 1)))
+        lo, hi = gap - t * se, gap + t * se
+    verdict = ("beyond the frontier" if lo is not None and lo > 0 else
+               "short of the frontier" if hi is not None and hi < 0 else
+               "on the frontier (not separable)" if lo is not None else "no interval (one seed)")
+    return {"strategy": who, "x": x, "y": y, "at_x": xp, "frontier_y": y_front, "y_value": me[y], "gap": gap,
+            "gap_low": lo, "gap_high": hi, "between": [a["strategy"], b["strategy"]], "verdict": verdict}
+
+
+def _fmt(v: float | None, lo: float | None = None, hi: float | None = None, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    s = f"{v:.{nd}f}"
+    return s + (f" [{lo:.{nd}f}, {hi:.{nd}f}]" if lo is not None and hi is not None else "")
+
+
+def stage_report(cfg: StudyConfig) -> dict:
+    """pareto.json and table.md from the rows (nothing is measured here; runs on any machine)."""
+    rows = [r for r in results.read_rows(cfg.out / ROWS_FILE) if r.get("kind") == TOY_STUDY.name
+            and r["samples"] == cfg.samples and r["cfg"] == cfg.cfg]
+    points = run_points(rows, cfg.depths)
+    means = strategy_means([p for p in points if p["strategy"] != "pretrained"])
+    gaps = [g for who in ("progressive", "sandwich") if who in means
+            for g in (frontier_gap(means, who), frontier_gap(means, who, "subnet_acc", "full_acc")) if g]
+    missing = [r for r in ["pretrain"] + run_names(cfg) if r not in {p["run"] for p in points}]
+    data = {"x": "full_acc", "y": "subnet_acc", "points": points, "strategies": means, "frontier_gaps": gaps,
+            "missing_runs": missing,
+            "protocol": {"samples": cfg.samples, "cfg": cfg.cfg, "top_k": cfg.top_k, "top_p": cfg.top_p,
+                         "switch": cfg.switch, "depths": list(cfg.depths), "finetune_steps": cfg.finetune_steps,
+                         "finetune_batch": cfg.finetune_batch, "finetune_lr": cfg.finetune_lr,
+                         "seeds": list(cfg.seeds)}}
+    results.atomic_write_text(cfg.out / "pareto.json", json.dumps(data, indent=2) + "\n")
+    results.atomic_write_text(cfg.out / "table.md", markdown(data, cfg))
+    return data
+
+
+def markdown(data: dict, cfg: StudyConfig) -> str:
+    pts, means = data["points"], data["strategies"]
+    sub = "/".join(f"d{d}" for d in cfg.depths)
+    lines = [f"Toy study: {cfg.model}, fine-tuned from the pretrained full network, {cfg.finetune_steps} steps at "
+             f"batch {cfg.finetune_batch} per run; {cfg.samples} samples per schedule, cfg {cfg.cfg}, switch "
+             f"{cfg.switch}. Subnet accuracy pools {sub} ({len(cfg.depths)} x {cfg.samples} samples, Wilson "
+             f"interval); strategy rows are means over seeds with a 95% t-interval over seeds.", ""]
+    pre = next((p for p in pts if p["run"] == "pretrain"), None)
+    if pre:
+        lines += [f"Pretrained full network: toy accuracy {_fmt(pre['full_acc'], pre['full_acc_low'], pre['full_acc_high'])}"
+                  f" (goal >= 0.85: {'met' if pre['full_acc'] >= 0.85 else 'missed'}); its subnets before "
+                  f"fine-tuning: {_fmt(pre['subnet_acc'], pre['subnet_acc_low'], pre['subnet_acc_high'])}.", ""]
+    lines += ["| strategy | seeds | full acc | subnet acc | full FD | subnet FD | subnet guided KL |",
+              "|---|---|---|---|---|---|---|"]
+    for s, m in means.items():
+        lines.append(f"| {s} | {m['seeds']} | {_fmt(m.get('full_acc'), m.get('full_acc_low'), m.get('full_acc_high'))}"
+                     f" | {_fmt(m.get('subnet_acc'), m.get('subnet_acc_low'), m.get('subnet_acc_high'))}"
+                     f" | {_fmt(m.get('full_fd'), nd=2)} | {_fmt(m.get('subnet_fd'), nd=2)}"
+                     f" | {_fmt(m.get('subnet_kl'))} |")
+    lines += ["", "Per run (Wilson intervals over the samples):", "",
+              "| run | full acc | subnet acc | " + " | ".join(f"d{d} acc" for d in cfg.depths) + " |",
+              "|---|---|---|" + "---|" * len(cfg.depths)]
+    for p in pts:
+        lines.append(f"| {p['run']} | {_fmt(p['full_acc'], p['full_acc_low'], p['full_acc_high'])} | "
+                     f"{_fmt(p['subnet_acc'], p['subnet_acc_low'], p['subnet_acc_high'])} | "
+                     + " | ".join(_fmt(p.get(f'd{d}_toy_acc'), p.get(f'd{d}_toy_acc_low'), p.get(f'd{d}_toy_acc_high'))
+                                  for d in cfg.depths) + " |")
+    lines += ["", "Against the frontier of the fixed ratios (piecewise-linear through the fixed-p means; "
+              "+ = beyond it):", ""]
+    for g in data["frontier_gaps"]:
+        lines.append(f"- {g['strategy']}: {g['y']} {g['gap']:+.3f}"
+                     + (f" [{g['gap_low']:+.3f}, {g['gap_high']:+.3f}]" if g["gap_low"] is not None else "")
+                     + f" at its {g['x']} {g['at_x']:.3f} (frontier {g['frontier_y']:.3f}, between "
+                     f"{' and '.join(g['between'])}): **{g['verdict']}**.")
+    if not data["frontier_gaps"]:
+        lines.append("- not enough runs yet (needs progressive and two fixed ratios).")
+    if data["missing_runs"]:
+        lines += ["", f"Missing runs: {', '.join(data['missing_runs'])}."]
+    return "\n".join(lines) + "\n"
+
+
+# ---- driver -----------------------------------------------------------------------------------------------------
+def smoke_config(cfg: StudyConfig) -> StudyConfig:
+    """A tiny CPU-sized version of every stage (seconds per unit): the pipeline, not the numbers."""
+    return dataclasses.replace(cfg, pretrain_steps=6, pretrain_minutes=None, pretrain_batch=8, pretrain_lr=1e-3,
+                               pretrain_size=64, finetune_steps=4, finetune_batch=8, finetune_size=64, val_size=16,
+                               samples=min(cfg.samples, 20), eval_batch=min(cfg.eval_batch, 20), smoke=True)
+
+
+def run_study(cfg: StudyConfig, stage: str = "all") -> dict:
+    """Run the stages asked for (each resumable); returns a summary (the plan, what finished, the report)."""
+    if stage not in ("pretrain", "finetune", "eval", "report", "all"):
+        raise UsageError(f"--stage: {stage!r} is not pretrain, finetune, eval, report or all")
+    for s in cfg.strategies:
+        parse_strategy(s)
+    t0 = time.time()
+    deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"stage": stage, "done": {}}
+    with results.lock_dir(cfg.out):
+        summary["plan"] = plan(cfg)
+        results.write_manifest(cfg.out, {"kind": "toy_study", "config": _config_dict(cfg), "plan": summary["plan"],
+                                         "rows": ROWS_FILE})
+        if stage in ("pretrain", "all"):
+            summary["done"]["pretrain"] = stage_pretrain(cfg, deadline)
+        if stage in ("finetune", "all"):
+            summary["done"]["finetune"] = stage_finetune(cfg, deadline)
+        if stage in ("eval", "all"):
+            summary["done"]["eval"] = stage_eval(cfg, deadline)
+        if stage in ("report", "all"):
+            rep = stage_report(cfg)
+            summary["done"]["report"] = not rep["missing_runs"]
+            summary["frontier_gaps"] = rep["frontier_gaps"]
+        pack(cfg)
+    summary["wall_s"] = round(time.time() - t0, 1)
+    return summary
+
+
+def _config_dict(cfg: StudyConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"{name}: {text!r} is not a comma-separated list of integers") from None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, argparse.Namespace]:
+    d = StudyConfig(out=Path("runs/toy-study"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=d.out, help="study folder (rows, runs, report)")
+    ap.add_argument("--stage", default="all", help="pretrain | finetune | eval | report | all")
+    ap.add_argument("--plan", action="store_true", help="print the runs and the time estimate, run nothing")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU version of the whole pipeline")
+    ap.add_argument("--max-minutes", type=float, default=None, help="start nothing that cannot end by then")
+    ap.add_argument("--pack", type=Path, default=None, help=f"write DIR/{PACK_FILE} after each finished unit")
+    ap.add_argument("--device", default=d.device, help="auto | cpu | cuda")
+    ap.add_argument("--model", default=d.model, help="a 32x32 toy spec of model/spec.py")
+    ap.add_argument("--vae", default=d.vae, help="frozen VQ-VAE weights (default: the shipped toy VAE)")
+    ap.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps)
+    ap.add_argument("--pretrain-minutes", type=float, default=None,
+                    help="size the pretraining from a throughput probe to about this many minutes")
+    ap.add_argument("--pretrain-batch", type=int, default=d.pretrain_batch)
+    ap.add_argument("--pretrain-lr", type=float, default=d.pretrain_lr)
+    ap.add_argument("--pretrain-size", type=int, default=d.pretrain_size, help="procedural training images")
+    ap.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="steps of every fine-tune run")
+    ap.add_argument("--finetune-batch", type=int, default=d.finetune_batch)
+    ap.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    ap.add_argument("--finetune-size", type=int, default=d.finetune_size)
+    ap.add_argument("--strategies", default=",".join(d.strategies))
+    ap.add_argument("--seeds", default=",".join(map(str, d.seeds)))
+    ap.add_argument("--samples", type=int, default=d.samples, help="generated images per schedule")
+    ap.add_argument("--eval-batch", type=int, default=d.eval_batch)
+    ap.add_argument("--jobs", type=int, default=d.jobs, help="fine-tune units at a time (own processes)")
+    ap.add_argument("--keep", default=",".join(d.keep), help="runs whose fp16 weights are packed for shipping")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    a = ap.parse_args(argv)
+    for name in ("pretrain_steps", "pretrain_batch", "pretrain_size", "finetune_steps", "finetune_batch",
+                 "finetune_size", "samples", "eval_batch", "jobs"):
+        if getattr(a, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.samples < 2:
+        raise UsageError("--samples must be >= 2 (the toy FD fits a Gaussian)")
+    if a.max_minutes is not None and a.max_minutes <= 0:
+        raise UsageError(f"--max-minutes must be > 0, got {a.max_minutes}")
+    from model.spec import SPECS
+
+    if a.model not in SPECS or SPECS[a.model].image_size != SPECS["var-toy"].image_size:
+        raise UsageError(f"--model: {a.model!r} is not a 32x32 toy spec of model/spec.py")
+    if not Path(a.vae).is_file():
+        raise UsageError(f"--vae: {a.vae} does not exist")
+    cfg = StudyConfig(
+        out=a.out, model=a.model, vae=a.vae, device=a.device, pretrain_steps=a.pretrain_steps,
+        pretrain_minutes=a.pretrain_minutes, pretrain_batch=a.pretrain_batch, pretrain_lr=a.pretrain_lr,
+        pretrain_size=a.pretrain_size, finetune_steps=a.finetune_steps, finetune_batch=a.finetune_batch,
+        finetune_lr=a.finetune_lr, finetune_size=a.finetune_size,
+        strategies=tuple(s.strip() for s in a.strategies.split(",") if s.strip()),
+        seeds=_ints(a.seeds, "--seeds"), samples=a.samples, eval_batch=a.eval_batch, jobs=a.jobs,
+        max_minutes=a.max_minutes, pack=a.pack, keep=tuple(k for k in a.keep.split(",") if k))
+    if not cfg.strategies or not cfg.seeds:
+        raise UsageError("--strategies and --seeds need at least one entry each")
+    for s in cfg.strategies:
+        parse_strategy(s)
+    if a.smoke:
+        cfg = smoke_config(cfg)
+    return cfg, a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg, a = parse_args(argv)
+        if a.plan:
+            out = plan(cfg)
+        else:
+            out = run_study(cfg, a.stage)
+    except UsageError as e:
+        print(f"toy_study: {e}", file=sys.stderr)
+        return 2
+    if a.json or a.plan:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(json.dumps(out.get("done"), default=str))
+        table = cfg.out / "table.md"
+        if table.exists():
+            print(table.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
