@@ -14,11 +14,14 @@ Stages (``--stage``; ``all`` runs them in order, each skipping what is already f
   ``--jobs`` units at a time in their own processes.
 - ``eval``: any run with weights but without rows: toy accuracy (Wilson interval), toy FD (bootstrap) of the full
   network and of VARiant-d{2,4,6} at the switch, guided KL / token agreement of each subnet against its own full
-  network (``varbench.quality.sensitivity.run_sensitivity``, mode ``from``), n = ``--samples``.
+  network (``varbench.quality.sensitivity.run_sensitivity``, mode ``from``), and every schedule's guided KL to the
+  pretrained full network (metric ``kl_pretrained``: one fixed teacher for all runs), n = ``--samples``.
 - ``report``: ``pareto.json`` (one point per strategy and seed: full-network vs subnet quality, intervals) and
-  ``table.md`` (per strategy, and whether progressive reaches the frontier of the fixed ratios, within intervals).
+  ``table.md`` (per strategy, and whether progressive reaches the frontier of the fixed ratios, within intervals);
+  ``--figure`` adds ``pareto.html`` (plotly, imported only then: not on the GPU machine).
+- ``ship`` (not in ``all``): one fine-tuned supernet + the VAE + ``provenance.json`` into ``--ship-dest``.
 
-Rows: ``OUT/toy_study.jsonl`` (kind ``toy_study``, varbench/schema.py), one per (run, schedule, metric); manifests
+Rows: ``OUT/toy_study.jsonl`` (kind ``toy_study``, varbench/schema.py), one per (run, schedule, metric, budget); manifests
 in ``OUT/manifest.json``. ``--max-minutes M`` starts no unit that its estimate says cannot finish in M minutes and
 stops a training that overruns (a rerun resumes); ``--pack DIR`` writes, after every finished unit,
 ``DIR/toy_study.tar.gz``: the study folder without optimizer states, fp32 checkpoints or sample caches (the
@@ -26,7 +29,8 @@ pretrained fp16 weights included: unpack it and carry the folder into the next c
 and the time estimate and does nothing; ``--smoke`` is a tiny CPU version of the whole pipeline.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. python3 scripts/toy_study.py --out runs/toy-study --device cuda --jobs 5 \\
-        --pretrain-minutes 5.5 --max-minutes 9 --pack $OUT
+        --pretrain-minutes 5.5 --max-minutes 8.5 --pack $OUT      # the same command every call, carrying
+                                                                 # runs/toy-study (unpacked) into the next
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ import statistics
 import sys
 import tarfile
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -50,16 +55,27 @@ if str(ROOT) not in sys.path:                      # `python3 scripts/toy_study.
     sys.path.insert(0, str(ROOT))
 
 from varbench import results                          # noqa: E402
-from varbench.errors import UsageError               # noqa: E402
+from varbench.errors import UsageError, VarbenchError  # noqa: E402
 from varbench.schema import TOY_STUDY                 # noqa: E402
 
 SHIPPED_VAE = ROOT / "model" / "weights" / "var-toy" / "vae.safetensors"
+
+
+def _portable(path: Path) -> str:
+    """Relative to the working directory when inside it (rows and provenance then name no machine's paths)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
 STRATEGIES = ("sandwich", "progressive", "fixed-p0.1", "fixed-p0.5", "fixed-p1.0")   # longest first
 PAPER_PHASES = (5.0, 15.0, 10.0)       # VARIANT_PAPER "Training recipe": E1 at p0, E2 ramp, E3 at p = 1 (5-15)
 PACK_FILE = "toy_study.tar.gz"
+UNITS_FILE = "unit_seconds.json"
 PACK_LIMIT = 16 * 2 ** 20              # the device returns files of at most 16 MiB
 ROWS_FILE = TOY_STUDY.rows_file
 METRIC_OF = {"toy_acc": "toy_acc", "toy_fd": "toy_fd", "kl": "kl", "token_agreement": "token_agreement"}
+DRIFT = "kl_pretrained"       # every schedule against the pretrained full network (one fixed teacher for all runs)
 
 # ---- time model (assumptions until measured; --plan prints which it used) ---------------------------------------
 # results/toy/train/*/metrics.jsonl: var-toy, batch 256, no compile, 3 runs sharing one H100 -> ~2,200 img/s each
@@ -79,17 +95,18 @@ class OutOfTime(Exception):
 class StudyConfig:
     out: Path
     model: str = "var-toy"
-    vae: str = str(SHIPPED_VAE)
+    vae: str = dataclasses.field(default_factory=lambda: _portable(SHIPPED_VAE))
     device: str = "auto"
     pretrain_steps: int = 6000
     pretrain_minutes: float | None = None
+    pretrain_init: str = "random"        # or a VAR .safetensors to continue from (e.g. the shipped var-toy)
     pretrain_batch: int = 512
     pretrain_lr: float = 1.4e-3          # var-toy's 1e-3 at batch 256, x sqrt(2) for batch 512
     pretrain_size: int = 100_000
     finetune_steps: int = 500
     finetune_batch: int = 256
     finetune_lr: float = 3e-4
-    finetune_size: int = 50_000
+    finetune_size: int = 30_000
     val_size: int = 1000
     strategies: tuple[str, ...] = STRATEGIES
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -106,6 +123,7 @@ class StudyConfig:
     pack: Path | None = None
     keep: tuple[str, ...] = ("progressive-s0",)     # fp16 weights of these runs are packed beside the tarball
     smoke: bool = False
+    figure: bool = False                 # report: also pareto.html (plotly; not on the GPU machine)
 
     @property
     def device_type(self) -> str:
@@ -142,7 +160,7 @@ def _epochs(steps: int, batch: int, size: int) -> int:
 
 def pretrain_config(cfg: StudyConfig, steps: int) -> dict[str, Any]:
     """TrainConfig fields of the pretraining run: the full network only, from random init, seed 0."""
-    return {"model": cfg.model, "init": "random", "vae": cfg.vae, "data": "synthetic", "strategy": "full",
+    return {"model": cfg.model, "init": cfg.pretrain_init, "vae": cfg.vae, "data": "synthetic", "strategy": "full",
             "depths": list(cfg.depths), "switch": cfg.switch, "synthetic_size": cfg.pretrain_size,
             "val_size": cfg.val_size, "batch": cfg.pretrain_batch, "lr": cfg.pretrain_lr,
             "epochs": _epochs(steps, cfg.pretrain_batch, cfg.pretrain_size), "max_steps": steps,
@@ -191,16 +209,25 @@ def unit_seconds(cfg: StudyConfig, strat: str, img_s: float, sharing: int) -> fl
     return START_S[dev] + train + EVAL_S[dev] * cfg.samples / 500
 
 
+def measured_units(cfg: StudyConfig) -> dict[str, float]:
+    """Wall seconds of one fine-tune unit per strategy, as finished units measured them (the slowest seen)."""
+    p = cfg.out / UNITS_FILE
+    return dict(json.loads(p.read_text())["unit_s"]) if p.exists() else {}
+
+
 def plan(cfg: StudyConfig) -> dict[str, Any]:
     """What the study will run and how long it should take on this device (stated as an estimate)."""
     img_s, source = measured_img_s(cfg)
     dev = cfg.device_type
-    pre_steps = cfg.pretrain_steps if cfg.pretrain_minutes is None else int(cfg.pretrain_minutes * 60 * img_s
-                                                                           / cfg.pretrain_batch)
+    prov = cfg.out / "pretrain" / "provenance.json"
+    pre_steps = (json.loads(prov.read_text())["steps"] if prov.exists()          # what really ran
+                 else cfg.pretrain_steps if cfg.pretrain_minutes is None
+                 else steps_for_minutes(cfg.pretrain_minutes, img_s, cfg.pretrain_batch))
     pre_s = START_S[dev] + pre_steps * cfg.pretrain_batch / img_s + EVAL_S[dev] * cfg.samples / 500
     runs = run_names(cfg)
     sharing = max(1, min(cfg.jobs, len(runs)))
-    units = {r: unit_seconds(cfg, split_run(r)[0], img_s, sharing) for r in runs}
+    seen = measured_units(cfg)
+    units = {r: seen.get(split_run(r)[0], unit_seconds(cfg, split_run(r)[0], img_s, sharing)) for r in runs}
     ft_s = sum(units.values()) / sharing
     return {
         "device": dev, "throughput_img_s": img_s, "throughput_source": source,
@@ -217,7 +244,10 @@ def plan(cfg: StudyConfig) -> dict[str, Any]:
         "eval": {"samples": cfg.samples, "schedules": ["full"] + [f"d{d}" for d in cfg.depths],
                  "estimate_min_per_run": round(EVAL_S[dev] * cfg.samples / 500 / 60, 2)},
         "total_estimate_min": round((pre_s + ft_s) / 60, 1),
-        "calls_of_max_minutes": (math.ceil((pre_s + ft_s) / 60 / cfg.max_minutes) if cfg.max_minutes else None),
+        # the pretraining cannot span calls (its optimizer state does not come back): a call of its own, then
+        # the fine-tune units (whole units only) over as many calls as they need
+        "calls_of_max_minutes": (math.ceil(pre_s / 60 / cfg.max_minutes) + math.ceil(ft_s / 60 / cfg.max_minutes)
+                                 if cfg.max_minutes else None),
     }
 
 
@@ -303,6 +333,12 @@ def final_val(run: Path) -> dict[str, float]:
     return out
 
 
+def steps_for_minutes(minutes: float, img_s: float, batch: int) -> int:
+    """Steps that ``minutes`` of training at ``img_s`` hold, rounded down to a hundred from 1,000 up."""
+    steps = int(minutes * 60 * img_s / batch)
+    return max(1, steps // 100 * 100 if steps >= 1000 else steps)
+
+
 def probe_throughput(cfg: StudyConfig) -> float:
     """Training images/s of one process at the pretraining batch: a short throwaway run (probe.json)."""
     fields = pretrain_config(cfg, 40 if not cfg.smoke else 4) | {
@@ -318,18 +354,69 @@ def probe_throughput(cfg: StudyConfig) -> float:
 
 
 # ---- evaluation (the sensitivity library) -----------------------------------------------------------------------
-def evaluate_run(cfg: StudyConfig, run_dir: Path, run: str, info: dict[str, Any]) -> list[dict]:
-    """Study rows of one run: the full network and every subnet at the switch, each metric with its interval.
-    ``run_sensitivity`` (mode ``from``, --metric toy) does the measuring; this maps its rows onto the study's."""
-    from varbench.quality.sensitivity import SensitivityConfig, run_sensitivity
+def sensitivity_config(cfg: StudyConfig, weights: Path):
+    from varbench.quality.sensitivity import SensitivityConfig
 
-    scfg = SensitivityConfig(model=cfg.model, ckpt=str(run_dir / "var.safetensors"), vae=cfg.vae,
-                             depths=list(cfg.depths), scales=[cfg.switch], mode="from", samples=cfg.samples,
+    return SensitivityConfig(model=cfg.model, ckpt=str(weights), vae=cfg.vae, depths=list(cfg.depths),
+                             scales=[cfg.switch], mode="from", samples=cfg.samples,
                              batch=min(cfg.eval_batch, cfg.samples), metric="toy", seed=0, cfg=cfg.cfg,
                              top_k=cfg.top_k, top_p=cfg.top_p, device=cfg.device, dtype=cfg.eval_dtype,
                              compile=False)
+
+
+_PRETRAINED_REF: dict[tuple, Any] = {}
+
+
+def drift(cfg: StudyConfig, run_dir: Path) -> dict[str, tuple[float, Any]]:
+    """Schedule name -> (guided KL to the pretrained full network, its bootstrap interval), teacher-forced on the
+    pretrained network's own samples (``sensitivity.compute_reference`` of the pretrained weights, once per
+    process), so every run and subnet is measured against one fixed teacher."""
+    import tempfile
+
+    import torch
+
+    from model.schedule import DepthSchedule
+    from varbench.quality import intervals, metrics
+    from varbench.quality.sensitivity import compute_reference, next_scale_logits
+    from varbench.target import load_pipeline, resolve_weights
+
+    pre = cfg.out / "pretrain" / "var.safetensors"
+    scfg = sensitivity_config(cfg, pre)
+    key = (str(pre.resolve()), pre.stat().st_mtime, cfg.samples, cfg.eval_batch, cfg.cfg, cfg.device)
+    if key not in _PRETRAINED_REF:
+        _PRETRAINED_REF.clear()
+        target = scfg.target()
+        pipe = load_pipeline(target, resolve_weights(target))
+        with tempfile.TemporaryDirectory() as d:
+            _PRETRAINED_REF[key] = compute_reference(pipe, scfg, Path(d), None)
+        del pipe
+    ref = _PRETRAINED_REF[key]
+    target = dataclasses.replace(scfg, ckpt=str(run_dir / "var.safetensors")).target()
+    pipe = load_pipeline(target, resolve_weights(target))
+    spec = pipe.spec
+    scheds = {"full": DepthSchedule.full(spec)}
+    scheds |= {f"d{d}": DepthSchedule.variant(spec, d, cfg.switch) for d in cfg.depths}
+    out = {}
+    with torch.no_grad():
+        for name, sched in scheds.items():
+            kl = torch.cat([metrics.sampled_kl_per_sample_scale(
+                logits_ref.to(pipe.device), next_scale_logits(pipe, labels, idx, sched, scfg), spec.begin_ends,
+                cfg.top_k, cfg.top_p).cpu() for labels, idx, logits_ref in zip(ref.labels, ref.indices, ref.logits)])
+            per_sample = kl.double().mean(1).numpy()
+            out[name] = (float(per_sample.mean()), intervals.bootstrap_interval(per_sample))
+    return out
+
+
+def evaluate_run(cfg: StudyConfig, run_dir: Path, run: str, info: dict[str, Any]) -> list[dict]:
+    """Study rows of one run: the full network and every subnet at the switch, each metric with its interval.
+    ``run_sensitivity`` (mode ``from``, --metric toy) does the measuring, ``drift`` adds the KL to the pretrained
+    network; this maps their rows onto the study's."""
+    from varbench.quality.sensitivity import run_sensitivity
+
+    scfg = sensitivity_config(cfg, run_dir / "var.safetensors")
     t0 = time.perf_counter()
     srows = run_sensitivity(scfg, run_dir / "eval")
+    kl_pre = drift(cfg, run_dir)
     eval_s = time.perf_counter() - t0
     (run_dir / "eval" / "reference.pt").unlink(missing_ok=True)      # a sample cache; the rows are the result
     val = final_val(run_dir)
@@ -350,18 +437,37 @@ def evaluate_run(cfg: StudyConfig, run_dir: Path, run: str, info: dict[str, Any]
             "kl_kind": r.get("kl_kind"), "real_fd": r.get("real_fd"), "samples": cfg.samples, "cfg": cfg.cfg,
             "top_k": cfg.top_k, "top_p": cfg.top_p, "val_loss": val.get(name),
             "train_seconds": info.get("wall_s"), "eval_seconds": eval_s})
+    like = {r["schedule"]: r for r in out if r["metric"] == "toy_acc"}
+    for name, (value, iv) in kl_pre.items():
+        out.append(like[name] | {"metric": DRIFT, "value": value, **iv.fields(), "kl_kind": "guided",
+                                 "real_fd": None})
     return out
 
 
+def _budget(run: str, steps: int | None) -> int | None:
+    """A fine-tune's steps belong to its identity (a changed --finetune-steps reruns it); the pretraining's not."""
+    return None if run == "pretrain" else steps
+
+
+def row_key(r: dict) -> tuple:
+    return (r["run"], r["schedule"], r["metric"], r["samples"], r["cfg"], _budget(r["run"], r.get("steps")))
+
+
 def expected_keys(cfg: StudyConfig, run: str) -> set[tuple]:
-    keys = {(run, "full", m, cfg.samples, cfg.cfg) for m in ("toy_acc", "toy_fd")}
-    keys |= {(run, f"d{d}", m, cfg.samples, cfg.cfg) for d in cfg.depths for m in METRIC_OF}
+    b = _budget(run, cfg.finetune_steps)
+    keys = {(run, "full", m, cfg.samples, cfg.cfg, b) for m in ("toy_acc", "toy_fd", DRIFT)}
+    keys |= {(run, f"d{d}", m, cfg.samples, cfg.cfg, b) for d in cfg.depths for m in (*METRIC_OF, DRIFT)}
     return keys
 
 
+def current(cfg: StudyConfig, r: dict) -> bool:
+    """A row of this configuration: same samples and guidance, and a fine-tune of the configured budget."""
+    return (r.get("kind") == TOY_STUDY.name and r["samples"] == cfg.samples and r["cfg"] == cfg.cfg
+            and (r["run"] == "pretrain" or r.get("steps") == cfg.finetune_steps))
+
+
 def row_keys(cfg: StudyConfig) -> set[tuple]:
-    return {(r["run"], r["schedule"], r["metric"], r["samples"], r["cfg"])
-            for r in results.read_rows(cfg.out / ROWS_FILE) if r.get("kind") == TOY_STUDY.name}
+    return {row_key(r) for r in results.read_rows(cfg.out / ROWS_FILE) if r.get("kind") == TOY_STUDY.name}
 
 
 def evaluated(cfg: StudyConfig, run: str, have: set[tuple] | None = None) -> bool:
@@ -378,7 +484,8 @@ def finetune_unit(cfg: StudyConfig, run: str, deadline: float | None, threads: i
     fields = finetune_config(cfg, run)
     run_dir = Path(fields["out"])
     info_path = run_dir / "train_info.json"
-    if not (run_dir / "var.safetensors").exists() or not info_path.exists():
+    stale = info_path.exists() and json.loads(info_path.read_text()).get("steps") != cfg.finetune_steps
+    if not (run_dir / "var.safetensors").exists() or not info_path.exists() or stale:
         res = train_run(fields, deadline)
         export_half(run_dir)
         info = {"steps": res["step"], "batch": fields["batch"], "wall_s": res["wall_s"],
@@ -407,7 +514,7 @@ def pack(cfg: StudyConfig) -> Path | None:
         rel = p.relative_to(base).parts
         if set(rel) & SKIP_PARTS or p.name in SKIP_NAMES:
             return True
-        return p.suffix == ".safetensors" and rel[0] != "pretrain"
+        return (p.suffix == ".safetensors" and rel[0] != "pretrain") or p.suffix == ".html"
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -452,7 +559,7 @@ def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
             steps = int(meta["config"]["max_steps"])           # resume the unfinished run as it was planned
         elif cfg.pretrain_minutes is not None:
             ips = probe_throughput(cfg)
-            steps = max(1, int(cfg.pretrain_minutes * 60 * ips / cfg.pretrain_batch) // 100 * 100 or 1)
+            steps = steps_for_minutes(cfg.pretrain_minutes, ips, cfg.pretrain_batch)
             say(f"probe: {ips:.0f} img/s at batch {cfg.pretrain_batch} -> {steps} pretraining steps "
                 f"in {cfg.pretrain_minutes} min")
         else:
@@ -473,8 +580,8 @@ def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
         export_half(run)
         rows = metrics_rows(run)
         prov = {
-            "what": f"{cfg.model}: the full network pretrained from random init by varbench's trainer on the "
-                    f"procedural toy set (scripts/toy_study.py, issue 22)",
+            "what": f"{cfg.model}: the full network pretrained from {cfg.pretrain_init} init by varbench's trainer "
+                    f"on the procedural toy set (scripts/toy_study.py, issue 22)", "init": cfg.pretrain_init,
             "commands": [" ".join(["python3", "scripts/toy_study.py"] + sys.argv[1:]),
                          f"python3 -m varbench train --config {run}/train.toml"],
             "seed": fields["seed"], "steps": res["step"], "batch": fields["batch"], "lr": fields["lr"],
@@ -509,7 +616,7 @@ def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
 def _append_rows(cfg: StudyConfig, rows: Sequence[dict]) -> None:
     have = row_keys(cfg)
     for r in rows:
-        k = (r["run"], r["schedule"], r["metric"], r["samples"], r["cfg"])
+        k = row_key(r)
         if k not in have:
             results.append_row(cfg.out / ROWS_FILE, r)
             have.add(k)
@@ -527,7 +634,7 @@ def stage_finetune(cfg: StudyConfig, deadline: float | None) -> bool:
         return True
     img_s, _ = measured_img_s(cfg)
     jobs = max(1, min(cfg.jobs, len(todo)))
-    seen: dict[str, float] = {}               # measured unit seconds per strategy
+    seen = measured_units(cfg)                # unit seconds per strategy measured by earlier calls
 
     def estimate(run: str) -> float:
         strat = split_run(run)[0]
@@ -536,6 +643,7 @@ def stage_finetune(cfg: StudyConfig, deadline: float | None) -> bool:
     def finished(res: dict) -> None:
         _append_rows(cfg, res["rows"])
         seen[split_run(res["run"])[0]] = max(seen.get(split_run(res["run"])[0], 0.0), res["unit_s"])
+        results.atomic_write_text(cfg.out / UNITS_FILE, json.dumps({"jobs": jobs, "unit_s": seen}) + "\n")
         acc = {r["schedule"]: r["value"] for r in res["rows"] if r["metric"] == "toy_acc"}
         say(f"{res['run']}: {res['unit_s']:.0f} s; toy accuracy " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()))
         pack(cfg)
@@ -551,6 +659,9 @@ def stage_finetune(cfg: StudyConfig, deadline: float | None) -> bool:
                 finished(finetune_unit(cfg, run, deadline))
             except OutOfTime as e:
                 say(f"stopped: {e}")
+                left_over.append(run)
+            except Exception:     # noqa: BLE001 - one broken unit must not cost the call's other units
+                say(f"{run} failed:\n{traceback.format_exc()}")
                 left_over.append(run)
     else:
         import multiprocessing as mp
@@ -577,6 +688,9 @@ def stage_finetune(cfg: StudyConfig, deadline: float | None) -> bool:
                     except OutOfTime as e:
                         say(f"stopped: {e}")
                         left_over.append(run)
+                    except Exception:     # noqa: BLE001 - one broken unit must not cost the call's other units
+                        say(f"{run} failed:\n{traceback.format_exc()}")
+                        left_over.append(run)
     if left_over:
         say(f"finetune: {len(left_over)} unit(s) left for the next call: {', '.join(left_over)}")
     return not left_over
@@ -599,6 +713,45 @@ def stage_eval(cfg: StudyConfig, deadline: float | None) -> bool:
         _append_rows(cfg, evaluate_run(cfg, run_dir, run, info))
         pack(cfg)
     return ok
+
+
+def stage_ship(cfg: StudyConfig, run: str, dest: Path, weights: Path | None = None) -> Path:
+    """DEST/var.safetensors (the run's fp16 supernet), DEST/vae.safetensors and DEST/provenance.json: the
+    pretraining (command, seed, steps, losses, commit), the fine-tune (strategy, steps, config) and the run's rows.
+    ``weights``: the run's fp16 file where it came back beside the pack instead of inside the study folder."""
+    run_dir = cfg.out / "finetune" / run
+    src = weights or run_dir / "var.safetensors"
+    pre_path = cfg.out / "pretrain" / "provenance.json"
+    if not src.is_file() or not pre_path.is_file():
+        raise UsageError(f"--stage ship: needs {src} and {pre_path} (train and evaluate {run} first)")
+    pre = json.loads(pre_path.read_text())
+    old = dest / "provenance.json"
+    old_prov = json.loads(old.read_text()) if old.exists() else {}
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest / "var.safetensors")
+    if Path(cfg.vae).resolve() != (dest / "vae.safetensors").resolve():
+        shutil.copyfile(cfg.vae, dest / "vae.safetensors")
+    toml = run_dir / "train.toml"
+    info = run_dir / "train_info.json"
+    rows = [r for r in results.read_rows(cfg.out / ROWS_FILE) if r.get("run") in (run, "pretrain")
+            and r["metric"] in ("toy_acc", "toy_fd", DRIFT)]
+    prov = {
+        "what": f"{cfg.model}: VARiant supernet fine-tuned ({run}) from a full network pretrained by varbench's own "
+                f"trainer on the procedural toy set (scripts/toy_study.py, issue 22)",
+        "commands": pre["commands"] + [" ".join(["python3", "scripts/toy_study.py"] + sys.argv[1:])],
+        "seed": pre["seed"], "device": pre["environment"].get("gpu_name"),
+        "commit": pre["environment"].get("git_commit"),
+        "vqvae": old_prov.get("vqvae", {"weights": cfg.vae}),
+        "pretrain": {k: pre[k] for k in ("steps", "batch", "lr", "images", "synthetic_size", "wall_s",
+                                         "images_per_s", "final_train_loss", "final_val", "config")},
+        "var": {"run": run, "train_toml": toml.read_text() if toml.exists() else None,
+                "train_info": json.loads(info.read_text()) if info.exists() else None},
+        "quality": [{k: r.get(k) for k in ("run", "schedule", "metric", "value", "ci_low", "ci_high", "n",
+                                            "samples", "cfg")} for r in rows],
+        "files": {n: (dest / n).stat().st_size for n in ("var.safetensors", "vae.safetensors")},
+    }
+    results.atomic_write_text(dest / "provenance.json", json.dumps(prov, indent=2, default=str) + "\n")
+    return dest
 
 
 # ---- report -----------------------------------------------------------------------------------------------------
@@ -630,9 +783,11 @@ def run_points(rows: Sequence[dict], depths: Sequence[int]) -> list[dict]:
               "subnet_acc": k / n, "subnet_acc_low": lo, "subnet_acc_high": hi, "subnet_n": n,
               "full_fd": m.get(("full", "toy_fd"), {}).get("value"),
               "subnet_fd": _mean([m.get((s, "toy_fd"), {}).get("value") for s in subs]),
-              "subnet_kl": _mean([m.get((s, "kl"), {}).get("value") for s in subs])}
+              "subnet_kl": _mean([m.get((s, "kl"), {}).get("value") for s in subs]),
+              "full_kl_pretrained": m.get(("full", DRIFT), {}).get("value"),
+              "subnet_kl_pretrained": _mean([m.get((s, DRIFT), {}).get("value") for s in subs])}
         for s in subs:
-            for met in ("toy_acc", "toy_fd", "kl"):
+            for met in ("toy_acc", "toy_fd", "kl", DRIFT):
                 r = m.get((s, met))
                 if r:
                     pt[f"{s}_{met}"] = r["value"]
@@ -654,7 +809,8 @@ def strategy_means(points: Sequence[dict]) -> dict[str, dict]:
     for strat in dict.fromkeys(p["strategy"] for p in points):
         ps = [p for p in points if p["strategy"] == strat]
         d: dict[str, Any] = {"strategy": strat, "seeds": len(ps)}
-        for axis in ("full_acc", "subnet_acc", "full_fd", "subnet_fd", "subnet_kl"):
+        for axis in ("full_acc", "subnet_acc", "full_fd", "subnet_fd", "subnet_kl", "full_kl_pretrained",
+                     "subnet_kl_pretrained"):
             xs = [p[axis] for p in ps if p.get(axis) is not None]
             if not xs:
                 continue
@@ -714,8 +870,7 @@ def _fmt(v: float | None, lo: float | None = None, hi: float | None = None, nd: 
 
 def stage_report(cfg: StudyConfig) -> dict:
     """pareto.json and table.md from the rows (nothing is measured here; runs on any machine)."""
-    rows = [r for r in results.read_rows(cfg.out / ROWS_FILE) if r.get("kind") == TOY_STUDY.name
-            and r["samples"] == cfg.samples and r["cfg"] == cfg.cfg]
+    rows = [r for r in results.read_rows(cfg.out / ROWS_FILE) if current(cfg, r)]
     points = run_points(rows, cfg.depths)
     means = strategy_means([p for p in points if p["strategy"] != "pretrained"])
     gaps = [g for who in ("progressive", "sandwich") if who in means
@@ -729,28 +884,60 @@ def stage_report(cfg: StudyConfig) -> dict:
                          "seeds": list(cfg.seeds)}}
     results.atomic_write_text(cfg.out / "pareto.json", json.dumps(data, indent=2) + "\n")
     results.atomic_write_text(cfg.out / "table.md", markdown(data, cfg))
+    if cfg.figure and data["points"]:
+        write_figure(data, cfg.out / "pareto.html")
     return data
+
+
+def write_figure(data: dict, path: Path) -> Path:
+    """pareto.html: full-network vs subnet accuracy, one point per run with its Wilson intervals, strategy means
+    as larger markers. plotly is imported here only (``--figure``; the GPU machine has no plotly)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for strat in dict.fromkeys(p["strategy"] for p in data["points"]):
+        ps = [p for p in data["points"] if p["strategy"] == strat]
+        fig.add_trace(go.Scatter(
+            x=[p["full_acc"] for p in ps], y=[p["subnet_acc"] for p in ps], mode="markers", name=strat,
+            text=[p["run"] for p in ps],
+            error_x={"type": "data", "symmetric": False, "array": [p["full_acc_high"] - p["full_acc"] for p in ps],
+                     "arrayminus": [p["full_acc"] - p["full_acc_low"] for p in ps]},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [p["subnet_acc_high"] - p["subnet_acc"] for p in ps],
+                     "arrayminus": [p["subnet_acc"] - p["subnet_acc_low"] for p in ps]}))
+    means = [m for m in data["strategies"].values() if "full_acc" in m]
+    fig.add_trace(go.Scatter(x=[m["full_acc"] for m in means], y=[m["subnet_acc"] for m in means],
+                             mode="markers+text", text=[m["strategy"] for m in means], textposition="top center",
+                             marker={"size": 14, "symbol": "diamond-open"}, name="mean over seeds"))
+    fig.update_layout(title="Toy study: full network vs subnets (toy accuracy, 95% intervals)",
+                      xaxis_title="full-network toy accuracy", yaxis_title="subnet toy accuracy (d2+d4+d6 pooled)")
+    path.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
+    return path
 
 
 def markdown(data: dict, cfg: StudyConfig) -> str:
     pts, means = data["points"], data["strategies"]
     sub = "/".join(f"d{d}" for d in cfg.depths)
+    kl_note = ("Guided KL per token (mean over scales): a subnet's against its own full network, and each "
+               "network's against the pretrained full network (teacher-forced on its samples).")
     lines = [f"Toy study: {cfg.model}, fine-tuned from the pretrained full network, {cfg.finetune_steps} steps at "
              f"batch {cfg.finetune_batch} per run; {cfg.samples} samples per schedule, cfg {cfg.cfg}, switch "
              f"{cfg.switch}. Subnet accuracy pools {sub} ({len(cfg.depths)} x {cfg.samples} samples, Wilson "
-             f"interval); strategy rows are means over seeds with a 95% t-interval over seeds.", ""]
+             f"interval); strategy rows are means over seeds with a 95% t-interval over seeds. " + kl_note, ""]
     pre = next((p for p in pts if p["run"] == "pretrain"), None)
     if pre:
-        lines += [f"Pretrained full network: toy accuracy {_fmt(pre['full_acc'], pre['full_acc_low'], pre['full_acc_high'])}"
+        acc = _fmt(pre["full_acc"], pre["full_acc_low"], pre["full_acc_high"])
+        lines += [f"Pretrained full network: toy accuracy {acc}"
                   f" (goal >= 0.85: {'met' if pre['full_acc'] >= 0.85 else 'missed'}); its subnets before "
                   f"fine-tuning: {_fmt(pre['subnet_acc'], pre['subnet_acc_low'], pre['subnet_acc_high'])}.", ""]
-    lines += ["| strategy | seeds | full acc | subnet acc | full FD | subnet FD | subnet guided KL |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| strategy | seeds | full acc | subnet acc | full FD | subnet FD | subnet guided KL | "
+              "full KL to pretrained | subnet KL to pretrained |", "|---|---|---|---|---|---|---|---|---|"]
     for s, m in means.items():
         lines.append(f"| {s} | {m['seeds']} | {_fmt(m.get('full_acc'), m.get('full_acc_low'), m.get('full_acc_high'))}"
                      f" | {_fmt(m.get('subnet_acc'), m.get('subnet_acc_low'), m.get('subnet_acc_high'))}"
                      f" | {_fmt(m.get('full_fd'), nd=2)} | {_fmt(m.get('subnet_fd'), nd=2)}"
-                     f" | {_fmt(m.get('subnet_kl'))} |")
+                     f" | {_fmt(m.get('subnet_kl'))} | {_fmt(m.get('full_kl_pretrained'))}"
+                     f" | {_fmt(m.get('subnet_kl_pretrained'))} |")
     lines += ["", "Per run (Wilson intervals over the samples):", "",
               "| run | full acc | subnet acc | " + " | ".join(f"d{d} acc" for d in cfg.depths) + " |",
               "|---|---|---|" + "---|" * len(cfg.depths)]
@@ -764,8 +951,9 @@ def markdown(data: dict, cfg: StudyConfig) -> str:
     for g in data["frontier_gaps"]:
         lines.append(f"- {g['strategy']}: {g['y']} {g['gap']:+.3f}"
                      + (f" [{g['gap_low']:+.3f}, {g['gap_high']:+.3f}]" if g["gap_low"] is not None else "")
-                     + f" at its {g['x']} {g['at_x']:.3f} (frontier {g['frontier_y']:.3f}, between "
-                     f"{' and '.join(g['between'])}): **{g['verdict']}**.")
+                     + f" at its {g['x']} {g['at_x']:.3f} (frontier {g['frontier_y']:.3f}, "
+                     + (f"between {' and '.join(g['between'])}" if g["between"][0] != g["between"][1]
+                        else f"flat beyond {g['between'][0]}") + f"): **{g['verdict']}**.")
     if not data["frontier_gaps"]:
         lines.append("- not enough runs yet (needs progressive and two fixed ratios).")
     if data["missing_runs"]:
@@ -776,15 +964,20 @@ def markdown(data: dict, cfg: StudyConfig) -> str:
 # ---- driver -----------------------------------------------------------------------------------------------------
 def smoke_config(cfg: StudyConfig) -> StudyConfig:
     """A tiny CPU-sized version of every stage (seconds per unit): the pipeline, not the numbers."""
-    return dataclasses.replace(cfg, pretrain_steps=6, pretrain_minutes=None, pretrain_batch=8, pretrain_lr=1e-3,
+    return dataclasses.replace(cfg, pretrain_steps=6, pretrain_batch=8, pretrain_lr=1e-3,
                                pretrain_size=64, finetune_steps=4, finetune_batch=8, finetune_size=64, val_size=16,
-                               samples=min(cfg.samples, 20), eval_batch=min(cfg.eval_batch, 20), smoke=True)
+                               samples=min(cfg.samples, 10), eval_batch=min(cfg.eval_batch, 10),
+                               seeds=cfg.seeds[:1], smoke=True)
 
 
-def run_study(cfg: StudyConfig, stage: str = "all") -> dict:
-    """Run the stages asked for (each resumable); returns a summary (the plan, what finished, the report)."""
-    if stage not in ("pretrain", "finetune", "eval", "report", "all"):
-        raise UsageError(f"--stage: {stage!r} is not pretrain, finetune, eval, report or all")
+STAGES = ("pretrain", "finetune", "eval", "report", "all", "ship")
+
+
+def run_study(cfg: StudyConfig, stage: str = "all", ship: tuple[str, Path, Path | None] | None = None) -> dict:
+    """Run the stages asked for (each resumable); returns a summary (the plan, what finished, the report).
+    ``ship``: (run, dest, weights file or None) for ``--stage ship``."""
+    if stage not in STAGES:
+        raise UsageError(f"--stage: {stage!r} is not one of {', '.join(STAGES)}")
     for s in cfg.strategies:
         parse_strategy(s)
     t0 = time.time()
@@ -801,6 +994,9 @@ def run_study(cfg: StudyConfig, stage: str = "all") -> dict:
             summary["done"]["finetune"] = stage_finetune(cfg, deadline)
         if stage in ("eval", "all"):
             summary["done"]["eval"] = stage_eval(cfg, deadline)
+        if stage == "ship":
+            run, dest, weights = ship or (cfg.keep[0] if cfg.keep else "progressive-s0", cfg.out / "ship", None)
+            summary["done"]["ship"] = str(stage_ship(cfg, run, dest, weights))
         if stage in ("report", "all"):
             rep = stage_report(cfg)
             summary["done"]["report"] = not rep["missing_runs"]
@@ -838,6 +1034,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, argparse
     ap.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps)
     ap.add_argument("--pretrain-minutes", type=float, default=None,
                     help="size the pretraining from a throughput probe to about this many minutes")
+    ap.add_argument("--pretrain-init", default=d.pretrain_init,
+                    help="'random' or a VAR .safetensors to continue from (model/weights/var-toy/var.safetensors)")
     ap.add_argument("--pretrain-batch", type=int, default=d.pretrain_batch)
     ap.add_argument("--pretrain-lr", type=float, default=d.pretrain_lr)
     ap.add_argument("--pretrain-size", type=int, default=d.pretrain_size, help="procedural training images")
@@ -851,6 +1049,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, argparse
     ap.add_argument("--eval-batch", type=int, default=d.eval_batch)
     ap.add_argument("--jobs", type=int, default=d.jobs, help="fine-tune units at a time (own processes)")
     ap.add_argument("--keep", default=",".join(d.keep), help="runs whose fp16 weights are packed for shipping")
+    ap.add_argument("--ship-run", default="progressive-s0", help="--stage ship: the run to ship")
+    ap.add_argument("--ship-weights", type=Path, default=None,
+                    help="--stage ship: its fp16 weights, where they came back beside the pack")
+    ap.add_argument("--ship-dest", type=Path, default=None,
+                    help="--stage ship: destination folder (default OUT/ship; model/weights/var-toy to ship)")
+    ap.add_argument("--figure", action="store_true", help="report: also write pareto.html (needs plotly)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = ap.parse_args(argv)
     for name in ("pretrain_steps", "pretrain_batch", "pretrain_size", "finetune_steps", "finetune_batch",
@@ -867,14 +1071,20 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, argparse
         raise UsageError(f"--model: {a.model!r} is not a 32x32 toy spec of model/spec.py")
     if not Path(a.vae).is_file():
         raise UsageError(f"--vae: {a.vae} does not exist")
+    if not a.plan:
+        from varbench.target import resolve_device
+
+        resolve_device(a.device)            # cuda without a GPU: one line, exit 3, before any work
+    if a.pretrain_init != "random" and not Path(a.pretrain_init).is_file():
+        raise UsageError(f"--pretrain-init: {a.pretrain_init} does not exist (or use 'random')")
     cfg = StudyConfig(
         out=a.out, model=a.model, vae=a.vae, device=a.device, pretrain_steps=a.pretrain_steps,
-        pretrain_minutes=a.pretrain_minutes, pretrain_batch=a.pretrain_batch, pretrain_lr=a.pretrain_lr,
-        pretrain_size=a.pretrain_size, finetune_steps=a.finetune_steps, finetune_batch=a.finetune_batch,
+        pretrain_minutes=a.pretrain_minutes, pretrain_init=a.pretrain_init, pretrain_batch=a.pretrain_batch,
+        pretrain_lr=a.pretrain_lr, pretrain_size=a.pretrain_size, finetune_steps=a.finetune_steps, finetune_batch=a.finetune_batch,
         finetune_lr=a.finetune_lr, finetune_size=a.finetune_size,
         strategies=tuple(s.strip() for s in a.strategies.split(",") if s.strip()),
         seeds=_ints(a.seeds, "--seeds"), samples=a.samples, eval_batch=a.eval_batch, jobs=a.jobs,
-        max_minutes=a.max_minutes, pack=a.pack, keep=tuple(k for k in a.keep.split(",") if k))
+        max_minutes=a.max_minutes, pack=a.pack, figure=a.figure, keep=tuple(k for k in a.keep.split(",") if k))
     if not cfg.strategies or not cfg.seeds:
         raise UsageError("--strategies and --seeds need at least one entry each")
     for s in cfg.strategies:
@@ -890,10 +1100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.plan:
             out = plan(cfg)
         else:
-            out = run_study(cfg, a.stage)
-    except UsageError as e:
+            out = run_study(cfg, a.stage, (a.ship_run, a.ship_dest or cfg.out / "ship", a.ship_weights))
+    except VarbenchError as e:
         print(f"toy_study: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     if a.json or a.plan:
         print(json.dumps(out, indent=2, default=str))
     else:

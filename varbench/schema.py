@@ -279,6 +279,8 @@ METRICS: dict[str, Field] = {f.name: f for f in (
     Field("fid", "FID", "lower", "Frechet Inception distance (torch-fidelity)"),
     Field("toy_acc", "fraction", "higher", "toy classifier accuracy on the generated images"),
     Field("toy_fd", "FD", "lower", "Frechet distance of toy classifier features"),
+    Field("kl_pretrained", "nats", "lower", "guided KL(pretrained full network || this network) per token, mean "
+          "over scales, teacher-forced on the pretrained network's samples (scripts/toy_study.py)"),
 )}
 
 # ---- metrics the gate derives from rows (not row fields) -----------------------------------------------------------
@@ -411,7 +413,7 @@ MAXBATCH = RowKind(
 # ---- toy_study: one row per (run, schedule, metric) of scripts/toy_study.py (issue 22) ----------------------------------
 TOY_STUDY = RowKind(
     "toy_study", "toy_study.jsonl",
-    key_fields=("run", "schedule", "metric", "samples", "cfg"),
+    key_fields=("run", "schedule", "metric", "samples", "cfg", "steps"),
     doc="one quality metric of the full network or one subnet of a pretrained / fine-tuned toy supernet",
     fields=(
         KIND, MODEL, WEIGHTS, DEPTH, SWITCH,
