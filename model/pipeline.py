@@ -215,7 +215,8 @@ class VARPipeline:
             forced = None if teacher_indices is None else teacher_indices[si].to(self.device)
             phase("sampling", si, "begin")
             idx_Bl, cond_logits = self._sample_scale(out, B, t, top_k, top_p, gen, return_logits, plan, kernels,
-                                                     forced, logits_kind == "guided", lambda e: phase("head", si, e))
+                                                     forced, logits_kind == "guided",
+                                                     None if on_phase is None else lambda e: on_phase("head", si, e))
             phase("sampling", si, "end")
             out = None                          # dead now: at a scale boundary only the cache and small state live
             if return_logits:

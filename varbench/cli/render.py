@@ -222,7 +222,7 @@ def _damage(values: Sequence[float], higher_is_better: bool) -> list[float]:
 def matrix_table(rows: list[dict[str, Any]], mode: str, metric: str, full_depth: int = 0) -> Table | None:
     """One sensitivity matrix, each cell its value and [95% interval], coloured green -> yellow -> red by damage
     within the matrix."""
-    from varbench.quality.sensitivity import matrix, matrix_intervals
+    from varbench.quality.matrices import matrix, matrix_intervals
 
     labels, depths, vals = matrix(rows, mode, metric)
     if not labels:

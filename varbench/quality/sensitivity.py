@@ -25,13 +25,10 @@ interval over its samples (``ci_low``, ``ci_high``, ``n``, ``ci_method``; ``varb
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import importlib.util
 import logging
-import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +40,7 @@ import torch
 from model.schedule import SELECTS, DepthSchedule, subnet_layers
 from model.spec import SPECS, VARSpec
 from varbench.measuring import analytic
+from varbench.quality.matrices import CANDIDATE_MODES, write_candidates, write_matrices  # noqa: F401
 from varbench.quality import intervals, metrics
 from varbench.quality.intervals import Interval
 from varbench import results
@@ -54,7 +52,6 @@ from varbench.target import (ModelTarget, portable_config, resolve_depths, resol
 log = logging.getLogger(__name__)
 
 MODES = ("single", "from", "groups")
-CANDIDATE_MODES = ("method", "schedule")     # rows scoring one configuration each (no matrix)
 METRICS = ("fidelity", "kl", "fid", "toy")       # kl: the KL alone (teacher forcing, no generation per cell)
 FIDELITY = ("kl", "token_agreement", "psnr", "ssim")     # row metrics; units and directions: varbench.schema.METRICS
 KL_KINDS = ("guided", "conditional")
@@ -606,54 +603,3 @@ def _config_dict(cfg: SensitivityConfig, spec: VARSpec) -> dict:
     d = portable_config(dataclasses.asdict(cfg))
     d["model"] = spec.name
     return d
-
-
-def matrix(rows: Sequence[dict], mode: str, metric: str) -> tuple[list[str], list[int], list[list[float]]]:
-    """(row labels, depths, values[row][depth]) for one mode and metric; NaN where a cell is missing."""
-    sel = [r for r in rows if r.get("mode") == mode and r.get("metric") == metric]
-    labels = list(dict.fromkeys(r["group"] if r.get("group") else str(r["scale"]) for r in sel))
-    depths = list(dict.fromkeys(r["depth"] for r in sel))
-    val = {(r["group"] if r.get("group") else str(r["scale"]), r["depth"]): r["value"] for r in sel}
-    return labels, depths, [[val.get((lab, d), math.nan) for d in depths] for lab in labels]
-
-
-def matrix_intervals(rows: Sequence[dict], mode: str, metric: str
-                     ) -> dict[tuple[str, int], tuple[float | None, float | None, int | None]]:
-    """(row label, depth) -> (ci_low, ci_high, n) of one matrix; rows written before intervals give Nones."""
-    return {(r["group"] if r.get("group") else str(r["scale"]), r["depth"]):
-            (r.get("ci_low"), r.get("ci_high"), r.get("n"))
-            for r in rows if r.get("mode") == mode and r.get("metric") == metric}
-
-
-def write_candidates(rows: Sequence[dict], out_dir: Path) -> Path:
-    """sensitivity_candidates.csv: one line per (method or schedule, metric) with its interval."""
-    path = Path(out_dir) / "sensitivity_candidates.csv"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["mode", "method", "metric", "value", "ci_low", "ci_high", "n", "kv_bytes", "flops",
-                    "predicted_loss"])
-        for r in rows:
-            if r.get("mode") in CANDIDATE_MODES:
-                w.writerow([r["mode"], r["method"], r["metric"], repr(float(r["value"])), r.get("ci_low"),
-                            r.get("ci_high"), r.get("n"), r.get("kv_bytes"), r.get("flops"),
-                            r.get("predicted_loss")])
-    os.replace(tmp, path)
-    return path
-
-
-def write_matrices(rows: Sequence[dict], out_dir: Path, mode: str) -> list[Path]:
-    """One CSV per metric: sensitivity_matrix_<mode>_<metric>.csv, rows = scale or group, columns = depth."""
-    paths = []
-    for m in dict.fromkeys(r["metric"] for r in rows if r.get("mode") == mode):
-        labels, depths, vals = matrix(rows, mode, m)
-        path = Path(out_dir) / f"sensitivity_matrix_{mode}_{m}.csv"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["group" if mode == "groups" else "scale"] + [f"d{d}" for d in depths])
-            for lab, row in zip(labels, vals):
-                w.writerow([lab] + [repr(float(v)) for v in row])
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
