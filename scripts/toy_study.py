@@ -70,6 +70,21 @@ def _portable(path: Path) -> str:
     except ValueError:
         return str(path)
 
+
+def portable_command(args: Sequence[str]) -> str:
+    """A command as provenance records it: paths inside the working directory relative, a path outside it (the
+    device's output folder) as ``$OUT`` - provenance names no machine's paths."""
+    out = []
+    for arg in args:
+        rel = _portable(Path(arg)) if os.path.isabs(arg) else arg
+        out.append("$OUT" if os.path.isabs(rel) else rel)
+    return " ".join(out)
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return portable_command(["python3", "scripts/toy_study.py", *argv])
+
+
 STRATEGIES = ("sandwich", "progressive", "fixed-p0.1", "fixed-p0.5", "fixed-p1.0")   # longest first
 PAPER_PHASES = (5.0, 15.0, 10.0)       # VARIANT_PAPER "Training recipe": E1 at p0, E2 ramp, E3 at p = 1 (5-15)
 PACK_FILE = "toy_study.tar.gz"
@@ -583,7 +598,7 @@ def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
         prov = {
             "what": f"{cfg.model}: the full network pretrained from {cfg.pretrain_init} init by varbench's trainer "
                     f"on the procedural toy set (scripts/toy_study.py, issue 22)", "init": cfg.pretrain_init,
-            "commands": [" ".join(["python3", "scripts/toy_study.py"] + sys.argv[1:]),
+            "commands": [command_line(sys.argv[1:]),
                          f"python3 -m varbench train --config {run}/train.toml"],
             "seed": fields["seed"], "steps": res["step"], "batch": fields["batch"], "lr": fields["lr"],
             "images": res["step"] * fields["batch"], "synthetic_size": fields["synthetic_size"],
@@ -737,7 +752,7 @@ def stage_ship(cfg: StudyConfig, run: str, dest: Path, weights: Path | None = No
     prov = {
         "what": f"{cfg.model}: VARiant supernet fine-tuned ({run}) from a full network pretrained by varbench's own "
                 f"trainer on the procedural toy set (scripts/toy_study.py, issue 22)",
-        "commands": pre["commands"] + [" ".join(["python3", "scripts/toy_study.py"] + sys.argv[1:])],
+        "commands": [portable_command(c.split()) for c in pre["commands"]] + [command_line(sys.argv[1:])],
         "seed": pre["seed"], "device": pre["environment"].get("gpu_name"),
         "commit": pre["environment"].get("git_commit"),
         "vqvae": old_prov.get("vqvae", {"weights": cfg.vae}),

@@ -136,3 +136,23 @@ def test_summary_picks_qualifying_pareto_configs():
     assert "d2 (switch 4): toy accuracy 50% at 1.00 GFLOP/image" in per_flop and "8 samples" in per_flop
     strict = demo_lib.pareto_summary(sweep, sens, kl_tolerance=0.0)
     assert "full (switch 4, batch 8)" in strict[0] and "full (switch 4," in strict[1]
+
+
+def test_the_default_tolerance_separates_the_shipped_subnets(tmp_path):
+    """On the shipped weights, at the full demo's sample count, seed and switch, the default KL tolerance claims a
+    subnet (its interval's upper end below it) and not every subnet: the demo's first two lines name a real
+    trade-off, not "full" (a tolerance too tight for these weights) nor the smallest subnet (one too loose)."""
+    import dataclasses
+
+    from varbench.quality.sensitivity import run_sensitivity
+    from varbench.workflows.demo import torch_threads
+
+    plan = demo_lib.demo_plan(quick=False)
+    # the demo's cells at the switch, KL only (the metric adds classifier scores, not a different KL)
+    cfg = dataclasses.replace(next(c for c in plan.sensitivity if c.mode == "from"), depths=[2, 6],
+                              scales=[plan.switch], metric="kl")
+    with torch_threads(plan.threads):
+        rows = run_sensitivity(cfg, tmp_path / "sens")
+    hi = {r["depth"]: r["ci_high"] for r in rows if r["mode"] == "from" and r["metric"] == "kl"}
+    assert set(hi) == {2, 6} and all(r["samples"] == 16 for r in rows if r["metric"] == "kl")
+    assert hi[6] <= demo_lib.KL_TOLERANCE < hi[2], (hi, demo_lib.KL_TOLERANCE)

@@ -235,3 +235,13 @@ def test_plan_estimates_every_stage(ts, capsys, tmp_path):
     assert ts.main(["--plan", "--out", str(tmp_path / "p"), "--device", "cpu", "--pretrain-minutes", "5"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert p["pretrain"]["steps"] == ts.steps_for_minutes(5, ts.ASSUMED_IMG_S["cpu"], 512)
+
+
+def test_provenance_commands_name_no_machine_paths(ts, monkeypatch, tmp_path):
+    """A path outside the working directory (the device's output folder) is recorded as $OUT, one inside it
+    relative: shipped provenance must not carry /root/out or a home directory."""
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / "runs" / "study"
+    cmd = ts.command_line(["--out", str(inside), "--pack", "/root/out", "--jobs", "5"])
+    assert cmd == "python3 scripts/toy_study.py --out runs/study --pack $OUT --jobs 5"
+    assert ts.portable_command("python3 scripts/toy_study.py --pack /root/out".split()).endswith("--pack $OUT")
