@@ -181,6 +181,21 @@ def kv_bytes_final(spec: VARSpec, schedule: DepthSchedule | None = None, batch: 
     return kv_bytes_per_scale(spec, schedule, batch, dtype, keep_skipped, k_dtype, cfg, plan)[-1]
 
 
+def kv_keys_per_scale(spec: VARSpec, schedule: DepthSchedule | None = None,
+                      plan: InferencePlan | None = None) -> list[int]:
+    """The most keys one block attends to at each scale: its cached tokens once it has written the scale (with
+    ``plan.kv_window``, those in the window); 0 at a scale that runs no block. What sizes per-block transients
+    over the cache (the fp8 path's dequantised K/V copies)."""
+    sch = _schedule(spec, schedule)
+    window = plan.kv_window if plan is not None else None
+    out = []
+    for si, blocks in enumerate(sch.layers):
+        out.append(max((sum(spec.tokens[s] for s in sch.active_scales(b) if s <= si
+                            and (window is None or s < window[0] or s > si - window[1])) for b in blocks),
+                       default=0))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- FLOPs
 
 

@@ -4,7 +4,7 @@ Every probe is one sweep point (``varbench.measuring.sweep.run_point``: a fresh 
 OOM or a crash stays in that process and becomes "does not fit"), with ``memory_limit_bytes`` set:
 
 - CUDA: the worker caps its caching allocator with ``torch.cuda.set_per_process_memory_fraction(limit / total)``,
-  so an allocation past the limit raises OutOfMemoryError (the CUDA context, ~0.5 GiB, is outside the cap).
+  so an allocation past the limit raises OutOfMemoryError (the CUDA context, ~0.7 GiB, is outside the cap).
   Without ``--memory-limit`` the limit is what NVML reports free on the device, less a context reserve, and
   no cap is set (the real device is the limit).
 - CPU: there is no allocator cap to set, so the worker measures the growth of its peak RSS (ru_maxrss, kept by
@@ -28,8 +28,12 @@ from typing import Any, Callable
 from varbench.errors import EnvironmentUnavailable, RegressionFailed, UsageError
 from varbench.workflows.budget import DTYPE_BYTES, GiB, HEADROOM, Estimate, available_bytes
 
-CONTEXT_RESERVE = 512 * 2 ** 20      # the CUDA context of the worker, outside the allocator (no --memory-limit)
+# What a worker cannot allocate of the device's free memory (no --memory-limit): its CUDA context and library
+# handles, 0.68 GiB in every OOM message of results/h200/maxbatch (H200, torch 2.11, CUDA 13), and the allocator's
+# reserved-but-unallocated slack at the OOM (0.11-0.15 GiB there, expandable segments)
+CONTEXT_RESERVE = 7 * 2 ** 27        # 0.875 GiB
 DECODE_CHUNK = 16                    # VARPipeline.decode's default chunk: decode memory stops growing there
+SAMPLER_TOP_K = 900                  # VARPipeline.generate's default top-k, what a sweep point samples with
 
 
 @dataclass
@@ -97,40 +101,127 @@ def _configuration(cfg: MaxBatchConfig, spec: Any) -> Any:
 
 def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_graphs: bool = False,
              keep_skipped: bool = False, from_file: bool = False) -> Estimate:
-    """Peak memory of one sweep point (generate + decode) at ``batch``, from ``measuring.analytic``'s sizes:
-    weights (on the CPU built in float32 and cast, as ``budget.inference_estimate``), the schedule's KV cache
-    (``analytic.kv_peak_bytes`` with the method's plan fields; CUDA graphs free what eager frees), the last
-    scale's working set per image (float32 residual stream and two float32 temporaries, the 16-bit modulated
-    input, q/k/v and attention output, per CFG row), the bounded chunks (the head's float32 logits:
-    ``plan.sample_chunk_logits``; the MLP hidden: ``plan.ffn_chunk_elems``) and the decoder's widest activations
-    for one decode chunk."""
+    """Peak memory of one sweep point (generate + decode) at ``batch``: the largest of the stages that do not
+    coexist, from ``measuring.analytic``'s per-scale sizes. Returns the parts of the stage that peaks (named in
+    ``what``).
+
+    Why a maximum over stages: a schedule that frees KV holds its KV peak at one scale and its widest working set
+    at another (VARiant-d2 @ 6: 30 blocks x 91 tokens at scale 5, 2 blocks x 680 at scale 9), and the cache is
+    released before decode; summing the KV peak, the last scale's working set and the decode chunk (the estimator
+    until commit 844a499) over-predicted d2 on the H200 by 40% (results/h200/maxbatch/). Each scale s contributes:
+
+    - blocks: the KV held at s (``analytic.kv_bytes_per_scale``; code: ``code_kv_bytes_per_scale``) + the scale's
+      float32 input (held by the loop) and the running block input + the widest point of one eager block on
+      e = rows*tokens*width elements: the residual's AdaLN (h, x', LayerNorm and its modulated float32 copy:
+      12 + dt bytes an element), the second residual (8 + 3*dt), the attention (6*dt fused q/k-norm path, 7*dt
+      otherwise) or the MLP (4 + 3*dt, plus one row chunk of ``plan.ffn_chunk_elems`` hidden elements). The fp8
+      cache (``plan.kv_fp8``) runs the unfused path: its write makes two float32 copies of the scale's k (and of
+      v), and ``KVCache.prefix`` dequantises K and V over all the block's keys (``analytic.kv_keys_per_scale``):
+      three compute-dtype copies at once (the cast of V next to the dequantised K and V), then two under SDPA;
+      that transient was the fp8 row's 5 GB gap on the H200.
+    - sampling: the KV at s, the scale's float32 hidden state and one head chunk of ``plan.sample_chunk_logits``
+      (float32 logits of both CFG rows and the guided ones, then the larger of the Gumbel noise with its two
+      temporaries and the noise with top-k's values, indices and top-p's softmax / cumulative sums; a
+      vocabulary smaller than top-k is sorted whole, which is where a toy model's peak is).
+    - next input: the KV at s and the next scale's embedded input (float32, both CFG rows).
+    - decode (after ``stepper.finish`` released the cache): one decode chunk's widest decoder activations in the
+      decode dtype and the float32 images twice (the chunks and their concatenation).
+
+    Resident throughout: weights (on the CPU built in float32 and cast, as ``budget.inference_estimate``), the
+    VQ-VAE in float32, the AdaLN modulations of every used block (computed once per generation: 2*batch x 6C)
+    and the small state (f_hat, indices). Left out: the cache's reallocation at a segment start (at most one
+    block's old buffer next to the new ones). CUDA graphs are modelled as the eager path (their pool frees what
+    eager frees) plus the buffers they keep through decode; unmeasured. The estimate is within 0.05% of every
+    measured peak of the H200 rows (tests/test_maxbatch_h200.py) and within 0.9% of the CPU allocator's peak
+    on small models (tests/test_maxbatch.py)."""
     import torch
 
-    from model.plan import InferencePlan
     from model import spec as spec_mod
+    from model.plan import InferencePlan
+    from model.schedule import DepthSchedule
     from varbench.measuring import analytic
 
     dt = DTYPE_BYTES[dtype]
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    cuda = device.startswith("cuda")
     plan = InferencePlan.plain().replace(**conf.plan_changes(), cuda_graphs=cuda_graphs)
     refiner = spec_mod.get(conf.refiner()) if conf.refiner() else None
     p = analytic.params(spec) + (analytic.params(refiner) if refiner else 0)
-    weights = dt * p if device.startswith("cuda") else (4 * p * (2 if from_file else 1) + (dt * p if dt != 4 else 0))
+    weights = dt * p if cuda else (4 * p * (2 if from_file else 1) + (dt * p if dt != 4 else 0))
+    vae = 4 * analytic.vae_params(spec.vae, spec.num_scales)
+    S, B, rows0 = spec.num_scales, int(batch), 2 * int(batch)
     if refiner is None:
-        kv = analytic.kv_peak_bytes(spec, conf.schedule(), batch, tdt, keep_skipped, plan=plan)   # graphs free too
+        sch = conf.schedule()
+        kv = analytic.kv_bytes_per_scale(spec, sch, B, tdt, keep_skipped, plan=plan)
+        keys = analytic.kv_keys_per_scale(spec, sch, plan)
+        nblocks = [len(layer) for layer in sch.layers]
+        runs, refined = [spec] * S, [False] * S
+        used = [(spec, len(sch.used_blocks()))]
     else:
-        kv = max(analytic.code_kv_bytes_per_scale(spec, refiner, batch, tdt, keep_skipped, plan=plan))
-    C, t, V = max(spec.width, refiner.width if refiner else 0), spec.tokens[-1], spec.vae.vocab_size
-    rows = 2 * batch                                                   # CFG: two rows per image
-    working = rows * t * C * (3 * 4 + 5 * dt)
-    logits = 2 * 4 * min(plan.sample_chunk_logits, rows * t * V)      # logits + their softmax / noise
-    hidden = 2 * dt * min(plan.ffn_chunk_elems, rows * t * spec.mlp_hidden)
-    top = spec.vae.ch * max(spec.vae.ch_mult[:1]) * spec.image_size ** 2
-    decode = 3 * 4 * min(batch, DECODE_CHUNK) * top + 4 * batch * 3 * spec.image_size ** 2    # + the images
-    return Estimate(f"{spec.name} {conf.canonical()} at batch {batch}", device,
-                    {"weights": weights, "VQ-VAE": 4 * analytic.vae_params(spec.vae, spec.num_scales),
-                     "KV cache": kv, "activations": working, "logits chunk": logits, "MLP chunk": hidden,
-                     "decode": decode})
+        N = plan.refine_from
+        dsch, rsch = DepthSchedule.prefix(spec, N), DepthSchedule.full(refiner)
+        kv = analytic.code_kv_bytes_per_scale(spec, refiner, B, tdt, keep_skipped, plan=plan)
+        keys = analytic.kv_keys_per_scale(spec, dsch, plan)[:N] + analytic.kv_keys_per_scale(refiner, rsch, plan)[N:]
+        nblocks = [spec.depth if si < N else refiner.depth for si in range(S)]
+        runs = [spec if si < N else refiner for si in range(S)]
+        refined = [si >= N for si in range(S)]
+        used = [(spec, len(dsch.used_blocks())), (refiner, refiner.depth)]
+    mods = sum(rows0 * m.width * dt * (6 * (n + (1 if m.shared_aln else 0)) + 1) for m, n in used)
+    pn = spec.patch_nums[-1]
+    fhat = B * spec.vae.z_channels * pn * pn * 4
+    state = fhat + B * spec.L * 8
+    resident = {"weights": weights, "VQ-VAE": vae, "modulations": mods + state}
+
+    def guided(si: int) -> bool:
+        return plan.cfg_until is None or si < plan.cfg_until
+
+    stages: list[tuple[str, dict[str, int]]] = []
+    for si in range(S):
+        m, t = runs[si], spec.tokens[si]
+        C, V = m.width, m.vae.vocab_size
+        rows = rows0 if guided(si) else B
+        e = rows * t * C
+        if nblocks[si]:
+            # the refiner's scales: the loop's input (the drafter's embedding) is held next to the refiner's own
+            held = 4 * e * (2 if nblocks[si] > 1 else 1) + (4 * rows * t * spec.width if refined[si] else 0)
+            fused = plan.kv_layout == "token" and not plan.kv_fp8 and m.attn_l2_norm
+            attn, dequant = (6 if fused else 7) * dt * e, 0
+            if plan.kv_fp8:
+                X = rows * keys[si] * C * dt
+                dequant = max(8 * e, 3 * X, dt * e + 2 * X)
+                attn = 6 * dt * e
+            R, Hm = rows * t, m.mlp_hidden
+            n_h = 1 if cuda else 2                       # cuBLASLt's bias+GELU epilogue on CUDA: one hidden tensor
+            if R * Hm <= plan.ffn_chunk_elems:
+                mlp_base, mlp_chunk = (4 + 2 * dt) * e, max(n_h * R * Hm * dt, R * Hm * dt + dt * e)
+            else:
+                r = max(1, plan.ffn_chunk_elems // Hm)
+                mlp_base, mlp_chunk = (4 + 3 * dt) * e, max(n_h * r * Hm * dt, r * (Hm + C) * dt)
+            inner = {"first AdaLN": 8 * e, "attention": attn + dequant, "residual AdaLN": (12 + dt) * e,
+                     "MLP": mlp_base + mlp_chunk, "second residual": (8 + 3 * dt) * e}
+            where = max(inner, key=inner.__getitem__)
+            parts = {"KV cache": kv[si], "activations": held + inner[where]}
+            if where == "attention" and dequant:
+                parts.update(activations=held + attn, **{"fp8 dequant": dequant})
+            elif where == "MLP":
+                parts.update(activations=held + mlp_base, **{"MLP chunk": mlp_chunk})
+            stages.append((f"scale {si} blocks ({where})", parts))
+        n_img = min(B, max(1, plan.sample_chunk_logits // (t * V)))
+        kf = min(1.0, SAMPLER_TOP_K / V)               # top-k's share of the vocabulary (1: the full sort)
+        logits = int(n_img * t * V * (4 * (3 if guided(si) else 1) + max(12, 4 + 24 * kf)))
+        stages.append((f"scale {si} sampling", {"KV cache": kv[si], "activations": 4 * e, "logits chunk": logits}))
+        if si + 1 < S:
+            t1 = spec.tokens[si + 1]
+            nxt = 4 * B * t1 * spec.width * (3 if guided(si + 1) else 2) + 3 * fhat
+            stages.append((f"scale {si} next input", {"KV cache": kv[si], "activations": nxt}))
+    top = spec.vae.ch * spec.vae.ch_mult[0] * spec.image_size ** 2
+    ddt = dt if cuda else 4                              # the decoder runs in the 16-bit compute dtype on CUDA
+    decode = 3 * ddt * min(B, DECODE_CHUNK) * top + 2 * 4 * B * 3 * spec.image_size ** 2
+    kept = {"KV cache": kv[-1], "activations": 4 * rows0 * max(spec.tokens) * spec.width} if cuda_graphs else {}
+    stages.append(("decode", {**kept, "decode": decode}))
+    name, parts = max(stages, key=lambda st: sum(st[1].values()))
+    return Estimate(f"{spec.name} {conf.canonical()} at batch {batch} (peak: {name})", device,
+                    {**resident, **parts})
 
 
 def predict(est: Callable[[int], Estimate], limit_bytes: int, cap: int) -> Prediction:
@@ -234,7 +325,8 @@ def _limit(cfg: MaxBatchConfig) -> tuple[int, str, bool]:
         if total is None or used is None:        # no torch.cuda here: the parent would hold a context
             raise EnvironmentUnavailable(f"maxbatch: cannot read the GPU's free memory ({nv.reason}); pass "
                                          "--memory-limit GB")
-        return total - used - CONTEXT_RESERVE, "NVML free memory less a 0.5 GiB context reserve", False
+        return (total - used - CONTEXT_RESERVE,
+                f"NVML free memory less a {CONTEXT_RESERVE / GiB:g} GiB context reserve", False)
     avail = available_bytes("cpu")
     if avail is None:
         raise EnvironmentUnavailable("maxbatch: cannot read the available memory; pass --memory-limit GB")
