@@ -60,6 +60,10 @@ def test_bf16_greedy_tokens_agree_var_d16():
     assert greedy_agreement(spec.SPECS["var-d16"], batch=1) >= 0.99
 
 
+# var-d16 keeps the official initialisation: it guards the full-size kernels' precision (tiles, split head), not
+# the blocks (GREEDY_SPEC and SPEC do that). Greedy tokens cannot see blocks at this width: on the CPU, with AdaLN
+# gamma and head at 0.3, zeroing block 7's attention left all greedy tokens unchanged, and at 1.0 bf16 itself
+# agrees with fp32 on only 96% of the tokens.
 @pytest.mark.gpu
 def test_fast_path_greedy_tokens_agree_var_d16_gpu():
     assert greedy_agreement(spec.SPECS["var-d16"], batch=2, device="cuda", fast=True) >= 0.99
