@@ -16,6 +16,8 @@ Stages (``--stage``; ``all`` runs them in order, each skipping what is already f
   network and of VARiant-d{2,4,6} at the switch, guided KL / token agreement of each subnet against its own full
   network (``varbench.quality.sensitivity.run_sensitivity``, mode ``from``), and every schedule's guided KL to the
   pretrained full network (metric ``kl_pretrained``: one fixed teacher for all runs), n = ``--samples``.
+- ``asymmetry``: the kept supernet's (``--keep``) ``single`` and ``from`` sensitivity matrices over every scale at
+  d2/d4/d6, toy metric, ``--asymmetry-samples`` per cell, with intervals (OUT/asymmetry/{single,from}).
 - ``report``: ``pareto.json`` (one point per strategy and seed: full-network vs subnet quality, intervals) and
   ``table.md`` (per strategy, and whether progressive reaches the frontier of the fixed ratios, within intervals);
   ``--figure`` adds ``pareto.html`` (plotly, imported only then: not on the GPU machine).
@@ -129,6 +131,7 @@ class StudyConfig:
     depths: tuple[int, ...] = (2, 4, 6)
     switch: int = 4
     samples: int = 500
+    asymmetry_samples: int = 200         # per cell of the asymmetry matrices (single and from, every scale)
     eval_batch: int = 250
     cfg: float = 1.5
     top_k: int = 900
@@ -729,6 +732,53 @@ def stage_eval(cfg: StudyConfig, deadline: float | None) -> bool:
     return ok
 
 
+def asymmetry_weights(cfg: StudyConfig, run: str) -> Path | None:
+    """The run's fp16 weights: in its folder (the call that trained it) or beside the study / the pack (as a
+    packed call returns them, ``var-RUN.safetensors``)."""
+    for p in (cfg.out / "finetune" / run / "var.safetensors", cfg.out / f"var-{run}.safetensors",
+              *([cfg.pack / f"var-{run}.safetensors"] if cfg.pack else [])):
+        if p.is_file():
+            return p
+    return None
+
+
+def asymmetry_done(cfg: StudyConfig, mode: str) -> bool:
+    """Every (scale, depth) cell of the matrix has its KL row at ``--asymmetry-samples`` (a carried study folder
+    is complete without the weights that made it)."""
+    from model import spec as spec_mod
+
+    path = cfg.out / "asymmetry" / mode / "sensitivity.jsonl"
+    if not path.exists():
+        return False
+    have = {(r["scale"], r["depth"]) for r in results.read_rows(path)
+            if r.get("mode") == mode and r.get("metric") == "kl" and r.get("n") == cfg.asymmetry_samples}
+    return have >= {(s, d) for s in range(spec_mod.get(cfg.model).num_scales) for d in cfg.depths}
+
+
+def stage_asymmetry(cfg: StudyConfig, deadline: float | None) -> bool:
+    """The scale x depth asymmetry of the kept supernet (``--keep``'s first run): ``single`` and ``from``
+    sensitivity matrices over every scale at ``cfg.depths``, toy metric, ``--asymmetry-samples`` per cell, into
+    OUT/asymmetry/{single,from} (``run_sensitivity`` rows with intervals; it resumes cell by cell)."""
+    from varbench.quality.sensitivity import run_sensitivity
+
+    run = cfg.keep[0] if cfg.keep else "progressive-s0"
+    if all(asymmetry_done(cfg, mode) for mode in ("single", "from")):
+        return True
+    weights = asymmetry_weights(cfg, run)
+    if weights is None:
+        say(f"asymmetry: no weights of {run} yet")
+        return False
+    base = dataclasses.replace(sensitivity_config(cfg, weights), scales="all", samples=cfg.asymmetry_samples,
+                               batch=min(cfg.eval_batch, cfg.asymmetry_samples))
+    for mode in ("single", "from"):
+        if _left(deadline) <= 0:
+            return False
+        t0 = time.perf_counter()
+        rows = run_sensitivity(dataclasses.replace(base, mode=mode), cfg.out / "asymmetry" / mode)
+        say(f"asymmetry: {run} {mode}, {len(rows)} rows in {time.perf_counter() - t0:.0f} s")
+    return True
+
+
 def stage_ship(cfg: StudyConfig, run: str, dest: Path, weights: Path | None = None) -> Path:
     """DEST/var.safetensors (the run's fp16 supernet), DEST/vae.safetensors and DEST/provenance.json: the
     pretraining (command, seed, steps, losses, commit), the fine-tune (strategy, steps, config) and the run's rows.
@@ -795,11 +845,12 @@ def smoke_config(cfg: StudyConfig) -> StudyConfig:
     """A tiny CPU-sized version of every stage (seconds per unit): the pipeline, not the numbers."""
     return dataclasses.replace(cfg, pretrain_steps=6, pretrain_batch=8, pretrain_lr=1e-3,
                                pretrain_size=64, finetune_steps=4, finetune_batch=8, finetune_size=64, val_size=16,
-                               samples=min(cfg.samples, 10), eval_batch=min(cfg.eval_batch, 10),
+                               samples=min(cfg.samples, 10), asymmetry_samples=min(cfg.asymmetry_samples, 4),
+                               eval_batch=min(cfg.eval_batch, 10),
                                seeds=cfg.seeds[:1], smoke=True)
 
 
-STAGES = ("pretrain", "finetune", "eval", "report", "all", "ship")
+STAGES = ("pretrain", "finetune", "eval", "asymmetry", "report", "all", "ship")
 
 
 def run_study(cfg: StudyConfig, stage: str = "all", ship: tuple[str, Path, Path | None] | None = None) -> dict:
@@ -823,6 +874,8 @@ def run_study(cfg: StudyConfig, stage: str = "all", ship: tuple[str, Path, Path 
             summary["done"]["finetune"] = stage_finetune(cfg, deadline)
         if stage in ("eval", "all"):
             summary["done"]["eval"] = stage_eval(cfg, deadline)
+        if stage in ("asymmetry", "all"):
+            summary["done"]["asymmetry"] = stage_asymmetry(cfg, deadline)
         if stage == "ship":
             run, dest, weights = ship or (cfg.keep[0] if cfg.keep else "progressive-s0", cfg.out / "ship", None)
             summary["done"]["ship"] = str(stage_ship(cfg, run, dest, weights))
@@ -875,6 +928,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, argparse
     ap.add_argument("--strategies", default=",".join(d.strategies))
     ap.add_argument("--seeds", default=",".join(map(str, d.seeds)))
     ap.add_argument("--samples", type=int, default=d.samples, help="generated images per schedule")
+    ap.add_argument("--asymmetry-samples", type=int, default=d.asymmetry_samples,
+                    help="samples per cell of the asymmetry matrices")
     ap.add_argument("--eval-batch", type=int, default=d.eval_batch)
     ap.add_argument("--jobs", type=int, default=d.jobs, help="fine-tune units at a time (own processes)")
     ap.add_argument("--keep", default=",".join(d.keep), help="runs whose fp16 weights are packed for shipping")
@@ -912,7 +967,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, argparse
         pretrain_lr=a.pretrain_lr, pretrain_size=a.pretrain_size, finetune_steps=a.finetune_steps, finetune_batch=a.finetune_batch,
         finetune_lr=a.finetune_lr, finetune_size=a.finetune_size,
         strategies=tuple(s.strip() for s in a.strategies.split(",") if s.strip()),
-        seeds=_ints(a.seeds, "--seeds"), samples=a.samples, eval_batch=a.eval_batch, jobs=a.jobs,
+        seeds=_ints(a.seeds, "--seeds"), samples=a.samples, asymmetry_samples=a.asymmetry_samples,
+        eval_batch=a.eval_batch, jobs=a.jobs,
         max_minutes=a.max_minutes, pack=a.pack, figure=a.figure, keep=tuple(k for k in a.keep.split(",") if k))
     if not cfg.strategies or not cfg.seeds:
         raise UsageError("--strategies and --seeds need at least one entry each")

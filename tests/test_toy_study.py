@@ -57,7 +57,7 @@ def study(ts, tmp_path_factory):
 
 def test_smoke_writes_declared_rows_for_every_run_and_schedule(ts, study):
     cfg, summary = study
-    assert summary["done"] == {"pretrain": True, "finetune": True, "eval": True, "report": True}
+    assert summary["done"] == {"pretrain": True, "finetune": True, "eval": True, "asymmetry": True, "report": True}
     rows = results.read_rows(cfg.out / TOY_STUDY.rows_file)
     for row in rows:
         assert set(row) <= set(TOY_STUDY.names), set(row) - set(TOY_STUDY.names)
@@ -78,6 +78,18 @@ def test_smoke_writes_declared_rows_for_every_run_and_schedule(ts, study):
     assert prov["steps"] == 2 and prov["seed"] == 0 and prov["losses"] and "git_commit" in prov["environment"]
     toml = (cfg.out / "finetune" / "progressive-s0" / "train.toml").read_text()
     assert 'strategy = "progressive"' in toml and "schedule_steps = 2" in toml
+
+
+def test_asymmetry_matrices_cover_every_scale_and_depth_of_the_kept_run(ts, study):
+    """The asymmetry stage: single and from matrices of the kept supernet at every scale x d2/d4/d6, intervals."""
+    cfg, _ = study
+    for mode in ("single", "from"):
+        rows = results.read_rows(cfg.out / "asymmetry" / mode / "sensitivity.jsonl")
+        cells = {(r["scale"], r["depth"]) for r in rows if r["mode"] == mode and r["metric"] == "kl"}
+        assert cells == {(s, d) for s in range(7) for d in (2, 4, 6)}, (mode, sorted(cells))
+        assert all(r["n"] == cfg.asymmetry_samples and r["ci_low"] <= r["value"] <= r["ci_high"]
+                   for r in rows if r["mode"] == mode and r["metric"] in ("kl", "toy_acc"))
+        assert len({r["weights"] for r in rows}) == 1
 
 
 def test_rerun_does_no_work(ts, study, monkeypatch):
