@@ -90,7 +90,8 @@ def shipped_weights(model: str = MODEL) -> tuple[Path, Path]:
 
 
 def demo_plan(quick: bool = False) -> DemoPlan:
-    """The demo's configs. Full: about 2 minutes on 2 idle cores (sensitivity 77 s, sweep 41 s); quick (CI, tests): ~18 s."""
+    """The demo's configs. Full: about 2 minutes on 2 idle cores (sensitivity 77 s, sweep 41 s); quick (CI,
+    tests): ~18 s."""
     from varbench.quality.sensitivity import SensitivityConfig
     from varbench.measuring.sweep import SweepConfig
     from varbench.measuring.trace import TraceConfig
