@@ -261,6 +261,25 @@ def test_d30_inference_on_small_cpu_refuses(place, monkeypatch, command):
                "var-d30 at batch 64 needs about", place)
 
 
+def test_no_memory_check_runs_past_the_refusal(place, monkeypatch):
+    """The refusal names the option that overrides it, and the option does override it (the sweep is then
+    reached: here it is interrupted, exit 130, instead of the refusal's exit 2)."""
+    from varbench.measuring import sweep
+    from varbench.workflows import budget
+
+    monkeypatch.setattr(budget, "available_bytes", lambda device: 8 * budget.GiB)
+    args = ["sweep", "--model", "var-d30", "--depths", "30", "--batch", "64", "--device", "cpu", "--out",
+            str(place / "o")]
+    line = invoke_bad(args, 2, "var-d30 at batch 64 needs about", place)
+    assert "--no-memory-check" in line
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    invoke_bad([*args, "--no-memory-check"], 130, "interrupted", place, allowed=(place / "o",), progress=True)
+
+
 def test_ctrl_c_is_one_line_exit_130(place, monkeypatch):
     from varbench.measuring import sweep
 

@@ -3,7 +3,7 @@
 Without this, ``train --model var-d30 --stage vqvae --device cpu`` grows until the kernel kills it, silently. The
 estimates are upper-bound-ish sums of the analytic sizes (``varbench.measuring.analytic``: parameters, KV cache)
 and of the activations the backward pass keeps; they decide only whether a run can fit at all, so they err high.
-``VARBENCH_NO_MEMORY_CHECK=1`` skips the refusal (an estimate can be wrong; the user may know better).
+The CLI's ``--no-memory-check`` skips the refusal (an estimate can be wrong; the user may know better).
 """
 from __future__ import annotations
 
@@ -79,16 +79,17 @@ def available_bytes(device: str) -> int | None:
     return min(vals) if vals else None
 
 
-def check_fits(est: Estimate, command: str) -> None:
-    """A UsageError (exit 2) with the estimate when it cannot fit the device's available memory."""
-    if os.environ.get("VARBENCH_NO_MEMORY_CHECK") == "1":
+def check_fits(est: Estimate, command: str, skip: bool = False) -> None:
+    """A UsageError (exit 2) with the estimate when it cannot fit the device's available memory (``skip``: the
+    user's ``--no-memory-check``)."""
+    if skip:
         return
     avail = available_bytes(est.device)
     if avail is None or est.total <= HEADROOM * avail:
         return
     raise UsageError(f"{command}: {est.describe()}, but {est.device} has {avail / GiB:.1f} GiB available; "
                      f"lower --batch, choose a smaller --model or another device "
-                     f"(VARBENCH_NO_MEMORY_CHECK=1 runs it anyway)")
+                     f"(--no-memory-check runs it anyway)")
 
 
 # ---- estimates ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from varbench.cli.common import err_console, out_dir_lock
+from varbench.cli.common import NoMemoryCheckOpt, err_console, out_dir_lock
 from varbench.cli.render import SensitivityProgress, sweep_point_printer
 
 
@@ -14,6 +14,7 @@ def run(
     suite: Annotated[Path, typer.Argument(help="Suite file (suites/*.toml).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Results directory (default out/<suite name>). "
                                                 "Re-running resumes finished points.")] = None,
+    no_memory_check: NoMemoryCheckOpt = False,
 ) -> None:
     """Run a suite's sweep, sensitivity and trace parts into one results directory and write report.html there."""
     from varbench.workflows.budget import check_fits
@@ -26,7 +27,7 @@ def run(
                           f"{_duration(p['seconds'])}, {p['memory_bytes'] / 2 ** 30:.1f} GiB (rough, analytic)",
                           markup=False, highlight=False, soft_wrap=True)
         if p["device"] == "cpu":       # on a GPU a point too large is an "oom" row; on the CPU the kernel kills
-            check_fits(p["estimate"], f"run {s.name} ({p['part']})")
+            check_fits(p["estimate"], f"run {s.name} ({p['part']})", skip=no_memory_check)
     if any(p["device"] == "cpu" for p in plan) and any(p["model"].startswith("var-d") for p in plan):
         err_console.print(f"notice: {s.name} runs official-size models on the CPU; it is meant for a GPU "
                           "(suites/ci.toml is the CPU suite)", style="yellow", markup=False, soft_wrap=True)

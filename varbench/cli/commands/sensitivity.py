@@ -8,8 +8,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from varbench.cli.common import (CkptOpt, DeviceOpt, JsonOpt, ModelOpt, OutOpt, SelectOpt, VaeOpt, check_weight_files,
-                                 err_console, out_dir_lock, print_json)
+from varbench.cli.common import (CkptOpt, DeviceOpt, JsonOpt, ModelOpt, NoMemoryCheckOpt, OutOpt, SelectOpt, VaeOpt,
+                                 check_weight_files, err_console, out_dir_lock, print_json)
 from varbench.cli.render import SensitivityProgress, fmt_metric, matrix_table
 from varbench.errors import UsageError
 from varbench.workflows.budget import check_fits, inference_estimate
@@ -51,6 +51,7 @@ def sensitivity(
                                                            "repeatable.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the kernels "
                                                     "(default on CUDA).")] = None,
+    no_memory_check: NoMemoryCheckOpt = False,
 ) -> None:
     """Which scales can run a shallow subnet, and at what price: scale × depth matrix of fidelity to the full
     network (KL, token agreement, PSNR/SSIM), with analytic KV bytes and FLOPs per cell."""
@@ -79,7 +80,8 @@ def sensitivity(
     sens.metric_names(metric)
     check_weight_files(ckpt, vae, spec)
     check_fits(inference_estimate(spec, batch, resolve_dtype(None, cfg.device), cfg.device, ckpt is not None,
-                                  f"{spec.name} at batch {batch}"), "sensitivity")
+                                  f"{spec.name} at batch {batch}"), "sensitivity",
+               skip=no_memory_check)
     render = SensitivityProgress()
     with out_dir_lock(out) as out_dir:
         try:

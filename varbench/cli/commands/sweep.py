@@ -7,7 +7,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from varbench.cli.common import (BatchOpt, CkptOpt, DepthsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SelectOpt,
+from varbench.cli.common import (BatchOpt, CkptOpt, DepthsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoMemoryCheckOpt,
+                                 SelectOpt,
                                  VaeOpt, check_weight_files, err_console, out_dir_lock, print_json)
 from varbench.cli.render import sweep_table
 from varbench.errors import RegressionFailed, UsageError
@@ -87,6 +88,7 @@ def sweep(
                                           "phase, and on CUDA a memory snapshot (memory_viz), under "
                                           "OUT/profiles/<point>/.")] = False,
     json_out: JsonOpt = False,
+    no_memory_check: NoMemoryCheckOpt = False,
 ) -> None:
     """Latency, throughput and memory of VARiant(depth, switch) over a grid, each point in a fresh process."""
     from varbench.measuring.sweep import SweepConfig, run_sweep
@@ -121,7 +123,8 @@ def sweep(
     # on a GPU a point too large becomes an "oom" row (the sweep finds the batch limit); on the CPU the kernel
     # would kill the worker, or the machine, so every point must fit
     b_check = max(bs) if dev == "cpu" else min(bs)
-    check_fits(inference_estimate(s, b_check, dt, dev, ckpt is not None, f"{s.name} at batch {b_check}"), "sweep")
+    check_fits(inference_estimate(s, b_check, dt, dev, ckpt is not None, f"{s.name} at batch {b_check}"), "sweep",
+               skip=no_memory_check)
     if eager:
         if cuda_graphs or compile:
             raise UsageError("--eager contradicts --cuda-graphs / --compile")

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from varbench.cli.common import (CkptOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SelectOpt, SwitchOpt, VaeOpt,
+from varbench.cli.common import (CkptOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoMemoryCheckOpt, SelectOpt,
+                                 SwitchOpt, VaeOpt,
                                  check_weight_files, err_console, out_dir_lock, print_json)
 from varbench.cli.render import trace_scales_table, trace_summary_lines
 from varbench.errors import UsageError
@@ -46,6 +47,7 @@ def trace(
                                           "phase, and on CUDA a memory snapshot (memory_viz), under "
                                           "OUT/profiles/<run id>/.")] = False,
     json_out: JsonOpt = False,
+    no_memory_check: NoMemoryCheckOpt = False,
 ) -> None:
     """Memory at every scale boundary of one generation: analytic KV, real cache bytes, allocator, NVML."""
     from varbench.measuring.trace import TraceConfig, read_trace, run_trace
@@ -68,7 +70,8 @@ def trace(
     check_weight_files(ckpt, vae, s)
     dev = resolve_device(device)
     out_path = out if out is not None else Path("out") / "trace" / s.name
-    check_fits(inference_estimate(s, batch, dt, dev, ckpt is not None, f"{s.name} at batch {batch}"), "trace")
+    check_fits(inference_estimate(s, batch, dt, dev, ckpt is not None, f"{s.name} at batch {batch}"), "trace",
+               skip=no_memory_check)
     if dev == "cpu" and s.depth >= 16:
         err_console.print(f"[yellow]warning: {s.name} on CPU is slow; var-toy is the small model[/]")
     if eager:

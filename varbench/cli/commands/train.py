@@ -18,7 +18,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from varbench.cli.common import err_console, out_dir_lock, print_json
+from varbench.cli.common import NoMemoryCheckOpt, err_console, out_dir_lock, print_json
 from varbench.errors import EnvironmentUnavailable, UsageError
 from varbench.target import parse_int_list, resolve_device, resolve_spec
 from varbench.workflows.budget import check_fits, train_estimate, vqvae_train_estimate
@@ -189,6 +189,7 @@ def train(
     recon: Annotated[Optional[str], _opt("vqvae stage: l1 | mse reconstruction loss.", "--recon")] = None,
     restart_every: Annotated[Optional[int], _opt("vqvae stage: dead-code restart period.", "--restart-every")] = None,
     json_out: Annotated[bool, _opt("Print the final metrics as JSON on stdout.", "--json")] = False,
+    no_memory_check: NoMemoryCheckOpt = False,
 ) -> None:
     """Train a VARiant supernet (progressive / fixed / sandwich / full) or the toy VQ-VAE."""
     opts = TrainOptions(
@@ -207,16 +208,16 @@ def train(
         resolve_spec(opts.model)
     given = opts.overrides()
     if stage == "vqvae":
-        result = _run_vqvae(given, config)
+        result = _run_vqvae(given, config, no_memory_check)
     elif stage == "var":
-        result = _run_var(given, config, resume)
+        result = _run_var(given, config, resume, no_memory_check)
     else:
         raise UsageError(f"--stage: {stage!r} is not one of var, vqvae")
     if json_out and int(os.environ.get("RANK", "0")) == 0:
         print_json(result)
 
 
-def _run_var(given: dict[str, Any], config: Path | None, resume: Path | None) -> dict:
+def _run_var(given: dict[str, Any], config: Path | None, resume: Path | None, no_memory_check: bool) -> dict:
     from model.train import state as state_mod
     from model.train.loop import TrainConfig, config_from_dict, train as run_train
 
@@ -245,7 +246,7 @@ def _run_var(given: dict[str, Any], config: Path | None, resume: Path | None) ->
 
         check_weight_files(resolve_spec(cfg.model), None if cfg.init == "random" else cfg.init,
                            None if cfg.vae in (None, "random") else cfg.vae, names=("--init", "--vae"))
-    check_fits(train_estimate(cfg), "train")
+    check_fits(train_estimate(cfg), "train", skip=no_memory_check)
     prog = _Progress()
     t0 = time.perf_counter()
     try:
@@ -265,7 +266,7 @@ def _run_var(given: dict[str, Any], config: Path | None, resume: Path | None) ->
     return result
 
 
-def _run_vqvae(given: dict[str, Any], config: Path | None) -> dict:
+def _run_vqvae(given: dict[str, Any], config: Path | None, no_memory_check: bool) -> dict:
     from model.train.vqvae_trainer import VQVAETrainConfig, train_vqvae
 
     names = {f.name for f in dataclasses.fields(VQVAETrainConfig)}
@@ -283,7 +284,7 @@ def _run_vqvae(given: dict[str, Any], config: Path | None) -> dict:
         cfg.validate()
     except ValueError as e:
         raise UsageError(str(e)) from None
-    check_fits(vqvae_train_estimate(cfg), "train --stage vqvae")
+    check_fits(vqvae_train_estimate(cfg), "train --stage vqvae", skip=no_memory_check)
     prog = _Progress()
     try:
         with _run_folder(cfg.out):
