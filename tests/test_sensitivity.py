@@ -319,3 +319,32 @@ def test_kl_metric_alone_runs_no_generation_and_matches_the_full_rows(tmp_path, 
     assert {k: r["value"] for k, r in _by(fast, "kl").items()} == pytest.approx(want)
     cfg = _cfg()
     assert len(calls) == math.ceil(cfg.samples / cfg.batch)     # the reference's batches only
+
+
+def test_fid_cells_carry_the_feature_bootstrap_interval(tmp_path, monkeypatch):
+    """--metric fid: every cell's FID has the interval `varbench fid` gives (feature bootstrap, centred), n = the
+    samples, and the explicit Inception weights path reaches the extractor (no environment variable read)."""
+    import importlib.util as iu
+
+    from varbench.quality import metrics
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten()).eval()
+    seen = []
+
+    def extractor(device, weights_path):
+        seen.append(weights_path)
+        return lambda x_u8: body(x_u8.float() / 255)
+
+    real_find = iu.find_spec
+    monkeypatch.setattr(sens.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "torch_fidelity" else real_find(name, *a))
+    monkeypatch.setattr(metrics, "inception_extractor", extractor)
+    rows = sens.run_sensitivity(_cfg(metric="fid", samples=8, batch=4, scales=[1], depths=[2],
+                                     inception_weights="w.pth"), tmp_path)
+    fid_rows = [r for r in rows if r["metric"] == "fid"]
+    assert fid_rows and set(seen) == {"w.pth"}
+    for r in fid_rows:
+        assert r["ci_method"] == "feature-bootstrap-centred" and r["n"] == 8
+        assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["ci_high"] > r["ci_low"]

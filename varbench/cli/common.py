@@ -35,6 +35,9 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (every fil
 CkptOpt = Annotated[Optional[Path], typer.Option("--ckpt", help="VAR transformer weights (.pth or .safetensors).")]
 VaeOpt = Annotated[Optional[Path], typer.Option("--vae", help="VQ-VAE weights (.pth or .safetensors).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable results on stdout.")]
+InceptionWeightsOpt = Annotated[Optional[Path], typer.Option(
+    "--inception-weights", envvar="VARBENCH_INCEPTION_WEIGHTS",
+    help="torch-fidelity's FID Inception weights file (pt_inception-2015-12-05-6726825d.pth).")]
 NoMemoryCheckOpt = Annotated[bool, typer.Option(
     "--no-memory-check", envvar="VARBENCH_NO_MEMORY_CHECK",
     help="Run even when the analytic memory estimate says the job cannot fit (the estimate errs high).")]

@@ -290,7 +290,6 @@ def inception_network(device: str = "cpu", weights_path: str | None = None,
     """torch-fidelity's FID Inception returning ``outputs`` ("2048" pool features, "logits_unbiased" for the
     Inception score), from a local weights file when given (a missing file is a one-line usage error naming the
     option) or torch-fidelity's own cache. Shared by ``sensitivity --metric fid`` and ``varbench fid``."""
-    weights_path = weights_path or os.environ.get("VARBENCH_INCEPTION_WEIGHTS")
     if weights_path and not Path(weights_path).is_file():
         raise UsageError(f"--inception-weights: {weights_path} is not a file (the FID Inception weights, "
                          "pt_inception-2015-12-05-6726825d.pth)")
@@ -303,7 +302,7 @@ def inception_network(device: str = "cpu", weights_path: str | None = None,
                                            feature_extractor_weights_path=weights_path).to(device).eval()
     except Exception as e:  # noqa: BLE001 - offline download, bad file: one readable line
         raise EnvironmentUnavailable(f"could not load the Inception weights for FID ({type(e).__name__}: {e}); "
-                                     "pass --inception-weights PATH or set VARBENCH_INCEPTION_WEIGHTS=PATH") from None
+                                     "pass --inception-weights PATH") from None
 
 
 def inception_extractor(device: str = "cpu", weights_path: str | None = None) -> FeatureFn:
@@ -318,6 +317,11 @@ def _features(images_u8: torch.Tensor, extract: FeatureFn, batch: int = 64) -> n
         for i in range(0, images_u8.shape[0], batch):
             feats.append(extract(images_u8[i:i + batch]).double().cpu().flatten(1))
     return torch.cat(feats).numpy()
+
+
+def image_features(images: str | os.PathLike | torch.Tensor, extract: FeatureFn, batch: int = 64) -> np.ndarray:
+    """Feature rows (N, D), float64, of images (a folder or an (N,3,H,W) tensor in [0,1] or uint8)."""
+    return _features(_images_u8(images), extract, batch)
 
 
 def _inception_features(images_u8: torch.Tensor, device: str = "cpu", batch: int = 64,

@@ -85,6 +85,7 @@ class SensitivityConfig:
     device: str = "auto"
     dtype: str | None = None                     # None: fp32 on CPU, bf16 on CUDA
     fid_ref: str | None = None                   # .npz (mu, sigma) or image folder; None: the full network
+    inception_weights: str | None = None         # --metric fid: torch-fidelity's Inception weights file
     compile: bool | None = None                  # torch.compile the kernels; None: on for CUDA (off on a CPU)
     kl: str = "guided"                           # guided: the sampled (CFG, top-k/p) distribution; conditional
     methods: Sequence[str] | None = None         # method configurations (model.methods); replace the matrix
@@ -449,11 +450,16 @@ def _extra_metrics(images: torch.Tensor, labels: torch.Tensor, ref: Reference, c
         out["toy_fd"] = (float(toy_metric.fd_of_features(feats)), None,
                          intervals.bootstrap_interval(np.arange(n), fd_of, n_resamples=FD_RESAMPLES,
                                                       method="percentile"))
-    if "fid" in names:
-        target = cfg.fid_ref if cfg.fid_ref else torch.cat(ref.images)
-        # no interval yet: a 2048-d matrix square root per resample costs seconds (ROADMAP: issue 19 point 3)
-        out["fid"] = (metrics.fid_torch_fidelity(images, target, device=str(device)), None,
-                      Interval(None, None, int(images.shape[0]), "none"))
+    if "fid" in names:            # with the feature-bootstrap interval of `varbench fid` (quality/fid.py)
+        from varbench.quality.fid import fid_interval
+
+        extract = metrics.inception_extractor(str(device), cfg.inception_weights)
+        mu_r, sigma_r = metrics.reference_stats(cfg.fid_ref if cfg.fid_ref else torch.cat(ref.images), extract)
+        feats = metrics.image_features(images, extract)
+        if feats.shape[1] != mu_r.shape[0]:
+            raise UsageError(f"reference statistics are {mu_r.shape[0]}-d but the features are {feats.shape[1]}-d")
+        out["fid"] = (metrics.frechet_distance(*metrics.gaussian_stats(feats), mu_r, sigma_r), None,
+                      fid_interval(feats, mu_r, sigma_r, device=str(device)))
     return out
 
 

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from varbench.cli.common import (CkptOpt, DepthsOpt, DeviceOpt, JsonOpt, ModelOpt, SelectOpt, VaeOpt,
-                                 check_weight_files, err_console, out_dir_lock, print_json)
+from varbench.cli.common import (CkptOpt, DepthsOpt, DeviceOpt, InceptionWeightsOpt, JsonOpt, ModelOpt, SelectOpt,
+                                 VaeOpt, check_weight_files, err_console, out_dir_lock, print_json)
 from varbench.target import parse_int_list, resolve_spec
 
 
@@ -16,9 +16,7 @@ def fid(
     ref: Annotated[Optional[Path], typer.Option("--ref", help="Reference statistics: an ADM-style .npz with mu "
                                                 "and sigma (VIRTUAL_imagenet256_labeled.npz), or an ImageFolder "
                                                 "directory (statistics computed once, cached in --out).")] = None,
-    inception_weights: Annotated[Optional[Path], typer.Option(
-        "--inception-weights", envvar="VARBENCH_INCEPTION_WEIGHTS",
-        help="torch-fidelity's FID Inception weights file (pt_inception-2015-12-05-6726825d.pth).")] = None,
+    inception_weights: InceptionWeightsOpt = None,
     model: ModelOpt = "var-d30",
     ckpt: CkptOpt = None,
     vae: VaeOpt = None,

@@ -8,7 +8,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from varbench.cli.common import (CkptOpt, DeviceOpt, JsonOpt, ModelOpt, NoMemoryCheckOpt, OutOpt, SelectOpt, VaeOpt,
+from varbench.cli.common import (CkptOpt, DeviceOpt, InceptionWeightsOpt, JsonOpt, ModelOpt, NoMemoryCheckOpt, OutOpt,
+                                 SelectOpt, VaeOpt,
                                  check_weight_files, err_console, out_dir_lock, print_json)
 from varbench.cli.render import SensitivityProgress, fmt_metric, matrix_table
 from varbench.errors import UsageError
@@ -51,6 +52,10 @@ def sensitivity(
                                                            "repeatable.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the kernels "
                                                     "(default on CUDA).")] = None,
+    fid_ref: Annotated[Optional[Path], typer.Option("--fid-ref", help="--metric fid: reference statistics (an "
+                                                    "ADM-style .npz with mu and sigma, or an image folder); "
+                                                    "default: the full network's own samples.")] = None,
+    inception_weights: InceptionWeightsOpt = None,
     no_memory_check: NoMemoryCheckOpt = False,
 ) -> None:
     """Which scales can run a shallow subnet, and at what price: scale × depth matrix of fidelity to the full
@@ -73,7 +78,13 @@ def sensitivity(
         select=check_select(select), samples=samples, batch=batch, metric=metric, seed=seed, kl=kl,
         allow_random=allow_random, device=resolve_device(device), methods=list(method) if method else None,
         schedules=[{"depths": list(p.depths), "select": p.select, "plan": p.path, "predicted_loss": p.predicted_loss,
-                    "plan_metric": p.metric} for p in plans] or None, compile=compile)
+                    "plan_metric": p.metric} for p in plans] or None, compile=compile,
+        fid_ref=str(fid_ref) if fid_ref else None,
+        inception_weights=str(inception_weights) if inception_weights else None)
+    if (fid_ref or inception_weights) and metric != "fid":
+        raise UsageError("--fid-ref and --inception-weights apply to --metric fid only")
+    if fid_ref is not None and not fid_ref.exists():
+        raise UsageError(f"--fid-ref: {fid_ref} does not exist")
     if kl not in sens.KL_KINDS:
         raise UsageError(f"--kl: {kl!r} is not one of {', '.join(sens.KL_KINDS)}")
     sens.plan_cells(cfg, spec)                      # bad scales/depths -> exit 2 before anything is loaded
