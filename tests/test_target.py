@@ -206,7 +206,7 @@ TRAIN_FLAGS = sorted("""
 --select --distill --no-distill --epochs --batch --max-steps --lr --tblr --wd --warmup --grad-clip --precision
 --label-smoothing --drop-path --cond-drop --synthetic-size --val-size --log-every --val-every --save-every
 --compile --no-compile --save-final --no-save-final --seed --workers --fsdp --no-fsdp --grad-checkpoint
---no-grad-checkpoint --device --out --config --resume --recon --restart-every --json
+--no-grad-checkpoint --device --out --config --resume --recon --restart-every --json --no-memory-check
 """.split())
 
 # torchrun's own options (torch 2.13 plus --print-completion, new in 2.14): a train flag that is a prefix of one
@@ -252,7 +252,7 @@ def test_train_options_map_onto_the_trainer_configs():
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     config = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(VQVAETrainConfig)}
     assert fields <= config, sorted(fields - config)
-    params = {p.name for p in _train_options()} - {"stage", "config", "resume", "json_out"}
+    params = {p.name for p in _train_options()} - {"stage", "config", "resume", "json_out", "no_memory_check"}
     assert {"p" if n == "subnet_p" else n for n in params} == fields
 
 
@@ -264,7 +264,7 @@ def test_each_train_option_reaches_its_config_field(monkeypatch, tmp_path):
     from varbench.cli.commands import train as train_cmd
 
     seen = {}
-    monkeypatch.setattr(train_cmd, "_run_vqvae", lambda given, config: seen.update(given) or {})
+    monkeypatch.setattr(train_cmd, "_run_vqvae", lambda given, config, no_memory_check: seen.update(given) or {})
     want = {"model": "var-tiny", "init": "i.pth", "vae": "v.pth", "data": "synthetic", "strategy": "fixed", "p": 0.25,
             "p0": 0.125, "e1": 1.5, "e2": 2.5, "e3": 3.5, "depths": [2, 3], "depth_weights": [1.0, 2.0],
             "switch": 2, "select": "nested", "distill": True, "epochs": 7, "batch": 6, "max_steps": 5, "lr": 0.5,
