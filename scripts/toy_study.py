@@ -321,6 +321,9 @@ def train_run(fields: dict[str, Any], deadline: float | None = None,
     res = train(cfg, on_log=hook)
     res["wall_s"] = time.perf_counter() - t0
     res["images_per_s"] = statistics.median(speeds) if speeds else res.get("images_per_s")
+    results.write_manifest(run, {"kind": "toy_study_run", "run": run.name,
+                                 "command_line": command_line(sys.argv[1:]),
+                                 "reproduce": f"python3 -m varbench train --config {_portable(run)}/train.toml"})
     return res
 
 
