@@ -41,6 +41,19 @@ def residual_ln_modulate(x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma_B1C: to
     return x_BLC, ln_modulate(x_BLC, scale_B1C, shift_B1C, eps, out_dtype)
 
 
+def gated_residual_(x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> None:
+    """x += γ·h in place (``plan.residual_in_place``): the same values as ``gated_residual``, no new stream."""
+    x_BLC.addcmul_(h_BLC, gamma_B1C)
+
+
+def residual_ln_modulate_(x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma_B1C: torch.Tensor,
+                          scale_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float,
+                          out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``residual_ln_modulate`` with x updated in place; returns AdaLN(x') only (x' is x)."""
+    x_BLC.addcmul_(h_BLC, gamma_B1C)
+    return ln_modulate(x_BLC, scale_B1C, shift_B1C, eps, out_dtype)
+
+
 def unit_norm(x: torch.Tensor) -> torch.Tensor:
     """x / ||x|| over the last dim (F.normalize, eps 1e-12) as one fused RMS-norm kernel: rms_norm(x)/sqrt(c)."""
     c = x.shape[-1]
@@ -152,6 +165,7 @@ def qk_norm_into_triton(qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, k_dst: to
 
 ELEMENTWISE = {"ln_modulate": ln_modulate, "gated_residual": gated_residual, "qk_norm": qk_norm,
                "gelu_tanh": gelu_tanh, "residual_ln_modulate": residual_ln_modulate, "qk_norm_into": qk_norm_into,
+               "gated_residual_": gated_residual_, "residual_ln_modulate_": residual_ln_modulate_,
                "gumbel": gumbel, "split_hi_lo": split_hi_lo}
 
 
@@ -164,6 +178,8 @@ class Kernels:
     ln_modulate: Callable
     gated_residual: Callable
     residual_ln_modulate: Callable
+    gated_residual_: Callable             # the in-place forms (plan.residual_in_place, inference only)
+    residual_ln_modulate_: Callable
     qk_norm: Callable
     qk_norm_into: Callable
     gumbel: Callable
@@ -231,7 +247,8 @@ def kernels_for(plan: InferencePlan) -> Kernels:
         qkn = functools.partial(qk_norm_into_triton, fallback=qkn)
     head = functools.partial(head_logits_split, split=ew["split_hi_lo"]) if plan.split_head else head_logits
     return Kernels(plan=plan, ln_modulate=ew["ln_modulate"], gated_residual=ew["gated_residual"],
-                   residual_ln_modulate=ew["residual_ln_modulate"], qk_norm=ew["qk_norm"], qk_norm_into=qkn,
+                   residual_ln_modulate=ew["residual_ln_modulate"], gated_residual_=ew["gated_residual_"],
+                   residual_ln_modulate_=ew["residual_ln_modulate_"], qk_norm=ew["qk_norm"], qk_norm_into=qkn,
                    gumbel=ew["gumbel"], split_hi_lo=ew["split_hi_lo"], gelu_tanh=ew["gelu_tanh"],
                    linear_gelu=linear_gelu_epilogue if plan.fused_gelu else linear_gelu, head_logits=head)
 

@@ -277,9 +277,17 @@ class CachedAttend:
 
     def from_qkv_rows(self, qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, B: int, L: int, scale: float
                       ) -> torch.Tensor:
+        return self.attend_q(self.write_qkv_rows(qkv_R3Hc, mul_1H1, L), B, L, scale)
+
+    def write_qkv_rows(self, qkv_R3Hc: torch.Tensor, mul_1H1: torch.Tensor, L: int) -> torch.Tensor:
+        """The fused q/k norms: unit k and v written into this scale's slots; returns q (rows, H, c). The qkv rows
+        are dead after this (``SelfAttention`` drops them before attending: half the attention's transients)."""
         k_slot, v_slot = self.cache.reserve(self.b, L)
-        q_RHc = self.cache.kernels.qk_norm_into(qkv_R3Hc, mul_1H1, k_slot.transpose(1, 2),
-                                                v_slot.transpose(1, 2))      # slots viewed (rows, L, H, c)
+        return self.cache.kernels.qk_norm_into(qkv_R3Hc, mul_1H1, k_slot.transpose(1, 2),
+                                               v_slot.transpose(1, 2))      # slots viewed (rows, L, H, c)
+
+    def attend_q(self, q_RHc: torch.Tensor, B: int, L: int, scale: float) -> torch.Tensor:
+        """Attention of this scale's q (``write_qkv_rows``) over the block's cached keys."""
         H, c = q_RHc.shape[1:]
         k_all, v_all = self.cache.prefix(self.b)
         return cached_attention(q_RHc.view(B, L, H, c).transpose(1, 2), k_all, v_all, scale, self.cache.plan)

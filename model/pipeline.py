@@ -89,6 +89,9 @@ class VARPipeline:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
             torch.manual_seed(seed)
             var, vae = VAR(spec), VQVAE(spec.vae, spec.patch_nums)
+        if device.type != "cpu":      # generation never encodes: the encoder waits on the CPU (VQVAE.place)
+            vae.encoder.cpu()
+            vae.quant_conv.cpu()
         return cls(spec, var.to(dtype=dtype).eval(), vae.eval(), device, dtype)._apply_plan()
 
     @classmethod
@@ -112,11 +115,12 @@ class VARPipeline:
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "VARPipeline":
         """Move and cast; the plan is resolved again for the new device (the explicit choices stay). On CUDA
-        with a 16-bit compute dtype the decoder runs in that dtype too (0.7× the fp32 decode time)."""
+        with a 16-bit compute dtype the decoder runs in that dtype too (0.7× the fp32 decode time). The VQ-VAE's
+        encoder stays behind until something encodes on the new device (``VQVAE.place``)."""
         self.device = torch.device(device)
         self.dtype = dtype or self.dtype
         self.var.to(device=self.device, dtype=self.dtype).eval()
-        self.vae.to(self.device).eval()
+        self.vae.place(self.device).eval()        # the encoder follows on first use (generation never encodes)
         self._graphed.clear()
         return self.set_plan(None)
 

@@ -33,7 +33,12 @@ class InferencePlan:
     compiled: the element-wise pieces of the blocks and the sampler through torch.compile (CUDA).
     cuda_graphs: per-scale CUDA graph replay (each graph also captures the cache's allocation step: the same bytes).
     sample_chunk_logits: head + CFG + sampling on batch chunks of at most this many logits.
-    ffn_chunk_elems: MLP hidden elements per row chunk at inference (bounds the largest transient).
+    ffn_chunk_elems: MLP hidden elements per row chunk at inference (bounds the largest transient: 2^26 bf16
+        elements are 128 MiB; d30 batch 64's last scale runs in 4 chunks of 8,704 rows).
+    residual_in_place: at inference the blocks add to the residual stream in place (``addcmul_``, bitwise the same
+        values): a scale's float32 input and each block's input are dead once added to, so one float32 stream
+        lives instead of up to three (d30 batch 64: -2 x 240 MiB at the last scale's MLP). The input tensor a
+        caller passes to ``VAR.step`` is overwritten (the generation loop's and the graphs' own buffers).
     decode_dtype: the VQ-VAE decoder's dtype ("bf16" | "fp16" | "fp32"); decode_channels_last: its memory format.
     decode_chunk: images decoded at a time (the decoder's 256² activations of a whole batch would dominate the
         peak); decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
@@ -56,7 +61,8 @@ class InferencePlan:
     compiled: bool = False
     cuda_graphs: bool = False
     sample_chunk_logits: int = 1 << 25
-    ffn_chunk_elems: int = 1 << 28
+    ffn_chunk_elems: int = 1 << 26
+    residual_in_place: bool = True
     decode_dtype: str = "fp32"
     decode_channels_last: bool = False
     decode_chunk: int = 16

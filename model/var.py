@@ -96,16 +96,31 @@ class SelfAttention(nn.Module):
             q_BLHc, k_BLHc = qkv_R3Hc[:, 0].view(B, L, H, c), qkv_R3Hc[:, 1].view(B, L, H, c)
         return q_BLHc.transpose(1, 2), k_BLHc.transpose(1, 2), v_BLHc.transpose(1, 2)
 
-    def forward(self, x_BLC: torch.Tensor, attend: Attend, kernels: Kernels = PLAIN_KERNELS) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, attend: Attend, kernels: Kernels = PLAIN_KERNELS,
+                ln: tuple[torch.Tensor, torch.Tensor, float, torch.dtype] | None = None) -> torch.Tensor:
+        """``ln`` = (scale, shift, eps, dtype): ``x_BLC`` is the residual stream and the block's AdaLN runs here,
+        so its output dies with the qkv projection instead of living through the attention (inference memory:
+        with the qkv rows dropped once k and v are cached, 4 of the 6 bf16 copies of the scale remain)."""
         B, L, C = x_BLC.shape
         fuses = getattr(attend, "fuses_qkv", None)
         if self.l2 and fuses is not None and fuses() and not torch.is_grad_enabled():
-            qkv_R3Hc, mul_1H1 = self._qkv_rows(x_BLC)      # cached generation: k/v written into the cache
-            o_BHLc = attend.from_qkv_rows(qkv_R3Hc, mul_1H1, B, L, self.scale)
+            # cached generation: the norms write k/v into the cache
+            qkv_R3Hc, mul_1H1 = self._qkv_rows(x_BLC if ln is None else kernels.ln_modulate(x_BLC, *ln))
+            q_RHc = attend.write_qkv_rows(qkv_R3Hc, mul_1H1, L)
+            qkv_R3Hc = None                                   # dead: k, v are in the cache, q is out
+            o_BHLc = attend.attend_q(q_RHc, B, L, self.scale)
+            q_RHc = None
         else:
-            q, k, v = self.qkv(x_BLC, kernels)
+            q, k, v = self.qkv(x_BLC if ln is None else kernels.ln_modulate(x_BLC, *ln), kernels)
             o_BHLc = attend(q, k, v, self.scale)
+            q = k = v = None
         return self.proj(o_BHLc.transpose(1, 2).reshape(B, L, C))
+
+
+def ffn_chunk_rows(chunk_elems: int, hidden: int) -> int:
+    """Rows per MLP chunk at inference: at most ``chunk_elems`` hidden elements, whole 256-row tiles when larger."""
+    rows = max(1, chunk_elems // hidden)
+    return rows - rows % 256 if rows > 256 else rows
 
 
 class FFN(nn.Module):
@@ -125,9 +140,11 @@ class FFN(nn.Module):
         # is the biggest transient of the last scale (1.64 GiB each at d30 batch 224); row chunks bound it
         x2 = x.reshape(rows, x.shape[-1])
         out = x.new_empty(rows, self.fc2.out_features)
-        step = max(1, chunk // self.fc1.out_features)
-        for r0 in range(0, rows, step):
-            out[r0:r0 + step] = self.fc2(kernels.linear_gelu(x2[r0:r0 + step], self.fc1.weight, self.fc1.bias))
+        step = ffn_chunk_rows(chunk, self.fc1.out_features)
+        w2_t = self.fc2.weight.t()
+        for r0 in range(0, rows, step):     # fc2 writes its rows in place (F.linear is this addmm)
+            torch.addmm(self.fc2.bias, kernels.linear_gelu(x2[r0:r0 + step], self.fc1.weight, self.fc1.bias), w2_t,
+                        out=out[r0:r0 + step])
         return out.view(*x.shape[:-1], self.fc2.out_features)
 
 
@@ -161,6 +178,15 @@ class AdaLNSelfAttn(nn.Module):
         g1, g2, s1, s2, b1, b2 = mod if mod is not None else self.modulation(cond_BD_or_gss)
         eps, wdt = self.ln_wo_grad.eps, self.ffn.fc1.weight.dtype
         K = kernels
+        if keep is None and K.plan.residual_in_place and not torch.is_grad_enabled():
+            # inference: the stream is updated where it lies (the caller's input is overwritten), so neither the
+            # scale's input nor a block's input stays alive next to the new stream, and each transient dies as
+            # soon as it is read (docs/performance.md, "Memory")
+            h = self.attn(x_BLC, attend, K, ln=(s1, b1, eps, wdt))
+            y = K.residual_ln_modulate_(x_BLC, h, g1, s2, b2, eps, wdt)
+            h = None
+            K.gated_residual_(x_BLC, self.ffn(y, K), g2)
+            return x_BLC
         h = self.attn(K.ln_modulate(x_BLC, s1, b1, eps, wdt), attend, K)
         if keep is None:
             x_BLC, y = K.residual_ln_modulate(x_BLC, h, g1, s2, b2, eps, wdt)

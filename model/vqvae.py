@@ -277,8 +277,20 @@ class VQVAE(nn.Module):
     def image_size(self) -> int:
         return self.patch_nums[-1] * self.vspec.downsample
 
+    def place(self, device: torch.device | str) -> "VQVAE":
+        """Move what generation uses (quantizer, post-quant conv, decoder) to ``device``; the encoder side stays
+        where it is until ``encode`` is called on that device. Generation never encodes: on var-d30's VQ-VAE the
+        encoder is 44 M parameters, 168 MiB in float32 that a GPU would otherwise hold through every run."""
+        for m in (self.quantize, self.post_quant_conv, self.decoder):
+            m.to(device)
+        return self
+
     def encode(self, img_B3HW: torch.Tensor) -> torch.Tensor:
-        """Image in [−1,1] -> continuous latent f = quant_conv(encoder(img)), (B, Cvae, pn_last, pn_last)."""
+        """Image in [−1,1] -> continuous latent f = quant_conv(encoder(img)), (B, Cvae, pn_last, pn_last). The
+        encoder moves to the images' device on first use there (``place`` leaves it behind)."""
+        if self.quant_conv.weight.device != img_B3HW.device:
+            self.encoder.to(img_B3HW.device)
+            self.quant_conv.to(img_B3HW.device)
         return self.quant_conv(self.encoder(img_B3HW.to(self.quant_conv.weight.dtype)))
 
     @torch.no_grad()

@@ -30,6 +30,16 @@ def test_params_equal_real_modules(tiny_spec):
         pipe = pipeline.VARPipeline.from_spec(s, seed=0)
         assert analytic.params(s) == sum(p.numel() for p in pipe.var.parameters()), s.name
         assert analytic.vae_params(s.vae, s.num_scales) == sum(p.numel() for p in pipe.vae.parameters()), s.name
+        enc = sum(p.numel() for m in (pipe.vae.encoder, pipe.vae.quant_conv) for p in m.parameters())
+        assert analytic.vae_encoder_params(s.vae) == enc, s.name
+
+
+def test_vae_encoder_params_equal_official_modules():
+    from model.vqvae import VQVAE
+    with torch.device("meta"):
+        vae = VQVAE(spec.VQVAESpec(), (1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
+    enc = sum(p.numel() for m in (vae.encoder, vae.quant_conv) for p in m.parameters())
+    assert analytic.vae_encoder_params(spec.VQVAESpec()) == enc == 44_117_120
 
 
 def test_d30_full_kv_per_image_bf16():

@@ -398,3 +398,30 @@ def test_compiled_pieces_keep_each_model_width_static():
     narrow = pw.variants[(32,)]._torchdynamo_orig_callable.__code__
     assert narrow is not wide._torchdynamo_orig_callable.__code__ and narrow.co_name != "ln_modulate"
     assert kernels.width_of(torch.zeros(5, 3, 2, 8)) == (2, 8) and kernels.width_of(torch.zeros(5, 7)) == (7,)
+
+
+def test_residual_in_place_is_bitwise_the_copying_stream():
+    """``plan.residual_in_place`` (the default: the stream updated where it lies, the caller's input overwritten)
+    computes exactly what the copying stream does: sampled tokens, logits and teacher forcing, full depth and a
+    VARiant schedule, on SPEC (whose blocks all matter, tests/test_guards_see_blocks.py)."""
+    from model.var import prefix_attention
+    p = VARPipeline.from_spec(SPEC, seed=0)
+    assert p.plan.residual_in_place
+    copying = p.plan.replace(residual_in_place=False)
+    labels = torch.tensor([1, 2, 3])
+    for sched in (None, DepthSchedule.variant(SPEC, 2, 2)):
+        a = p.generate(labels, seed=3, schedule=sched, decode=False, return_logits=True)
+        b = p.generate(labels, seed=3, schedule=sched, decode=False, return_logits=True, plan=copying)
+        assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices))
+        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits))
+        assert torch.equal(a.f_hat, b.f_hat)
+        tf_in = p.teacher_forcing(labels, a.indices, sched)
+        tf_copy = p.set_plan(residual_in_place=False).teacher_forcing(labels, a.indices, sched)
+        p.set_plan(residual_in_place=True)
+        assert torch.equal(tf_in, tf_copy)
+    with torch.enable_grad():                      # training keeps its input: autograd needs the old stream
+        blk, x = p.var.blocks[0], torch.randn(2, 5, SPEC.width, requires_grad=True)
+        mod = blk.modulation(p.var.cond_for_blocks(p.var.class_emb(torch.tensor([0, 1]))))
+        x0 = x.detach().clone()
+        blk(x, None, prefix_attention([5]), mod).sum().backward()
+        assert torch.equal(x.detach(), x0) and x.grad is not None

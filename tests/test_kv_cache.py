@@ -107,7 +107,7 @@ def test_token_layout_writes_unit_k_and_v_straight_into_the_cache():
                 cache.k[0][:, :, :1], cache.v[0][:, :, :1] = caches[0].k[0][:, :, :1], caches[0].v[0][:, :, :1]
             attend = cache.attend_fn(0)
             assert attend.fuses_qkv() == (layout == "token")
-            outs.append(blk(x, cond, attend))
+            outs.append(blk(x.clone(), cond, attend))     # inference overwrites its input
             caches.append(cache)
     assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
     k_tok = caches[1].k[0][:, :, 1:5]

@@ -240,3 +240,16 @@ def test_restart_dead_codes_changes_only_dead_entries() -> None:
     rows = z.permute(0, 2, 3, 1).reshape(-1, TINY_VAE.z_channels)
     assert all((rows == r).all(1).any() for r in after[dead])  # each restarted entry is an encoder output
     assert (vae.quantize.ema_vocab_hit_SV.sum(0) >= 1e-3).all()
+
+
+def test_place_leaves_the_encoder_behind_until_it_encodes():
+    """Generation never encodes: ``place`` moves the quantizer and decoder only, and the encoder follows the
+    images on the first ``encode`` there (var-d30: 168 MiB that a GPU does not hold through generation)."""
+    from model import spec as spec_mod
+    from model.vqvae import VQVAE
+    vae = VQVAE(spec_mod.TINY_VAE, (1, 2, 3, 4)).place("meta")
+    assert vae.decoder.conv_in.weight.is_meta and vae.post_quant_conv.weight.is_meta
+    assert vae.quantize.embedding.weight.is_meta
+    assert not any(p.is_meta for m in (vae.encoder, vae.quant_conv) for p in m.parameters())
+    f = vae.encode(torch.zeros(2, 3, vae.image_size, vae.image_size, device="meta"))
+    assert f.is_meta and all(p.is_meta for p in vae.encoder.parameters()) and vae.quant_conv.weight.is_meta

@@ -66,16 +66,17 @@ def _attn(c: int) -> int:
     return 2 * c + _conv(c, 3 * c, 1) + _conv(c, c, 1)
 
 
-def vae_params(vspec: VQVAESpec, num_scales: int = 10) -> int:
-    """VQ-VAE parameters from its layout (VAR_REFERENCE §4.2): official vae_ch160v4096z32 = 108,948,355.
+def _vae_mid(vspec: VQVAESpec) -> int:
+    c = vspec.ch * vspec.ch_mult[-1]
+    return 2 * _resnet(c, c) + (_attn(c) if vspec.using_mid_sa else 0)
 
-    ``num_scales`` only matters when ``share_quant_resi == 0`` (one Phi per scale).
-    """
+
+def vae_encoder_params(vspec: VQVAESpec) -> int:
+    """The encoder side of the VQ-VAE (encoder + quant_conv): what generation never runs, so a pipeline leaves
+    it off the GPU (``VQVAE.place``). Official vae_ch160v4096z32: 44,117,120 of 108,948,355 (168 MiB in float32)."""
     chs = [vspec.ch * m for m in vspec.ch_mult]
-    last = len(chs) - 1
-    z = vspec.z_channels
-    mid = 2 * _resnet(chs[-1], chs[-1]) + (_attn(chs[-1]) if vspec.using_mid_sa else 0)
-    # encoder: conv_in, per level num_res_blocks resnets (+attn at the last level), downsample except last
+    last, z = len(chs) - 1, vspec.z_channels
+    # conv_in, per level num_res_blocks resnets (+attn at the last level), downsample except last, mid, norm, out
     enc, cin = _conv(vspec.in_channels, vspec.ch, 3), vspec.ch
     for i, cout in enumerate(chs):
         for _ in range(vspec.num_res_blocks):
@@ -83,9 +84,18 @@ def vae_params(vspec: VQVAESpec, num_scales: int = 10) -> int:
             cin = cout
         if i != last:
             enc += _conv(cout, cout, 3)
-    enc += mid + 2 * chs[-1] + _conv(chs[-1], z, 3)
+    return enc + _vae_mid(vspec) + 2 * chs[-1] + _conv(chs[-1], z, 3) + _conv(z, z, 3)
+
+
+def vae_params(vspec: VQVAESpec, num_scales: int = 10) -> int:
+    """VQ-VAE parameters from its layout (VAR_REFERENCE §4.2): official vae_ch160v4096z32 = 108,948,355.
+
+    ``num_scales`` only matters when ``share_quant_resi == 0`` (one Phi per scale).
+    """
+    chs = [vspec.ch * m for m in vspec.ch_mult]
+    last, z = len(chs) - 1, vspec.z_channels
     # decoder: conv_in, mid, levels from last to 0 with num_res_blocks+1 resnets, upsample except level 0
-    dec, cin = _conv(z, chs[-1], 3) + mid, chs[-1]
+    dec, cin = _conv(z, chs[-1], 3) + _vae_mid(vspec), chs[-1]
     for i in reversed(range(len(chs))):
         for _ in range(vspec.num_res_blocks + 1):
             dec += _resnet(cin, chs[i]) + (_attn(chs[i]) if vspec.using_sa and i == last else 0)
@@ -95,7 +105,7 @@ def vae_params(vspec: VQVAESpec, num_scales: int = 10) -> int:
     dec += 2 * chs[0] + _conv(chs[0], vspec.in_channels, 3)
     n_phi = {0: num_scales, 1: 1}.get(vspec.share_quant_resi, vspec.share_quant_resi)
     quant = vspec.vocab_size * z + n_phi * _conv(z, z, 3)
-    return enc + dec + quant + 2 * _conv(z, z, 3)
+    return vae_encoder_params(vspec) + dec + quant + _conv(z, z, 3)
 
 
 # ---------------------------------------------------------------------------------------------------- KV cache

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from varbench.errors import EnvironmentUnavailable, RegressionFailed, UsageError
 from varbench.workflows.budget import DTYPE_BYTES, GiB, HEADROOM, Estimate, available_bytes
@@ -32,7 +32,6 @@ from varbench.workflows.budget import DTYPE_BYTES, GiB, HEADROOM, Estimate, avai
 # handles, 0.68 GiB in every OOM message of results/h200/maxbatch (H200, torch 2.11, CUDA 13), and the allocator's
 # reserved-but-unallocated slack at the OOM (0.11-0.15 GiB there, expandable segments)
 CONTEXT_RESERVE = 7 * 2 ** 27        # 0.875 GiB
-DECODE_CHUNK = 16                    # VARPipeline.decode's default chunk: decode memory stops growing there
 SAMPLER_TOP_K = 900                  # VARPipeline.generate's default top-k, what a sweep point samples with
 
 
@@ -100,7 +99,8 @@ def _configuration(cfg: MaxBatchConfig, spec: Any) -> Any:
 
 
 def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_graphs: bool = False,
-             keep_skipped: bool = False, from_file: bool = False) -> Estimate:
+             keep_skipped: bool = False, from_file: bool = False, plan_fields: Mapping[str, Any] | None = None,
+             encoder_on_device: bool | None = None) -> Estimate:
     """Peak memory of one sweep point (generate + decode) at ``batch``: the largest of the stages that do not
     coexist, from ``measuring.analytic``'s per-scale sizes. Returns the parts of the stage that peaks (named in
     ``what``).
@@ -110,11 +110,15 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
     released before decode; summing the KV peak, the last scale's working set and the decode chunk (the estimator
     until commit 844a499) over-predicted d2 on the H200 by 40% (results/h200/maxbatch/). Each scale s contributes:
 
-    - blocks: the KV held at s (``analytic.kv_bytes_per_scale``; code: ``code_kv_bytes_per_scale``) + the scale's
-      float32 input (held by the loop) and the running block input + the widest point of one eager block on
-      e = rows*tokens*width elements: the residual's AdaLN (h, x', LayerNorm and its modulated float32 copy:
-      12 + dt bytes an element), the second residual (8 + 3*dt), the attention (6*dt fused q/k-norm path, 7*dt
-      otherwise) or the MLP (4 + 3*dt, plus one row chunk of ``plan.ffn_chunk_elems`` hidden elements). The fp8
+    - blocks: the KV held at s (``analytic.kv_bytes_per_scale``; code: ``code_kv_bytes_per_scale``) + the
+      float32 residual stream + the widest point of one eager block on e = rows*tokens*width elements. With
+      ``plan.residual_in_place`` (the default) the stream is the scale's input, updated where it lies: the
+      residual's AdaLN (h, LayerNorm and its modulated float32 copy: 8 + dt bytes an element), the MLP (its
+      input and output, 2*dt, plus one row chunk of ``plan.ffn_chunk_elems`` hidden elements; h is dead by
+      then). With the copying stream the scale's input (held by the loop) and the running block input live
+      beside the new stream: residual AdaLN 12 + dt, second residual 8 + 3*dt, MLP 4 + 3*dt (+ the chunk). The
+      attention: 4*dt on the fused q/k-norm path in place (the qkv rows and q: the AdaLN output dies in the
+      projection, the rows once k and v are cached), 6*dt fused with the copying stream, 7*dt unfused. The fp8
       cache (``plan.kv_fp8``) runs the unfused path: its write makes two float32 copies of the scale's k (and of
       v), and ``KVCache.prefix`` dequantises K and V over all the block's keys (``analytic.kv_keys_per_scale``):
       three compute-dtype copies at once (the cast of V next to the dequantised K and V), then two under SDPA;
@@ -128,27 +132,30 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
       decode dtype and the float32 images twice (the chunks and their concatenation).
 
     Resident throughout: weights (on the CPU built in float32 and cast, as ``budget.inference_estimate``), the
-    VQ-VAE in float32, the AdaLN modulations of every used block (computed once per generation: 2*batch x 6C)
+    VQ-VAE in float32 (on CUDA without its encoder unless ``encoder_on_device``: ``VQVAE.place``), the AdaLN modulations of every used block (computed once per generation: 2*batch x 6C)
     and the small state (f_hat, indices). Left out: the cache's reallocation at a segment start (at most one
     block's old buffer next to the new ones). CUDA graphs are modelled as the eager path (their pool frees what
     eager frees) plus the buffers they keep through decode; unmeasured. The estimate is within 0.05% of every
-    measured peak of the H200 rows (tests/test_maxbatch_h200.py) and within 0.9% of the CPU allocator's peak
-    on small models (tests/test_maxbatch.py)."""
+    measured peak of the H200 rows (tests/test_maxbatch_h200.py, which pass the plan fields and the encoder
+    placement those rows ran with) and within 2% of the CPU allocator's peak on small models
+    (tests/test_maxbatch.py). ``plan_fields``: plan fields over the configuration's (what an older code ran)."""
     import torch
 
     from model import spec as spec_mod
     from model.plan import InferencePlan
     from model.schedule import DepthSchedule
+    from model.var import ffn_chunk_rows
     from varbench.measuring import analytic
 
     dt = DTYPE_BYTES[dtype]
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     cuda = device.startswith("cuda")
-    plan = InferencePlan.plain().replace(**conf.plan_changes(), cuda_graphs=cuda_graphs)
+    plan = InferencePlan.plain().replace(**{**conf.plan_changes(), **(plan_fields or {})}, cuda_graphs=cuda_graphs)
     refiner = spec_mod.get(conf.refiner()) if conf.refiner() else None
     p = analytic.params(spec) + (analytic.params(refiner) if refiner else 0)
     weights = dt * p if cuda else (4 * p * (2 if from_file else 1) + (dt * p if dt != 4 else 0))
-    vae = 4 * analytic.vae_params(spec.vae, spec.num_scales)
+    enc_here = (not cuda) if encoder_on_device is None else encoder_on_device
+    vae = 4 * (analytic.vae_params(spec.vae, spec.num_scales) - (0 if enc_here else analytic.vae_encoder_params(spec.vae)))
     S, B, rows0 = spec.num_scales, int(batch), 2 * int(batch)
     if refiner is None:
         sch = conf.schedule()
@@ -183,22 +190,28 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
         e = rows * t * C
         if nblocks[si]:
             # the refiner's scales: the loop's input (the drafter's embedding) is held next to the refiner's own
-            held = 4 * e * (2 if nblocks[si] > 1 else 1) + (4 * rows * t * spec.width if refined[si] else 0)
+            inplace = plan.residual_in_place
+            held = (4 * e * (1 if inplace or nblocks[si] == 1 else 2)
+                    + (4 * rows * t * spec.width if refined[si] else 0))
             fused = plan.kv_layout == "token" and not plan.kv_fp8 and m.attn_l2_norm
-            attn, dequant = (6 if fused else 7) * dt * e, 0
+            # fused + in place: the qkv rows and q (the AdaLN output died in the projection); else up to 6-7 copies
+            attn, dequant = (4 if fused and inplace else 6 if fused else 7) * dt * e, 0
             if plan.kv_fp8:
                 X = rows * keys[si] * C * dt
                 dequant = max(8 * e, 3 * X, dt * e + 2 * X)
                 attn = 6 * dt * e
             R, Hm = rows * t, m.mlp_hidden
             n_h = 1 if cuda else 2                       # cuBLASLt's bias+GELU epilogue on CUDA: one hidden tensor
+            copy = 0 if inplace else 4 + dt               # the copying stream's x' and the attention's h
             if R * Hm <= plan.ffn_chunk_elems:
-                mlp_base, mlp_chunk = (4 + 2 * dt) * e, max(n_h * R * Hm * dt, R * Hm * dt + dt * e)
+                mlp_base, mlp_chunk = (copy + dt) * e, max(n_h * R * Hm * dt, R * Hm * dt + dt * e)
             else:
-                r = max(1, plan.ffn_chunk_elems // Hm)
-                mlp_base, mlp_chunk = (4 + 3 * dt) * e, max(n_h * r * Hm * dt, r * (Hm + C) * dt)
-            inner = {"first AdaLN": 8 * e, "attention": attn + dequant, "residual AdaLN": (12 + dt) * e,
-                     "MLP": mlp_base + mlp_chunk, "second residual": (8 + 3 * dt) * e}
+                r = ffn_chunk_rows(plan.ffn_chunk_elems, Hm)
+                mlp_base = (copy + 2 * dt) * e
+                mlp_chunk = n_h * r * Hm * dt                # fc2 writes its rows into the output in place
+            inner = {"first AdaLN": 8 * e, "attention": attn + dequant,
+                     "residual AdaLN": (8 + dt + (0 if inplace else 4)) * e,
+                     "MLP": mlp_base + mlp_chunk, "second residual": (2 * dt if inplace else 8 + 3 * dt) * e}
             where = max(inner, key=inner.__getitem__)
             parts = {"KV cache": kv[si], "activations": held + inner[where]}
             if where == "attention" and dequant:
@@ -216,7 +229,7 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
             stages.append((f"scale {si} next input", {"KV cache": kv[si], "activations": nxt}))
     top = spec.vae.ch * spec.vae.ch_mult[0] * spec.image_size ** 2
     ddt = dt if cuda else 4                              # the decoder runs in the 16-bit compute dtype on CUDA
-    decode = 3 * ddt * min(B, DECODE_CHUNK) * top + 2 * 4 * B * 3 * spec.image_size ** 2
+    decode = 3 * ddt * min(B, plan.decode_chunk) * top + 2 * 4 * B * 3 * spec.image_size ** 2
     kept = {"KV cache": kv[-1], "activations": 4 * rows0 * max(spec.tokens) * spec.width} if cuda_graphs else {}
     stages.append(("decode", {**kept, "decode": decode}))
     name, parts = max(stages, key=lambda st: sum(st[1].values()))
