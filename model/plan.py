@@ -32,7 +32,8 @@ class InferencePlan:
     split_head: the head as one bf16 matmul with float32 output over [h_hi | h_lo | 1] (CUDA, bf16 weights).
     compiled: the element-wise pieces of the blocks and the sampler through torch.compile (CUDA).
     cuda_graphs: per-scale CUDA graph replay (each graph also captures the cache's allocation step: the same bytes).
-    sample_chunk_logits: head + CFG + sampling on batch chunks of at most this many logits.
+    sample_chunk_logits: head + CFG + sampling on batch chunks of at most this many logits (2^24: the sampler's
+        float32 temporaries of a chunk, ~24 B a logit, are 384 MiB; d30 batch 64's last scale in 4 chunks).
     ffn_chunk_elems: MLP hidden elements per row chunk at inference (bounds the largest transient: 2^26 bf16
         elements are 128 MiB; d30 batch 64's last scale runs in 4 chunks of 8,704 rows).
     residual_in_place: at inference the blocks add to the residual stream in place (``addcmul_``, bitwise the same
@@ -41,7 +42,7 @@ class InferencePlan:
         caller passes to ``VAR.step`` is overwritten (the generation loop's and the graphs' own buffers).
     decode_dtype: the VQ-VAE decoder's dtype ("bf16" | "fp16" | "fp32"); decode_channels_last: its memory format.
     decode_chunk: images decoded at a time (the decoder's 256² activations of a whole batch would dominate the
-        peak); decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
+        peak; 8 images: ~0.5 GiB at var-d30, and CUDA graphs still hold the KV cache while decoding); decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
         setting, applied with the plan; on for CUDA: the decoder's shapes are fixed).
     cfg_until: classifier-free guidance on scales < cfg_until only (None: every scale); later scales run one row
         per image (the guidance-skip method).
@@ -60,12 +61,12 @@ class InferencePlan:
     split_head: bool = False
     compiled: bool = False
     cuda_graphs: bool = False
-    sample_chunk_logits: int = 1 << 25
+    sample_chunk_logits: int = 1 << 24
     ffn_chunk_elems: int = 1 << 26
     residual_in_place: bool = True
     decode_dtype: str = "fp32"
     decode_channels_last: bool = False
-    decode_chunk: int = 16
+    decode_chunk: int = 8
     decode_cudnn_benchmark: bool = False
     cfg_until: int | None = None
     kv_fp8: bool = False

@@ -42,8 +42,11 @@ PROBE_VARIANTS = {"fast": {}, "no-triton-qkv": {"triton_qkv": False}, "no-tiny-a
                   "no-small-attn": {"small_attn_max_keys": 0}, "head-kv-layout": {"kv_layout": "head"},
                   "no-split-head": {"split_head": False}, "no-fused-gelu": {"fused_gelu": False},
                   "not-compiled": {"compiled": False},
-                  # memory: smaller transients of the last scale (the sampler's float32 logits, the MLP chunk)
-                  "logits-chunk-2^23": {"sample_chunk_logits": 1 << 23}, "ffn-chunk-2^26": {"ffn_chunk_elems": 1 << 26}}
+                  # memory: each lever of the lean plan undone alone, then all of them (the plan before them)
+                  "copying-stream": {"residual_in_place": False}, "ffn-chunk-2^28": {"ffn_chunk_elems": 1 << 28},
+                  "logits-chunk-2^25": {"sample_chunk_logits": 1 << 25},
+                  "memory-before": {"residual_in_place": False, "ffn_chunk_elems": 1 << 28,
+                                    "sample_chunk_logits": 1 << 25}}
 
 
 def sweep_part(out: Path, a: argparse.Namespace, preset: str) -> list[dict]:
@@ -78,6 +81,17 @@ def compare_part(out: Path, a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _chosen(variants: dict[str, dict], a: argparse.Namespace) -> dict[str, dict]:
+    """The variants named by --variants (all when not given; names another part has are skipped)."""
+    if not a.variants:
+        return variants
+    unknown = [n for n in a.variants if n not in PROBE_VARIANTS and n not in DECODE_VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}: probe has {', '.join(PROBE_VARIANTS)}; "
+                         f"decode has {', '.join(DECODE_VARIANTS)}")
+    return {n: v for n, v in variants.items() if n in a.variants or n in ("fast", "default")}
+
+
 def probe_part(out: Path, a: argparse.Namespace) -> list[dict]:
     """Each plan variant on the same pipeline and weights, interleaved over ``repeats`` rounds."""
     import torch
@@ -95,11 +109,11 @@ def probe_part(out: Path, a: argparse.Namespace) -> list[dict]:
         sched = DepthSchedule.variant(spec, min(depth, spec.depth), a.switch)
         for batch in a.batches:
             labels = [i % spec.num_classes for i in range(batch)]
-            samples: dict[str, list[float]] = {n: [] for n in PROBE_VARIANTS}
+            samples: dict[str, list[float]] = {n: [] for n in _chosen(PROBE_VARIANTS, a)}
             peaks: dict[str, int] = {}
             cuda = pipe.device.type == "cuda"
             for _ in range(a.repeats):
-                for name, change in PROBE_VARIANTS.items():
+                for name, change in _chosen(PROBE_VARIANTS, a).items():
                     plan = fast.replace(**change)
                     if cuda:
                         torch.cuda.synchronize()
@@ -120,9 +134,8 @@ def probe_part(out: Path, a: argparse.Namespace) -> list[dict]:
 
 
 # decoder variants: plan decode fields changed from the device's compiled plan
-DECODE_VARIANTS = {"chunk16": {}, "chunk8": {"decode_chunk": 8}, "chunk32": {"decode_chunk": 32},
-                   "chunk64": {"decode_chunk": 64}, "cudnn-bench": {"decode_cudnn_benchmark": True},
-                   "cudnn-bench-chunk32": {"decode_cudnn_benchmark": True, "decode_chunk": 32},
+DECODE_VARIANTS = {"default": {}, "chunk16": {"decode_chunk": 16}, "chunk32": {"decode_chunk": 32},
+                   "chunk64": {"decode_chunk": 64}, "no-cudnn-bench": {"decode_cudnn_benchmark": False},
                    "not-channels-last": {"decode_channels_last": False}}
 
 
@@ -140,10 +153,10 @@ def decode_part(out: Path, a: argparse.Namespace) -> list[dict]:
     spec, rows, path = pipe.spec, [], out / "decode" / "decode.jsonl"
     for batch in a.batches:
         f_hat = pipe.generate([i % spec.num_classes for i in range(batch)], decode=False).f_hat
-        samples: dict[str, list[float]] = {n: [] for n in DECODE_VARIANTS}
+        samples: dict[str, list[float]] = {n: [] for n in _chosen(DECODE_VARIANTS, a)}
         peaks: dict[str, int] = {}
         for _ in range(a.repeats):
-            for name, change in DECODE_VARIANTS.items():
+            for name, change in _chosen(DECODE_VARIANTS, a).items():
                 pipe.set_plan(base.replace(**change))
                 if a.device.startswith("cuda"):
                     torch.cuda.synchronize()
@@ -228,6 +241,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=540.0)
     ap.add_argument("--baseline-src", type=Path, default=None)
     ap.add_argument("--sens-samples", type=int, default=256, help="samples per cell of the sens part")
+    ap.add_argument("--variants", type=lambda s: s.split(","), default=None,
+                    help="probe/decode: only these variants (comma-separated; the reference one always runs)")
     ap.add_argument("--methods", type=lambda s: s.split(";"), default=None,
                     help="efficiency-method configurations separated by ';' (varbench methods); replaces --depths")
     a = ap.parse_args()
