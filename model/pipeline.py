@@ -326,7 +326,10 @@ class VARPipeline:
             # call instead, the compiled decoder did not speed up: 113.7 vs 113.4 ms at batch 64 on the H200)
             torch.backends.cudnn.benchmark = plan.decode_cudnn_benchmark
         if plan.compiled and not self._decoder_compiled:
-            self.vae.decoder.compile()
+            # static shapes: a decode sees at most two chunk shapes (the chunk and the remainder), and a batch
+            # dimension made dynamic (automatic dynamic, or a sweep worker's on-disk profile of an earlier batch)
+            # gives convolution kernels that do not know their size
+            self.vae.decoder.compile(dynamic=False)
             self._decoder_compiled = True
         return self
 
@@ -352,4 +355,8 @@ class VARPipeline:
         """Images in [0,1], decoded ``chunk`` (default: the plan's ``decode_chunk``) at a time: the decoder's 256²
         activations of a whole batch would dominate peak memory (13 GB more than generation at d30 batch 64)."""
         chunk = chunk or self.plan.decode_chunk
-        return torch.cat([self.vae.fhat_to_img(f) for f in f_hat.split(chunk)])
+        B, size = f_hat.shape[0], self.vae.image_size
+        out = torch.empty(B, 3, size, size, device=f_hat.device)      # chunks land in place: one copy of the images
+        for b0 in range(0, B, chunk):
+            out[b0:b0 + chunk] = self.vae.fhat_to_img(f_hat[b0:b0 + chunk])
+        return out

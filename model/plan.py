@@ -42,7 +42,7 @@ class InferencePlan:
         caller passes to ``VAR.step`` is overwritten (the generation loop's and the graphs' own buffers).
     decode_dtype: the VQ-VAE decoder's dtype ("bf16" | "fp16" | "fp32"); decode_channels_last: its memory format.
     decode_chunk: images decoded at a time (the decoder's 256² activations of a whole batch would dominate the
-        peak; 8 images: ~0.5 GiB at var-d30, and CUDA graphs still hold the KV cache while decoding); decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
+        peak; 4 images: ~350 MiB at var-d30, and CUDA graphs still hold the KV cache while decoding); decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
         setting, applied with the plan; on for CUDA: the decoder's shapes are fixed).
     cfg_until: classifier-free guidance on scales < cfg_until only (None: every scale); later scales run one row
         per image (the guidance-skip method).
@@ -66,7 +66,7 @@ class InferencePlan:
     residual_in_place: bool = True
     decode_dtype: str = "fp32"
     decode_channels_last: bool = False
-    decode_chunk: int = 8
+    decode_chunk: int = 4
     decode_cudnn_benchmark: bool = False
     cfg_until: int | None = None
     kv_fp8: bool = False

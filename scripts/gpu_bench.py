@@ -53,7 +53,7 @@ def sweep_part(out: Path, a: argparse.Namespace, preset: str) -> list[dict]:
     from varbench.measuring.sweep import SweepConfig, run_sweep
     cfg = SweepConfig(model=a.model, depths=a.depths, batches=a.batches, switches=[a.switch], dtype=a.dtype,
                       device=a.device, repeats=a.repeats, min_seconds=a.min_seconds, timeout_s=a.timeout,
-                      methods=a.methods, **PRESETS[preset])
+                      methods=a.methods, plan_overrides=a.plan_overrides, **PRESETS[preset])
     return run_sweep(cfg, out / preset, progress=False)
 
 
@@ -134,7 +134,7 @@ def probe_part(out: Path, a: argparse.Namespace) -> list[dict]:
 
 
 # decoder variants: plan decode fields changed from the device's compiled plan
-DECODE_VARIANTS = {"default": {}, "chunk16": {"decode_chunk": 16}, "chunk32": {"decode_chunk": 32},
+DECODE_VARIANTS = {"default": {}, "chunk8": {"decode_chunk": 8}, "chunk16": {"decode_chunk": 16}, "chunk32": {"decode_chunk": 32},
                    "chunk64": {"decode_chunk": 64}, "no-cudnn-bench": {"decode_cudnn_benchmark": False},
                    "not-channels-last": {"decode_channels_last": False}}
 
@@ -241,6 +241,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=540.0)
     ap.add_argument("--baseline-src", type=Path, default=None)
     ap.add_argument("--sens-samples", type=int, default=256, help="samples per cell of the sens part")
+    ap.add_argument("--plan-overrides", type=json.loads, default=None,
+                    help='sweep parts: InferencePlan fields as JSON, e.g. \'{"decode_chunk": 8}\'')
     ap.add_argument("--variants", type=lambda s: s.split(","), default=None,
                     help="probe/decode: only these variants (comma-separated; the reference one always runs)")
     ap.add_argument("--methods", type=lambda s: s.split(";"), default=None,
