@@ -7,7 +7,10 @@ Stages (``--stage``; ``all`` runs them in order, each skipping what is already f
   ``python3 -m varbench train --config RUN/train.toml`` reproduces it from), then a fp16 export
   (``pretrain/var.safetensors``) with ``provenance.json`` (command, seed, steps, losses, commit, throughput) and the
   evaluation below. ``--pretrain-minutes M`` sizes the step count from a short throughput probe instead of
-  ``--pretrain-steps``.
+  ``--pretrain-steps``. ``--pretrain-init W`` continues from earlier weights instead (a pretraining longer than
+  one device call runs as rounds, each a study folder of its own continuing the last: a round cannot span calls,
+  its optimizer state does not come back); when W is an earlier round's ``pretrain/var.safetensors``, its
+  provenance is nested in this one's (``init_provenance``), and ``ship`` lists every round's commands.
 - ``finetune``: from the pretrained weights, every (strategy, seed) supernet fine-tune at equal steps and batch:
   progressive (the paper's 5/15/10-epoch phases, p 0.2 -> 1, laid over the budget), fixed p in {0.1, 0.5, 1.0},
   sandwich; each run is trained, exported and evaluated as one unit (its weights need never leave the machine),
@@ -59,7 +62,7 @@ if str(ROOT) not in sys.path:                      # `python3 scripts/toy_study.
 from varbench import results                          # noqa: E402
 from varbench.errors import UsageError, VarbenchError  # noqa: E402
 from varbench.schema import TOY_STUDY                 # noqa: E402
-from varbench.reporting.strategies import (DRIFT, frontier_gap, markdown, run_points,  # noqa: E402
+from varbench.reporting.strategies import (DRIFT, frontier_gap, markdown, pareto_front, run_points,  # noqa: E402
                                            strategy_means, write_figure)
 
 SHIPPED_VAE = ROOT / "model" / "weights" / "var-toy" / "vae.safetensors"
@@ -613,6 +616,7 @@ def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
             "losses": [{"step": r["step"], "loss": r["loss"]} for r in rows if r.get("kind") == "train"],
             "val_losses": [{"step": r["step"], "schedule": r["schedule"], "loss": r["loss"]}
                            for r in rows if r.get("kind") == "val"],
+            "init_provenance": init_provenance(cfg.pretrain_init),
             "config": fields, "environment": results.environment(),
             "files": {"var.safetensors": (run / "var.safetensors").stat().st_size},
         }
@@ -633,6 +637,36 @@ def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
         say(f"pretrained full network: toy accuracy {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] "
             f"at cfg {cfg.cfg}, n {acc['n']} ({goal} the 0.85 goal)")
     return True
+
+
+PROVENANCE_KEYS = ("init", "commands", "seed", "steps", "batch", "lr", "images", "synthetic_size", "wall_s",
+                   "final_train_loss", "final_val")
+
+
+def init_provenance(init: str | None) -> dict | None:
+    """Where a pretraining's starting weights came from, when they are an earlier pretraining of this script
+    (its provenance.json beside them), with that one's own origin nested: a pretraining longer than one device
+    call runs as rounds, each continued from the last, and the chain names every command behind the weights."""
+    if not init or init == "random":
+        return None
+    path = Path(init).parent / "provenance.json"
+    if not path.is_file():
+        return {"init": init, "provenance": None}
+    prov = json.loads(path.read_text())
+    out = {k: prov.get(k) for k in PROVENANCE_KEYS}
+    out["commit"] = (prov.get("environment") or {}).get("git_commit")
+    out["init_provenance"] = prov.get("init_provenance", init_provenance(prov.get("init")))
+    return out
+
+
+def pretrain_rounds(prov: dict) -> list[dict]:
+    """The pretraining rounds of a provenance chain, first round first."""
+    chain, node = [], prov
+    while node:
+        chain.append({k: node.get(k) for k in PROVENANCE_KEYS}
+                     | {"commands": [portable_command(c.split()) for c in node.get("commands") or []]})
+        node = node.get("init_provenance") or (init_provenance(node.get("init")) if node is prov else None)
+    return chain[::-1]
 
 
 def _append_rows(cfg: StudyConfig, rows: Sequence[dict]) -> None:
@@ -805,12 +839,13 @@ def stage_ship(cfg: StudyConfig, run: str, dest: Path, weights: Path | None = No
     prov = {
         "what": f"{cfg.model}: VARiant supernet fine-tuned ({run}) from a full network pretrained by varbench's own "
                 f"trainer on the procedural toy set (scripts/toy_study.py, issue 22)",
-        "commands": [portable_command(c.split()) for c in pre["commands"]] + [command_line(sys.argv[1:])],
+        "commands": [c for r in pretrain_rounds(pre) for c in r["commands"]] + [command_line(sys.argv[1:])],
         "seed": pre["seed"], "device": pre["environment"].get("gpu_name"),
         "commit": pre["environment"].get("git_commit"),
         "vqvae": old_prov.get("vqvae", {"weights": cfg.vae}),
         "pretrain": {k: pre[k] for k in ("steps", "batch", "lr", "images", "synthetic_size", "wall_s",
                                          "images_per_s", "final_train_loss", "final_val", "config")},
+        "pretrain_rounds": pretrain_rounds(pre),
         "var": {"run": run, "train_toml": toml.read_text() if toml.exists() else None,
                 "train_info": json.loads(info.read_text()) if info.exists() else None},
         "quality": [{k: r.get(k) for k in ("run", "schedule", "metric", "value", "ci_low", "ci_high", "n",

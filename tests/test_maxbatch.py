@@ -76,8 +76,9 @@ def test_prediction_is_the_largest_batch_whose_estimate_fits(tiny_spec):
 
     conf = methods.variant(tiny_spec, 2, 2)
     est = lambda b: mb.estimate(tiny_spec, conf, b, "fp32", "cuda")       # noqa: E731
-    per_scale = analytic.kv_bytes_per_scale(tiny_spec, conf.schedule(), 3, torch.float32)
-    assert est(3).parts["KV cache"] in per_scale and "peak: scale" in est(3).what     # the KV of the peak's scale
+    per_scale = analytic.kv_bytes_per_scale(tiny_spec, conf.schedule(), 8, torch.float32)
+    assert est(8).parts["KV cache"] in per_scale and "peak: scale" in est(8).what     # the KV of the peak's scale
+    assert "peak: decode" in est(1).what       # one image: the decoder's activations outweigh a tiny model's KV
     limit = est(37).total
     p = mb.predict(est, limit, 4096)
     assert p.batch == 37 and est(38).total > limit and p.fixed_bytes == est(0).total

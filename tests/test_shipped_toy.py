@@ -34,7 +34,13 @@ def test_provenance_is_valid_and_sizes_match():
     assert any("scripts/toy_study.py" in c and "--stage ship" not in c for c in cmds)
     assert any("varbench train --config" in c for c in cmds) and any("--stage ship" in c for c in cmds)
     pre, var = prov["pretrain"], prov["var"]
-    assert pre["steps"] > 0 and pre["config"]["strategy"] == "full" and pre["config"]["init"] == "random"
+    assert pre["steps"] > 0 and pre["config"]["strategy"] == "full"
+    # the pretraining ran in rounds (one device call each): the first from random init, each later one from the
+    # round before it, and every round names its command
+    rounds = prov["pretrain_rounds"]
+    assert rounds[0]["init"] == "random" and rounds[-1]["init"] == pre["config"]["init"]
+    assert all(r["init"].endswith("var.safetensors") for r in rounds[1:])
+    assert all(r["steps"] > 0 and r["commands"] for r in rounds)
     info = var["train_info"]
     assert var["run"].startswith("progressive") and 'strategy = "progressive"' in var["train_toml"]
     assert info["steps"] > 0 and info["batch"] > 0

@@ -220,6 +220,24 @@ def test_frontier_gap_interpolates_between_fixed_ratios(ts):
     assert ts.frontier_gap(means, "progressive")["verdict"] == "short of the frontier"
 
 
+def test_a_dominated_fixed_ratio_is_not_on_the_frontier(ts):
+    """The H200 study's means: fixed p = 0.1 (0.863, 0.494) is below p = 0.5 (0.871, 0.560) on both axes, so the
+    frontier runs p = 1.0 -> p = 0.5; through p = 0.1 it dipped and put sandwich +0.092 beyond it."""
+    def m(name, full, sub):
+        return {"strategy": name, "seeds": 3, "full_acc": full, "subnet_acc": sub, "full_acc_se": 0.01,
+                "subnet_acc_se": 0.005}
+    means = {"fixed-p0.1": m("fixed-p0.1", 0.863, 0.494), "fixed-p0.5": m("fixed-p0.5", 0.871, 0.560),
+             "fixed-p1.0": m("fixed-p1.0", 0.819, 0.586), "sandwich": m("sandwich", 0.863, 0.585)}
+    fixed = [v for k, v in means.items() if k.startswith("fixed-")]
+    assert [p["strategy"] for p in ts.pareto_front(fixed, "full_acc", "subnet_acc")] == [
+        "fixed-p1.0", "fixed-p0.5"]
+    g = ts.frontier_gap(means, "sandwich")
+    assert g["between"] == ["fixed-p1.0", "fixed-p0.5"]
+    assert g["frontier_y"] == pytest.approx(0.586 - 0.026 * 44 / 52) and g["gap"] == pytest.approx(0.585 - g["frontier_y"])
+    swapped = ts.frontier_gap(means, "sandwich", "subnet_acc", "full_acc")      # the same front, other axis
+    assert swapped["between"] == ["fixed-p0.5", "fixed-p1.0"]
+
+
 def test_phases_scale_to_the_budget_and_budgets_are_equal(ts, tmp_path):
     cfg = ts.StudyConfig(out=tmp_path, finetune_steps=500, finetune_batch=256, finetune_size=50_000)
     prog = ts.finetune_config(cfg, "progressive-s1")
@@ -257,3 +275,24 @@ def test_provenance_commands_name_no_machine_paths(ts, monkeypatch, tmp_path):
     cmd = ts.command_line(["--out", str(inside), "--pack", "/root/out", "--jobs", "5"])
     assert cmd == "python3 scripts/toy_study.py --out runs/study --pack $OUT --jobs 5"
     assert ts.portable_command("python3 scripts/toy_study.py --pack /root/out".split()).endswith("--pack $OUT")
+
+
+def test_pretrain_rounds_follow_the_init_chain(ts, tmp_path):
+    """A pretraining continued from an earlier one (rounds: one device call each) names every round, first
+    first, with portable commands; a random init ends the chain."""
+    r1, r2 = tmp_path / "a" / "pretrain", tmp_path / "b" / "pretrain"
+    for d in (r1, r2):
+        d.mkdir(parents=True)
+    (r1 / "provenance.json").write_text(json.dumps(
+        {"init": "random", "commands": ["python3 x.py --pack /root/out"], "steps": 10, "seed": 0,
+         "environment": {"git_commit": "c1"}}))
+    w1 = str(r1 / "var.safetensors")
+    prov2 = {"init": w1, "commands": ["python3 x.py --pretrain-init " + w1], "steps": 20,
+             "init_provenance": ts.init_provenance(w1)}
+    assert prov2["init_provenance"]["commit"] == "c1" and prov2["init_provenance"]["init_provenance"] is None
+    rounds = ts.pretrain_rounds(prov2)
+    assert [r["steps"] for r in rounds] == [10, 20] and rounds[0]["init"] == "random"
+    assert rounds[0]["commands"] == ["python3 x.py --pack $OUT"]
+    (r2 / "provenance.json").write_text(json.dumps(prov2))        # a third round finds both behind it
+    assert [r["steps"] for r in ts.pretrain_rounds({"init": str(r2 / "var.safetensors"), "steps": 30})] == [10, 20, 30]
+    assert ts.init_provenance("random") is None

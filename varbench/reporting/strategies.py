@@ -82,16 +82,28 @@ def strategy_means(points: Sequence[dict]) -> dict[str, dict]:
     return out
 
 
+def pareto_front(points: list[dict], x: str, y: str) -> list[dict]:
+    """The points no other point beats or ties on both ``x`` and ``y`` (higher is better), sorted by ``x``: along
+    them ``y`` falls as ``x`` grows. Through all points instead, a dominated ratio puts a dip in the line that
+    every strategy near it clears (the H200 study's fixed p = 0.1: below p = 0.5 on both axes)."""
+    front: list[dict] = []
+    for m in sorted(points, key=lambda m: (-m[x], -m[y])):
+        if not front or m[y] > front[-1][y]:
+            front.append(m)
+    return front[::-1]
+
+
 def frontier_gap(means: dict[str, dict], who: str, x: str = "full_acc", y: str = "subnet_acc") -> dict | None:
     """How far ``who`` lies above (+) or below (-) the fixed ratios' frontier in ``y`` at its own ``x``: the
-    frontier is the piecewise-linear line through the fixed-p means sorted by x (flat beyond its ends); the gap's
-    95% interval combines the seed standard errors (t with the smaller df)."""
+    frontier is the piecewise-linear line through the non-dominated fixed-p means sorted by x (flat beyond its
+    ends; a fixed ratio that another one beats on both axes is not on it); the gap's 95% interval combines the
+    seed standard errors (t with the smaller df)."""
     from scipy import stats
 
-    fixed = sorted((m for s, m in means.items() if s.startswith("fixed-") and x in m and y in m),
-                   key=lambda m: m[x])
+    ratios = [m for s, m in means.items() if s.startswith("fixed-") and x in m and y in m]
+    fixed = pareto_front(ratios, x, y)
     me = means.get(who)
-    if me is None or len(fixed) < 2 or x not in me:
+    if me is None or len(ratios) < 2 or x not in me:
         return None
     xp = me[x]
     if xp <= fixed[0][x]:

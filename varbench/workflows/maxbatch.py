@@ -98,6 +98,12 @@ def _configuration(cfg: MaxBatchConfig, spec: Any) -> Any:
     return methods.variant(spec, depth, check_switch(spec, cfg.switch), cfg.select)
 
 
+# the decode's allocations beyond its activations and images on the H200 (cuDNN's convolution workspace): the
+# decode of 64 images rose 428 / 748 / 1,388 MiB above the pre-decode level at chunks 4 / 8 / 16
+# (results/h200/lean-memory/decode.jsonl), 54 MiB more than 4 activation copies and the images
+DECODE_WORKSPACE, DECODE_WORKSPACE_TOP = 54 * 2 ** 20, 160 * 256 ** 2    # at var-d30's widest decoder activation
+
+
 def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_graphs: bool = False,
              keep_skipped: bool = False, from_file: bool = False, plan_fields: Mapping[str, Any] | None = None,
              encoder_on_device: bool | None = None) -> Estimate:
@@ -128,14 +134,18 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
       temporaries and the noise with top-k's values, indices and top-p's softmax / cumulative sums; a
       vocabulary smaller than top-k is sorted whole, which is where a toy model's peak is).
     - next input: the KV at s and the next scale's embedded input (float32, both CFG rows).
-    - decode (after ``stepper.finish`` released the cache): one decode chunk's widest decoder activations in the
-      decode dtype and the float32 images twice (the chunks and their concatenation).
+    - decode (after ``stepper.finish`` released the cache; with CUDA graphs the graphs' pool still holds the KV
+      cache and the static input): one decode chunk's widest decoder activations in the decode dtype (4 copies on
+      CUDA, measured on the H200; 3 on the CPU), cuDNN's workspace, and the float32 images of the chunk and of the
+      batch's output.
 
     Resident throughout: weights (on the CPU built in float32 and cast, as ``budget.inference_estimate``), the
     VQ-VAE in float32 (on CUDA without its encoder unless ``encoder_on_device``: ``VQVAE.place``), the AdaLN modulations of every used block (computed once per generation: 2*batch x 6C)
     and the small state (f_hat, indices). Left out: the cache's reallocation at a segment start (at most one
     block's old buffer next to the new ones). CUDA graphs are modelled as the eager path (their pool frees what
-    eager frees) plus the buffers they keep through decode; unmeasured. The estimate is within 0.05% of every
+    eager frees) plus the buffers they keep through decode: within 0.7% of the graphed H200 peaks at batch 64
+    (the compiled pieces' fused AdaLN has no LayerNorm temporaries, so the blocks stage is an upper bound there),
+    2.2% under at batch 1. The estimate is within 0.05% of every
     measured peak of the H200 rows (tests/test_maxbatch_h200.py, which pass the plan fields and the encoder
     placement those rows ran with) and within 2% of the CPU allocator's peak on small models
     (tests/test_maxbatch.py). ``plan_fields``: plan fields over the configuration's (what an older code ran)."""
@@ -229,7 +239,11 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
             stages.append((f"scale {si} next input", {"KV cache": kv[si], "activations": nxt}))
     top = spec.vae.ch * spec.vae.ch_mult[0] * spec.image_size ** 2
     ddt = dt if cuda else 4                              # the decoder runs in the 16-bit compute dtype on CUDA
-    decode = 3 * ddt * min(B, plan.decode_chunk) * top + 2 * 4 * B * 3 * spec.image_size ** 2
+    chunk, img = min(B, plan.decode_chunk), 4 * 3 * spec.image_size ** 2
+    # the widest decoder activations of a chunk (4 copies on CUDA, measured: 80 MiB an image at var-d30 in bf16;
+    # 3 on the CPU), cuDNN's workspace, the chunk's float32 images and the batch's output they are written into
+    workspace = DECODE_WORKSPACE * top // DECODE_WORKSPACE_TOP          # taken to grow with the decoder's size
+    decode = ((4 * ddt * chunk * top + workspace) if cuda else 3 * ddt * chunk * top) + img * (B + chunk)
     kept = {"KV cache": kv[-1], "activations": 4 * rows0 * max(spec.tokens) * spec.width} if cuda_graphs else {}
     stages.append(("decode", {**kept, "decode": decode}))
     name, parts = max(stages, key=lambda st: sum(st[1].values()))
