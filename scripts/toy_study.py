@@ -7,10 +7,12 @@ Stages (``--stage``; ``all`` runs them in order, each skipping what is already f
   ``python3 -m varbench train --config RUN/train.toml`` reproduces it from), then a fp16 export
   (``pretrain/var.safetensors``) with ``provenance.json`` (command, seed, steps, losses, commit, throughput) and the
   evaluation below. ``--pretrain-minutes M`` sizes the step count from a short throughput probe instead of
-  ``--pretrain-steps``. ``--pretrain-init W`` continues from earlier weights instead (a pretraining longer than
-  one device call runs as rounds, each a study folder of its own continuing the last: a round cannot span calls,
-  its optimizer state does not come back); when W is an earlier round's ``pretrain/var.safetensors``, its
-  provenance is nested in this one's (``init_provenance``), and ``ship`` lists every round's commands.
+  ``--pretrain-steps``; ``--pretrain-init W`` starts from earlier weights instead of random ones. A pretraining
+  longer than one device call runs as rounds (a round cannot span calls: its optimizer state does not come back):
+  ``--pretrain-continue STEPS:LR:SIZE`` (repeatable) adds a round continued from the last one's export with a
+  fresh warm-up and cosine, on its own set size; the rounds are ``pretrain-round<k>/``, the last one
+  ``pretrain/``. Each round's provenance nests the one it started from (``init_provenance``), and ``ship`` lists
+  every round's commands.
 - ``finetune``: from the pretrained weights, every (strategy, seed) supernet fine-tune at equal steps and batch:
   progressive (the paper's 5/15/10-epoch phases, p 0.2 -> 1, laid over the budget), fixed p in {0.1, 0.5, 1.0},
   sandwich; each run is trained, exported and evaluated as one unit (its weights need never leave the machine),
@@ -33,9 +35,10 @@ stops a training that overruns (a rerun resumes); ``--pack DIR`` writes, after e
 pretrained fp16 weights included: unpack it and carry the folder into the next call). ``--plan`` prints the runs
 and the time estimate and does nothing; ``--smoke`` is a tiny CPU version of the whole pipeline.
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=. python3 scripts/toy_study.py --out runs/toy-study --device cuda --jobs 5 \\
-        --pretrain-minutes 5.5 --max-minutes 8.5 --pack $OUT      # the same command every call, carrying
-                                                                 # runs/toy-study (unpacked) into the next
+    HF_HUB_OFFLINE=1 PYTHONPATH=. python3 scripts/toy_study.py --out runs/toy-study --device cuda --jobs 15 \\
+        --pretrain-steps 2900 --pretrain-continue 3100:7e-4:400000 --max-minutes 9.2 --pack $OUT
+        # the committed study (results/toy/study): the same command every call, carrying runs/toy-study
+        # (unpacked from the last call's pack) into the next
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ if str(ROOT) not in sys.path:                      # `python3 scripts/toy_study.
 from varbench import results                          # noqa: E402
 from varbench.errors import UsageError, VarbenchError  # noqa: E402
 from varbench.schema import TOY_STUDY                 # noqa: E402
-from varbench.reporting.strategies import (DRIFT, frontier_gap, markdown, pareto_front, run_points,  # noqa: E402
+from varbench.reporting.strategies import (DRIFT, frontier_gap, markdown, run_points,  # noqa: E402
                                            strategy_means, write_figure)
 
 SHIPPED_VAE = ROOT / "model" / "weights" / "var-toy" / "vae.safetensors"
@@ -93,6 +96,7 @@ def command_line(argv: Sequence[str]) -> str:
 STRATEGIES = ("sandwich", "progressive", "fixed-p0.1", "fixed-p0.5", "fixed-p1.0")   # longest first
 PAPER_PHASES = (5.0, 15.0, 10.0)       # VARIANT_PAPER "Training recipe": E1 at p0, E2 ramp, E3 at p = 1 (5-15)
 PACK_FILE = "toy_study.tar.gz"
+PRETRAINED_FILE = "pretrained.safetensors"     # ship: the pretrained full network next to the shipped supernet
 UNITS_FILE = "unit_seconds.json"
 PACK_LIMIT = 16 * 2 ** 20              # the device returns files of at most 16 MiB
 ROWS_FILE = TOY_STUDY.rows_file
@@ -124,6 +128,10 @@ class StudyConfig:
     pretrain_batch: int = 512
     pretrain_lr: float = 1.4e-3          # var-toy's 1e-3 at batch 256, x sqrt(2) for batch 512
     pretrain_size: int = 100_000
+    # more pretraining rounds after the first, each (steps, lr, synthetic set size), continued from the round
+    # before it with a fresh warm-up and cosine: a pretraining longer than one device call (the last round is
+    # OUT/pretrain, the earlier ones OUT/pretrain-round<k>)
+    pretrain_rounds: tuple[tuple[int, float, int], ...] = ()
     finetune_steps: int = 500
     finetune_batch: int = 256
     finetune_lr: float = 3e-4
@@ -180,15 +188,52 @@ def _epochs(steps: int, batch: int, size: int) -> int:
     return max(1, math.ceil(steps * batch / size))
 
 
-def pretrain_config(cfg: StudyConfig, steps: int) -> dict[str, Any]:
-    """TrainConfig fields of the pretraining run: the full network only, from random init, seed 0."""
-    return {"model": cfg.model, "init": cfg.pretrain_init, "vae": cfg.vae, "data": "synthetic", "strategy": "full",
-            "depths": list(cfg.depths), "switch": cfg.switch, "synthetic_size": cfg.pretrain_size,
-            "val_size": cfg.val_size, "batch": cfg.pretrain_batch, "lr": cfg.pretrain_lr,
-            "epochs": _epochs(steps, cfg.pretrain_batch, cfg.pretrain_size), "max_steps": steps,
+@dataclasses.dataclass(frozen=True)
+class PretrainRound:
+    """One pretraining round: where it writes, what it starts from, its length (None: sized by
+    ``--pretrain-minutes``), learning rate and procedural set size."""
+    out: Path
+    init: str
+    steps: int | None
+    lr: float
+    size: int
+
+
+def pretrain_rounds(cfg: StudyConfig) -> list[PretrainRound]:
+    """The rounds in order: the first from ``--pretrain-init`` (random by default), each ``--pretrain-continue``
+    from the round before it; the last one is OUT/pretrain, what the fine-tunes start from."""
+    n = 1 + len(cfg.pretrain_rounds)
+    dirs = [cfg.out / f"pretrain-round{k + 1}" for k in range(n - 1)] + [cfg.out / "pretrain"]
+    first = PretrainRound(dirs[0], cfg.pretrain_init, None if cfg.pretrain_minutes is not None else cfg.pretrain_steps,
+                          cfg.pretrain_lr, cfg.pretrain_size)
+    out = [first]
+    for d, (steps, lr, size) in zip(dirs[1:], cfg.pretrain_rounds):
+        out.append(PretrainRound(d, str(out[-1].out / "var.safetensors"), steps, lr, size))
+    return out
+
+
+def parse_round(text: str) -> tuple[int, float, int]:
+    """``--pretrain-continue STEPS:LR:SIZE`` (e.g. 3100:7e-4:400000)."""
+    try:
+        steps, lr, size = text.split(":")
+        r = int(steps), float(lr), int(size)
+    except ValueError:
+        raise UsageError(f"--pretrain-continue: {text!r} is not STEPS:LR:SIZE (e.g. 3100:7e-4:400000)") from None
+    if r[0] < 1 or not r[1] > 0 or r[2] < 1:
+        raise UsageError(f"--pretrain-continue: {text!r} needs steps >= 1, lr > 0, size >= 1")
+    return r
+
+
+def pretrain_config(cfg: StudyConfig, steps: int, rnd: PretrainRound | None = None) -> dict[str, Any]:
+    """TrainConfig fields of a pretraining round (default: the first): the full network only, seed 0."""
+    rnd = rnd or pretrain_rounds(cfg)[0]
+    return {"model": cfg.model, "init": rnd.init, "vae": cfg.vae, "data": "synthetic", "strategy": "full",
+            "depths": list(cfg.depths), "switch": cfg.switch, "synthetic_size": rnd.size,
+            "val_size": cfg.val_size, "batch": cfg.pretrain_batch, "lr": rnd.lr,
+            "epochs": _epochs(steps, cfg.pretrain_batch, rnd.size), "max_steps": steps,
             "schedule_steps": steps, "log_every": 10 if cfg.smoke else 50,
             "val_every": max(1, steps // 4), "save_every": max(1, steps // 8), "seed": 0, "device": cfg.device,
-            "workers": 0, "out": str(cfg.out / "pretrain")}
+            "workers": 0, "out": str(rnd.out)}
 
 
 def finetune_config(cfg: StudyConfig, run: str) -> dict[str, Any]:
@@ -241,11 +286,16 @@ def plan(cfg: StudyConfig) -> dict[str, Any]:
     """What the study will run and how long it should take on this device (stated as an estimate)."""
     img_s, source = measured_img_s(cfg)
     dev = cfg.device_type
-    prov = cfg.out / "pretrain" / "provenance.json"
-    pre_steps = (json.loads(prov.read_text())["steps"] if prov.exists()          # what really ran
-                 else cfg.pretrain_steps if cfg.pretrain_minutes is None
+    pre_steps, epochs = 0, []
+    for rnd in pretrain_rounds(cfg):
+        prov = rnd.out / "provenance.json"
+        steps = (json.loads(prov.read_text())["steps"] if prov.exists()          # what really ran
+                 else rnd.steps if rnd.steps is not None
                  else steps_for_minutes(cfg.pretrain_minutes, img_s, cfg.pretrain_batch))
-    pre_s = START_S[dev] + pre_steps * cfg.pretrain_batch / img_s + EVAL_S[dev] * cfg.samples / 500
+        pre_steps += steps
+        epochs.append(round(steps * cfg.pretrain_batch / rnd.size, 1))
+    n_rounds = 1 + len(cfg.pretrain_rounds)
+    pre_s = START_S[dev] * n_rounds + pre_steps * cfg.pretrain_batch / img_s + EVAL_S[dev] * cfg.samples / 500
     runs = run_names(cfg)
     sharing = max(1, min(cfg.jobs, len(runs)))
     seen = measured_units(cfg)
@@ -254,8 +304,9 @@ def plan(cfg: StudyConfig) -> dict[str, Any]:
     return {
         "device": dev, "throughput_img_s": img_s, "throughput_source": source,
         "shared_throughput_img_s": ASSUMED_SHARED_IMG_S[dev] if sharing > 1 else img_s,
-        "pretrain": {"steps": pre_steps, "batch": cfg.pretrain_batch, "images": pre_steps * cfg.pretrain_batch,
-                     "epochs_of_set": round(pre_steps * cfg.pretrain_batch / cfg.pretrain_size, 1),
+        "pretrain": {"rounds": n_rounds, "steps": pre_steps, "batch": cfg.pretrain_batch,
+                     "images": pre_steps * cfg.pretrain_batch,
+                     "epochs_of_set": epochs[0] if len(epochs) == 1 else epochs,     # per round
                      "estimate_min": round(pre_s / 60, 1)},
         "finetune": {"runs": len(runs), "steps": cfg.finetune_steps, "batch": cfg.finetune_batch,
                      "images_per_run": cfg.finetune_steps * cfg.finetune_batch,
@@ -266,10 +317,10 @@ def plan(cfg: StudyConfig) -> dict[str, Any]:
         "eval": {"samples": cfg.samples, "schedules": ["full"] + [f"d{d}" for d in cfg.depths],
                  "estimate_min_per_run": round(EVAL_S[dev] * cfg.samples / 500 / 60, 2)},
         "total_estimate_min": round((pre_s + ft_s) / 60, 1),
-        # the pretraining cannot span calls (its optimizer state does not come back): a call of its own, then
-        # the fine-tune units (whole units only) over as many calls as they need
-        "calls_of_max_minutes": (math.ceil(pre_s / 60 / cfg.max_minutes) + math.ceil(ft_s / 60 / cfg.max_minutes)
-                                 if cfg.max_minutes else None),
+        # a pretraining round cannot span calls (its optimizer state does not come back): at least a call per
+        # round, then the fine-tune units (whole units only) over as many calls as they need
+        "calls_of_max_minutes": (max(n_rounds, math.ceil(pre_s / 60 / cfg.max_minutes))
+                                 + math.ceil(ft_s / 60 / cfg.max_minutes) if cfg.max_minutes else None),
     }
 
 
@@ -539,7 +590,7 @@ def pack(cfg: StudyConfig) -> Path | None:
         rel = p.relative_to(base).parts
         if set(rel) & SKIP_PARTS or p.name in SKIP_NAMES:
             return True
-        return (p.suffix == ".safetensors" and rel[0] != "pretrain") or p.suffix == ".html"
+        return (p.suffix == ".safetensors" and not rel[0].startswith("pretrain")) or p.suffix == ".html"
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -569,10 +620,11 @@ def _left(deadline: float | None) -> float:
     return math.inf if deadline is None else deadline - time.time()
 
 
-def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
-    """Pretrain, export, write provenance, evaluate. False when it did not finish (time)."""
-    run = cfg.out / "pretrain"
+def _pretrain_round(cfg: StudyConfig, rnd: PretrainRound, deadline: float | None) -> bool:
+    """Train one round (resuming an unfinished one), export it, write its provenance. False when out of time."""
+    run = rnd.out
     prov_path = run / "provenance.json"
+    name = run.name
     if not prov_path.exists():
         meta = None
         try:
@@ -582,31 +634,31 @@ def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
             pass
         if meta is not None:
             steps = int(meta["config"]["max_steps"])           # resume the unfinished run as it was planned
-        elif cfg.pretrain_minutes is not None:
+        elif rnd.steps is None:
             ips = probe_throughput(cfg)
             steps = steps_for_minutes(cfg.pretrain_minutes, ips, cfg.pretrain_batch)
             say(f"probe: {ips:.0f} img/s at batch {cfg.pretrain_batch} -> {steps} pretraining steps "
                 f"in {cfg.pretrain_minutes} min")
         else:
-            steps = cfg.pretrain_steps
+            steps = rnd.steps
         img_s, _ = measured_img_s(cfg)
         est = START_S[cfg.device_type] + steps * cfg.pretrain_batch / img_s
         if est > _left(deadline):
-            say(f"pretrain not started: ~{est / 60:.1f} min needed, {_left(deadline) / 60:.1f} min left "
-                f"(give --max-minutes more, or fewer --pretrain-steps)")
+            say(f"{name} not started: ~{est / 60:.1f} min needed, {_left(deadline) / 60:.1f} min left "
+                f"(give --max-minutes more, or fewer steps)")
             return False
-        fields = pretrain_config(cfg, steps)
-        say(f"pretrain: {steps} steps at batch {cfg.pretrain_batch} (~{est / 60:.1f} min)")
+        fields = pretrain_config(cfg, steps, rnd)
+        say(f"{name}: {steps} steps at batch {cfg.pretrain_batch} from {rnd.init} (~{est / 60:.1f} min)")
         try:
             res = train_run(fields, deadline)
         except OutOfTime as e:
-            say(f"pretrain stopped: {e}; its last checkpoint resumes on this machine, else it restarts")
+            say(f"{name} stopped: {e}; its last checkpoint resumes on this machine, else it restarts")
             return False
         export_half(run)
         rows = metrics_rows(run)
         prov = {
-            "what": f"{cfg.model}: the full network pretrained from {cfg.pretrain_init} init by varbench's trainer "
-                    f"on the procedural toy set (scripts/toy_study.py, issue 22)", "init": cfg.pretrain_init,
+            "what": f"{cfg.model}: the full network pretrained from {rnd.init} init by varbench's trainer "
+                    f"on the procedural toy set (scripts/toy_study.py, issue 22)", "init": rnd.init,
             "commands": [command_line(sys.argv[1:]),
                          f"python3 -m varbench train --config {run}/train.toml"],
             "seed": fields["seed"], "steps": res["step"], "batch": fields["batch"], "lr": fields["lr"],
@@ -616,12 +668,23 @@ def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
             "losses": [{"step": r["step"], "loss": r["loss"]} for r in rows if r.get("kind") == "train"],
             "val_losses": [{"step": r["step"], "schedule": r["schedule"], "loss": r["loss"]}
                            for r in rows if r.get("kind") == "val"],
-            "init_provenance": init_provenance(cfg.pretrain_init),
+            "init_provenance": init_provenance(rnd.init),
             "config": fields, "environment": results.environment(),
             "files": {"var.safetensors": (run / "var.safetensors").stat().st_size},
         }
         results.atomic_write_text(prov_path, json.dumps(prov, indent=2, default=str) + "\n")
         pack(cfg)
+    return True
+
+
+def stage_pretrain(cfg: StudyConfig, deadline: float | None) -> bool:
+    """Every pretraining round (train, export, provenance), then the last round's evaluation. False when it did
+    not finish (time)."""
+    for rnd in pretrain_rounds(cfg):
+        if not _pretrain_round(cfg, rnd, deadline):
+            return False
+    run = cfg.out / "pretrain"
+    prov_path = run / "provenance.json"
     if not evaluated(cfg, "pretrain"):
         if EVAL_S[cfg.device_type] * cfg.samples / 500 > _left(deadline):
             say("pretrain evaluation not started: no time left")
@@ -659,7 +722,7 @@ def init_provenance(init: str | None) -> dict | None:
     return out
 
 
-def pretrain_rounds(prov: dict) -> list[dict]:
+def provenance_rounds(prov: dict) -> list[dict]:
     """The pretraining rounds of a provenance chain, first round first."""
     chain, node = [], prov
     while node:
@@ -817,8 +880,9 @@ def stage_asymmetry(cfg: StudyConfig, deadline: float | None) -> bool:
 
 
 def stage_ship(cfg: StudyConfig, run: str, dest: Path, weights: Path | None = None) -> Path:
-    """DEST/var.safetensors (the run's fp16 supernet), DEST/vae.safetensors and DEST/provenance.json: the
-    pretraining (command, seed, steps, losses, commit), the fine-tune (strategy, steps, config) and the run's rows.
+    """DEST/var.safetensors (the run's fp16 supernet), DEST/pretrained.safetensors (the full network it was
+    fine-tuned from), DEST/vae.safetensors and DEST/provenance.json: the pretraining rounds (commands, seed, steps,
+    losses, commit), the fine-tune (strategy, steps, config) and the run's and the pretrained network's rows.
     ``weights``: the run's fp16 file where it came back beside the pack instead of inside the study folder."""
     run_dir = cfg.out / "finetune" / run
     src = weights or run_dir / "var.safetensors"
@@ -830,6 +894,11 @@ def stage_ship(cfg: StudyConfig, run: str, dest: Path, weights: Path | None = No
     old_prov = json.loads(old.read_text()) if old.exists() else {}
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest / "var.safetensors")
+    # the pretrained full network the supernet was fine-tuned from, beside it: what every fine-tune of the study
+    # starts from (``varbench train --init``), without redoing the pretraining
+    pre_w = cfg.out / "pretrain" / "var.safetensors"
+    if pre_w.is_file():
+        shutil.copyfile(pre_w, dest / PRETRAINED_FILE)
     if Path(cfg.vae).resolve() != (dest / "vae.safetensors").resolve():
         shutil.copyfile(cfg.vae, dest / "vae.safetensors")
     toml = run_dir / "train.toml"
@@ -839,18 +908,20 @@ def stage_ship(cfg: StudyConfig, run: str, dest: Path, weights: Path | None = No
     prov = {
         "what": f"{cfg.model}: VARiant supernet fine-tuned ({run}) from a full network pretrained by varbench's own "
                 f"trainer on the procedural toy set (scripts/toy_study.py, issue 22)",
-        "commands": [c for r in pretrain_rounds(pre) for c in r["commands"]] + [command_line(sys.argv[1:])],
+        "commands": [c for r in provenance_rounds(pre) for c in r["commands"]] + [command_line(sys.argv[1:])],
         "seed": pre["seed"], "device": pre["environment"].get("gpu_name"),
         "commit": pre["environment"].get("git_commit"),
         "vqvae": old_prov.get("vqvae", {"weights": cfg.vae}),
         "pretrain": {k: pre[k] for k in ("steps", "batch", "lr", "images", "synthetic_size", "wall_s",
                                          "images_per_s", "final_train_loss", "final_val", "config")},
-        "pretrain_rounds": pretrain_rounds(pre),
+        "pretrain_rounds": provenance_rounds(pre),
         "var": {"run": run, "train_toml": toml.read_text() if toml.exists() else None,
                 "train_info": json.loads(info.read_text()) if info.exists() else None},
         "quality": [{k: r.get(k) for k in ("run", "schedule", "metric", "value", "ci_low", "ci_high", "n",
                                             "samples", "cfg")} for r in rows],
-        "files": {n: (dest / n).stat().st_size for n in ("var.safetensors", "vae.safetensors")},
+        "pretrained_weights": PRETRAINED_FILE if (dest / PRETRAINED_FILE).is_file() else None,
+        "files": {n: (dest / n).stat().st_size for n in ("var.safetensors", "vae.safetensors", PRETRAINED_FILE)
+                  if (dest / n).is_file()},
     }
     results.atomic_write_text(dest / "provenance.json", json.dumps(prov, indent=2, default=str) + "\n")
     return dest
@@ -882,7 +953,7 @@ def stage_report(cfg: StudyConfig) -> dict:
 def smoke_config(cfg: StudyConfig) -> StudyConfig:
     """A tiny CPU-sized version of every stage (seconds per unit): the pipeline, not the numbers."""
     return dataclasses.replace(cfg, pretrain_steps=6, pretrain_batch=8, pretrain_lr=1e-3,
-                               pretrain_size=64, finetune_steps=4, finetune_batch=8, finetune_size=64, val_size=16,
+                               pretrain_size=64, pretrain_rounds=tuple((4, lr, 64) for _, lr, _ in cfg.pretrain_rounds), finetune_steps=4, finetune_batch=8, finetune_size=64, val_size=16,
                                samples=min(cfg.samples, 10), asymmetry_samples=min(cfg.asymmetry_samples, 4),
                                eval_batch=min(cfg.eval_batch, 10),
                                seeds=cfg.seeds[:1], smoke=True)
@@ -956,6 +1027,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, argparse
                     help="size the pretraining from a throughput probe to about this many minutes")
     ap.add_argument("--pretrain-init", default=d.pretrain_init,
                     help="'random' or a VAR .safetensors to continue from (model/weights/var-toy/var.safetensors)")
+    ap.add_argument("--pretrain-continue", action="append", default=[], metavar="STEPS:LR:SIZE",
+                    help="one more pretraining round from the last one (repeatable), e.g. 3100:7e-4:400000: "
+                         "a pretraining longer than one device call")
     ap.add_argument("--pretrain-batch", type=int, default=d.pretrain_batch)
     ap.add_argument("--pretrain-lr", type=float, default=d.pretrain_lr)
     ap.add_argument("--pretrain-size", type=int, default=d.pretrain_size, help="procedural training images")
@@ -1002,7 +1076,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, argparse
     cfg = StudyConfig(
         out=a.out, model=a.model, vae=a.vae, device=a.device, pretrain_steps=a.pretrain_steps,
         pretrain_minutes=a.pretrain_minutes, pretrain_init=a.pretrain_init, pretrain_batch=a.pretrain_batch,
-        pretrain_lr=a.pretrain_lr, pretrain_size=a.pretrain_size, finetune_steps=a.finetune_steps, finetune_batch=a.finetune_batch,
+        pretrain_lr=a.pretrain_lr, pretrain_size=a.pretrain_size,
+        pretrain_rounds=tuple(parse_round(r) for r in a.pretrain_continue),
+        finetune_steps=a.finetune_steps, finetune_batch=a.finetune_batch,
         finetune_lr=a.finetune_lr, finetune_size=a.finetune_size,
         strategies=tuple(s.strip() for s in a.strategies.split(",") if s.strip()),
         seeds=_ints(a.seeds, "--seeds"), samples=a.samples, asymmetry_samples=a.asymmetry_samples,

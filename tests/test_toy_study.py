@@ -228,8 +228,9 @@ def test_a_dominated_fixed_ratio_is_not_on_the_frontier(ts):
                 "subnet_acc_se": 0.005}
     means = {"fixed-p0.1": m("fixed-p0.1", 0.863, 0.494), "fixed-p0.5": m("fixed-p0.5", 0.871, 0.560),
              "fixed-p1.0": m("fixed-p1.0", 0.819, 0.586), "sandwich": m("sandwich", 0.863, 0.585)}
+    from varbench.reporting.strategies import pareto_front
     fixed = [v for k, v in means.items() if k.startswith("fixed-")]
-    assert [p["strategy"] for p in ts.pareto_front(fixed, "full_acc", "subnet_acc")] == [
+    assert [p["strategy"] for p in pareto_front(fixed, "full_acc", "subnet_acc")] == [
         "fixed-p1.0", "fixed-p0.5"]
     g = ts.frontier_gap(means, "sandwich")
     assert g["between"] == ["fixed-p1.0", "fixed-p0.5"]
@@ -290,9 +291,35 @@ def test_pretrain_rounds_follow_the_init_chain(ts, tmp_path):
     prov2 = {"init": w1, "commands": ["python3 x.py --pretrain-init " + w1], "steps": 20,
              "init_provenance": ts.init_provenance(w1)}
     assert prov2["init_provenance"]["commit"] == "c1" and prov2["init_provenance"]["init_provenance"] is None
-    rounds = ts.pretrain_rounds(prov2)
+    rounds = ts.provenance_rounds(prov2)
     assert [r["steps"] for r in rounds] == [10, 20] and rounds[0]["init"] == "random"
     assert rounds[0]["commands"] == ["python3 x.py --pack $OUT"]
     (r2 / "provenance.json").write_text(json.dumps(prov2))        # a third round finds both behind it
-    assert [r["steps"] for r in ts.pretrain_rounds({"init": str(r2 / "var.safetensors"), "steps": 30})] == [10, 20, 30]
+    assert [r["steps"] for r in ts.provenance_rounds({"init": str(r2 / "var.safetensors"), "steps": 30})] == [10, 20, 30]
     assert ts.init_provenance("random") is None
+
+
+def test_pretraining_in_rounds_continues_each_from_the_last(ts, tmp_path, monkeypatch):
+    """--pretrain-continue: round 1 in OUT/pretrain-round1, the last round in OUT/pretrain (what the fine-tunes
+    start from), initialised from round 1's export; its provenance nests round 1's, and the pack carries round
+    1's weights (a later round may run in the next call)."""
+    import tarfile as tf
+
+    cfg = tiny(ts, tmp_path / "toy-study", pretrain_rounds=((3, 5e-4, 16),))
+    rounds = ts.pretrain_rounds(cfg)
+    assert [r.out.name for r in rounds] == ["pretrain-round1", "pretrain"]
+    assert rounds[1].init == str(rounds[0].out / "var.safetensors") and rounds[1].steps == 3
+    assert ts.stage_pretrain(cfg, None)
+    prov = json.loads((cfg.out / "pretrain" / "provenance.json").read_text())
+    assert prov["init"].endswith("pretrain-round1/var.safetensors") and prov["steps"] == 3 and prov["lr"] == 5e-4
+    assert prov["init_provenance"]["init"] == "random" and prov["init_provenance"]["steps"] == 2
+    assert [r["steps"] for r in ts.provenance_rounds(prov)] == [2, 3]
+    with tf.open(cfg.pack / ts.PACK_FILE) as tar:
+        names = tar.getnames()
+    assert "toy-study/pretrain-round1/var.safetensors" in names and "toy-study/pretrain/var.safetensors" in names
+    monkeypatch.setattr(ts, "train_run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran again")))
+    assert ts.stage_pretrain(cfg, None)                      # both rounds finished: nothing runs
+    assert ts.plan(cfg)["pretrain"]["rounds"] == 2 and ts.plan(cfg)["pretrain"]["steps"] == 5
+    with pytest.raises(ts.UsageError):
+        ts.parse_round("3100:7e-4")
+    assert ts.parse_round("3100:7e-4:400000") == (3100, 7e-4, 400000)
