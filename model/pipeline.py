@@ -325,6 +325,8 @@ class VARPipeline:
             # cuDNN's autotuning is one process-wide torch setting: set from the plan here (set around each decode
             # call instead, the compiled decoder did not speed up: 113.7 vs 113.4 ms at batch 64 on the H200)
             torch.backends.cudnn.benchmark = plan.decode_cudnn_benchmark
+            if plan.decode_cudnn_benchmark_limit is not None:
+                torch.backends.cudnn.benchmark_limit = plan.decode_cudnn_benchmark_limit
         if plan.compiled and not self._decoder_compiled:
             # static shapes: a decode sees at most two chunk shapes (the chunk and the remainder), and a batch
             # dimension made dynamic (automatic dynamic, or a sweep worker's on-disk profile of an earlier batch)

@@ -43,7 +43,10 @@ class InferencePlan:
     decode_dtype: the VQ-VAE decoder's dtype ("bf16" | "fp16" | "fp32"); decode_channels_last: its memory format.
     decode_chunk: images decoded at a time (the decoder's 256² activations of a whole batch would dominate the
         peak; 4 images: ~350 MiB at var-d30, and CUDA graphs still hold the KV cache while decoding); decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
-        setting, applied with the plan; on for CUDA: the decoder's shapes are fixed).
+        setting, applied with the plan; on for CUDA: the decoder's shapes are fixed); decode_cudnn_benchmark_limit:
+        how many algorithms that autotuning times per convolution shape (torch's ``benchmark_limit``, process-wide;
+        None leaves torch's default of 10, 0 times all): the H200 decoded 64 images in either ~85-96 or ~122-140 ms
+        with the same plan, most likely the autotuning's draw (results/h200/lean-memory).
     cfg_until: classifier-free guidance on scales < cfg_until only (None: every scale); later scales run one row
         per image (the guidance-skip method).
     kv_fp8: the KV cache stored in float8 e4m3 with a per-block, per-head scale (the kv-fp8 method).
@@ -68,6 +71,7 @@ class InferencePlan:
     decode_channels_last: bool = False
     decode_chunk: int = 4
     decode_cudnn_benchmark: bool = False
+    decode_cudnn_benchmark_limit: int | None = None
     cfg_until: int | None = None
     kv_fp8: bool = False
     kv_window: tuple[int, int] | None = None
@@ -78,6 +82,8 @@ class InferencePlan:
             raise ValueError(f"KV layout {self.kv_layout!r} is not one of {', '.join(KV_LAYOUTS)}")
         if self.decode_dtype not in _DTYPES:
             raise ValueError(f"decode dtype {self.decode_dtype!r} is not one of {', '.join(_DTYPES)}")
+        if self.decode_cudnn_benchmark_limit is not None and self.decode_cudnn_benchmark_limit < 0:
+            raise ValueError(f"decode_cudnn_benchmark_limit must be >= 0, got {self.decode_cudnn_benchmark_limit}")
         for name in ("tiny_attn_max_keys", "small_attn_max_keys"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

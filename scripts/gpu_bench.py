@@ -136,12 +136,16 @@ def probe_part(out: Path, a: argparse.Namespace) -> list[dict]:
 # decoder variants: plan decode fields changed from the device's compiled plan
 DECODE_VARIANTS = {"default": {}, "chunk8": {"decode_chunk": 8}, "chunk16": {"decode_chunk": 16}, "chunk32": {"decode_chunk": 32},
                    "chunk64": {"decode_chunk": 64}, "no-cudnn-bench": {"decode_cudnn_benchmark": False},
+                   "cudnn-limit-all": {"decode_cudnn_benchmark_limit": 0},
                    "not-channels-last": {"decode_channels_last": False}}
 
 
 def decode_part(out: Path, a: argparse.Namespace) -> list[dict]:
     """The VQ-VAE decode of each --batches size under each decoder variant, interleaved over ``repeats`` rounds,
-    with the decode's own allocator peak."""
+    with the decode's own allocator peak. ``--draws N``: N fresh processes, each one draw of cuDNN's autotuning
+    (which decides the decode time: docs/performance.md), rows numbered by ``draw``."""
+    if a.draws > 1:
+        return _decode_draws(out, a)
     import torch
 
     from model import VARPipeline
@@ -173,6 +177,23 @@ def decode_part(out: Path, a: argparse.Namespace) -> list[dict]:
             rows.append(row)
     pipe.set_plan(base)
     results.write_manifest(path.parent, {"kind": "decode", "variants": DECODE_VARIANTS})
+    return rows
+
+
+def _decode_draws(out: Path, a: argparse.Namespace) -> list[dict]:
+    """``decode`` in ``a.draws`` fresh processes, one after the other (the GPU is never shared)."""
+    rows, path = [], out / "decode" / "decode.jsonl"
+    argv = [sys.executable, str(Path(__file__).resolve()), "", "decode", "--draws", "1", "--model", a.model,
+            "--batches", ",".join(map(str, a.batches)), "--dtype", a.dtype, "--device", a.device,
+            "--repeats", str(a.repeats)] + (["--variants", ",".join(a.variants)] if a.variants else [])
+    for k in range(a.draws):
+        sub = out / "decode" / f"draw{k}"
+        argv[2] = str(sub)
+        subprocess.run(argv, cwd=ROOT, check=False, stdout=subprocess.DEVNULL)
+        for r in results.read_rows(sub / "decode" / "decode.jsonl"):
+            row = {**r, "draw": k}
+            results.append_row(path, row)
+            rows.append(row)
     return rows
 
 
@@ -212,7 +233,9 @@ def table(rows: list[dict]) -> str:
                          f"{r['cells']} rows in {r['seconds']:.0f} s")
         elif r.get("kind") == "decode":
             mib = (r.get("decode_peak_extra_bytes") or 0) / 2**20
-            lines.append(f"decode b{r['batch']:<4} {r['variant']:<20} {r['decode_ms_p50']:9.2f} ms  +{mib:7.0f} MiB")
+            draw = f" draw {r['draw']}" if "draw" in r else ""
+            lines.append(f"decode b{r['batch']:<4} {r['variant']:<20} {r['decode_ms_p50']:9.2f} ms  +{mib:7.0f} MiB"
+                         f"{draw}")
         elif r.get("kind") == "probe":
             mib = (r.get("peak_allocated_bytes") or 0) / 2**20
             lines.append(f"probe d{r['depth']} b{r['batch']:<4} {r['variant']:<18} {r['latency_ms_p50']:9.2f} ms  "
@@ -243,6 +266,8 @@ def main() -> None:
     ap.add_argument("--sens-samples", type=int, default=256, help="samples per cell of the sens part")
     ap.add_argument("--plan-overrides", type=json.loads, default=None,
                     help='sweep parts: InferencePlan fields as JSON, e.g. \'{"decode_chunk": 8}\'')
+    ap.add_argument("--draws", type=int, default=1,
+                    help="decode: run it in this many fresh processes (each one draw of cuDNN's autotuning)")
     ap.add_argument("--variants", type=lambda s: s.split(","), default=None,
                     help="probe/decode: only these variants (comma-separated; the reference one always runs)")
     ap.add_argument("--methods", type=lambda s: s.split(";"), default=None,

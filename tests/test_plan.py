@@ -51,6 +51,9 @@ def test_plan_resolves_to_plain_on_cpu_and_drops_cuda_only_choices():
         InferencePlan.resolve("cpu", torch.float32, tiny_attn=3)
     with pytest.raises(ValueError, match="must be >= 1"):
         InferencePlan(ffn_chunk_elems=0)
+    with pytest.raises(ValueError, match="decode_cudnn_benchmark_limit must be >= 0"):
+        InferencePlan(decode_cudnn_benchmark_limit=-1)
+    assert InferencePlan.resolve("cpu").decode_cudnn_benchmark_limit is None       # torch's own default stays
     assert InferencePlan(**plan.as_dict()) == plan and hash(plan) == hash(InferencePlan(**plan.as_dict()))
 
 
