@@ -341,10 +341,10 @@ def test_fid_cells_carry_the_feature_bootstrap_interval(tmp_path, monkeypatch):
     monkeypatch.setattr(sens.importlib.util, "find_spec",
                         lambda name, *a: object() if name == "torch_fidelity" else real_find(name, *a))
     monkeypatch.setattr(metrics, "inception_extractor", extractor)
-    rows = sens.run_sensitivity(_cfg(metric="fid", samples=8, batch=4, scales=[1], depths=[2],
+    rows = sens.run_sensitivity(_cfg(metric="fid", samples=8, batch=4, scales=[1, 2], depths=[2],
                                      inception_weights="w.pth"), tmp_path)
     fid_rows = [r for r in rows if r["metric"] == "fid"]
-    assert fid_rows and set(seen) == {"w.pth"}
+    assert len(fid_rows) == 2 and seen == ["w.pth"]     # one extractor (and reference statistics) for all cells
     for r in fid_rows:
         assert r["ci_method"] == "feature-bootstrap-centred" and r["n"] == 8
         assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["ci_high"] > r["ci_low"]

@@ -295,6 +295,8 @@ class Reference:
     indices: list[list[torch.Tensor]]
     images: list[torch.Tensor]
     logits: list[torch.Tensor]
+    # per run, not saved: what every cell scores against the same way (the FID extractor and reference statistics)
+    memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 def _sync(device: torch.device) -> None:
@@ -453,8 +455,12 @@ def _extra_metrics(images: torch.Tensor, labels: torch.Tensor, ref: Reference, c
     if "fid" in names:            # with the feature-bootstrap interval of `varbench fid` (quality/fid.py)
         from varbench.quality.fid import fid_interval
 
-        extract = metrics.inception_extractor(str(device), cfg.inception_weights)
-        mu_r, sigma_r = metrics.reference_stats(cfg.fid_ref if cfg.fid_ref else torch.cat(ref.images), extract)
+        key = ("fid", str(device), cfg.inception_weights, cfg.fid_ref)
+        if key not in ref.memo:         # once per run: the Inception network and the reference's statistics
+            extract = metrics.inception_extractor(str(device), cfg.inception_weights)
+            ref.memo[key] = extract, metrics.reference_stats(cfg.fid_ref if cfg.fid_ref else torch.cat(ref.images),
+                                                             extract)
+        extract, (mu_r, sigma_r) = ref.memo[key]
         feats = metrics.image_features(images, extract)
         if feats.shape[1] != mu_r.shape[0]:
             raise UsageError(f"reference statistics are {mu_r.shape[0]}-d but the features are {feats.shape[1]}-d")
