@@ -79,6 +79,22 @@ def _portable(path: Path) -> str:
         return str(path)
 
 
+def _portable_init(cfg: "StudyConfig", init: str) -> str:
+    """A round's starting weights as provenance records them: relative to the working directory when inside it,
+    else relative to the study folder as ``OUT/...`` (an earlier round), else as given (``random``, a file)."""
+    if init == "random":
+        return init
+    p = Path(init)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        pass
+    try:
+        return str(Path("OUT") / p.resolve().relative_to(cfg.out.resolve()))
+    except ValueError:
+        return init
+
+
 def portable_command(args: Sequence[str]) -> str:
     """A command as provenance records it: paths inside the working directory relative, a path outside it (the
     device's output folder) as ``$OUT`` - provenance names no machine's paths."""
@@ -657,8 +673,10 @@ def _pretrain_round(cfg: StudyConfig, rnd: PretrainRound, deadline: float | None
         export_half(run)
         rows = metrics_rows(run)
         prov = {
-            "what": f"{cfg.model}: the full network pretrained from {rnd.init} init by varbench's trainer "
-                    f"on the procedural toy set (scripts/toy_study.py, issue 22)", "init": rnd.init,
+            "what": f"{cfg.model}: the full network pretrained from {_portable_init(cfg, rnd.init)} init by varbench's "
+                    f"trainer "
+                    f"on the procedural toy set (scripts/toy_study.py, issue 22)",
+            "init": _portable_init(cfg, rnd.init),
             "commands": [command_line(sys.argv[1:]),
                          f"python3 -m varbench train --config {run}/train.toml"],
             "seed": fields["seed"], "steps": res["step"], "batch": fields["batch"], "lr": fields["lr"],

@@ -311,7 +311,7 @@ def test_pretraining_in_rounds_continues_each_from_the_last(ts, tmp_path, monkey
     assert rounds[1].init == str(rounds[0].out / "var.safetensors") and rounds[1].steps == 3
     assert ts.stage_pretrain(cfg, None)
     prov = json.loads((cfg.out / "pretrain" / "provenance.json").read_text())
-    assert prov["init"].endswith("pretrain-round1/var.safetensors") and prov["steps"] == 3 and prov["lr"] == 5e-4
+    assert prov["init"] == "OUT/pretrain-round1/var.safetensors" and prov["steps"] == 3 and prov["lr"] == 5e-4
     assert prov["init_provenance"]["init"] == "random" and prov["init_provenance"]["steps"] == 2
     assert [r["steps"] for r in ts.provenance_rounds(prov)] == [2, 3]
     with tf.open(cfg.pack / ts.PACK_FILE) as tar:
