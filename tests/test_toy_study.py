@@ -11,6 +11,7 @@ import pytest
 
 from varbench import results
 from varbench.schema import TOY_STUDY
+from varbench.workflows import toy_study_plan as plan_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "var-toy-test"
@@ -265,7 +266,7 @@ def test_plan_estimates_every_stage(ts, capsys, tmp_path):
     assert "assumed" in p["throughput_source"] and p["calls_of_max_minutes"] >= 1
     assert ts.main(["--plan", "--out", str(tmp_path / "p"), "--device", "cpu", "--pretrain-minutes", "5"]) == 0
     p = json.loads(capsys.readouterr().out)
-    assert p["pretrain"]["steps"] == ts.steps_for_minutes(5, ts.ASSUMED_IMG_S["cpu"], 512)
+    assert p["pretrain"]["steps"] == ts.steps_for_minutes(5, plan_lib.ASSUMED_IMG_S["cpu"], 512)
 
 
 def test_provenance_commands_name_no_machine_paths(ts, monkeypatch, tmp_path):
@@ -275,7 +276,7 @@ def test_provenance_commands_name_no_machine_paths(ts, monkeypatch, tmp_path):
     inside = tmp_path / "runs" / "study"
     cmd = ts.command_line(["--out", str(inside), "--pack", "/root/out", "--jobs", "5"])
     assert cmd == "python3 scripts/toy_study.py --out runs/study --pack $OUT --jobs 5"
-    assert ts.portable_command("python3 scripts/toy_study.py --pack /root/out".split()).endswith("--pack $OUT")
+    assert plan_lib.portable_command("python3 scripts/toy_study.py --pack /root/out".split()).endswith("--pack $OUT")
 
 
 def test_pretrain_rounds_follow_the_init_chain(ts, tmp_path):
