@@ -50,7 +50,7 @@ def residual_ln_modulate_(x_BLC: torch.Tensor, h_BLC: torch.Tensor, gamma_B1C: t
                           scale_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float,
                           out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``residual_ln_modulate`` with x updated in place; returns AdaLN(x') only (x' is x)."""
-    x_BLC.addcmul_(h_BLC, gamma_B1C)
+    gated_residual_(x_BLC, h_BLC, gamma_B1C)
     return ln_modulate(x_BLC, scale_B1C, shift_B1C, eps, out_dtype)
 
 
