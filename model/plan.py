@@ -42,7 +42,8 @@ class InferencePlan:
         caller passes to ``VAR.step`` is overwritten (the generation loop's and the graphs' own buffers).
     decode_dtype: the VQ-VAE decoder's dtype ("bf16" | "fp16" | "fp32"); decode_channels_last: its memory format.
     decode_chunk: images decoded at a time (the decoder's 256² activations of a whole batch would dominate the
-        peak; 4 images: ~350 MiB at var-d30, and CUDA graphs still hold the KV cache while decoding); decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
+        peak; 4 images: ~350 MiB at var-d30, and CUDA graphs still hold the KV cache while decoding);
+        decode_cudnn_benchmark: cuDNN picks its convolution algorithms by timing them (a process-wide torch
         setting, applied with the plan; on for CUDA: the decoder's shapes are fixed); decode_cudnn_benchmark_limit:
         how many algorithms that autotuning times per convolution shape (torch's ``benchmark_limit``, process-wide;
         None leaves torch's default of 10, 0 times all): the H200 decoded 64 images in either ~85-96 or ~122-140 ms

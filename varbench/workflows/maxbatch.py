@@ -140,7 +140,8 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
       batch's output.
 
     Resident throughout: weights (on the CPU built in float32 and cast, as ``budget.inference_estimate``), the
-    VQ-VAE in float32 (on CUDA without its encoder unless ``encoder_on_device``: ``VQVAE.place``), the AdaLN modulations of every used block (computed once per generation: 2*batch x 6C)
+    VQ-VAE in float32 (on CUDA without its encoder unless ``encoder_on_device``: ``VQVAE.place``), the AdaLN
+    modulations of every used block (computed once per generation: 2*batch x 6C)
     and the small state (f_hat, indices). Left out: the cache's reallocation at a segment start (at most one
     block's old buffer next to the new ones). CUDA graphs are modelled as the eager path (their pool frees what
     eager frees) plus the buffers they keep through decode: within 0.7% of the graphed H200 peaks at batch 64
@@ -165,7 +166,8 @@ def estimate(spec: Any, conf: Any, batch: int, dtype: str, device: str, cuda_gra
     p = analytic.params(spec) + (analytic.params(refiner) if refiner else 0)
     weights = dt * p if cuda else (4 * p * (2 if from_file else 1) + (dt * p if dt != 4 else 0))
     enc_here = (not cuda) if encoder_on_device is None else encoder_on_device
-    vae = 4 * (analytic.vae_params(spec.vae, spec.num_scales) - (0 if enc_here else analytic.vae_encoder_params(spec.vae)))
+    vae = 4 * (analytic.vae_params(spec.vae, spec.num_scales)
+               - (0 if enc_here else analytic.vae_encoder_params(spec.vae)))
     S, B, rows0 = spec.num_scales, int(batch), 2 * int(batch)
     if refiner is None:
         sch = conf.schedule()
